@@ -1,0 +1,508 @@
+//! `dynamo-node` configuration: one TOML file and/or flags (flags win), documented in
+//! `dynamo-node --help`, validated once at start-up with errors that name the setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use crate::ring::{Member, NodeId, Ring};
+
+/// Command-line flags of `dynamo-node`. Every flag overrides the same setting of `--config`.
+#[derive(Debug, Default, Parser)]
+#[command(name = "dynamo-node", version, about = "A Dynamo storage node")]
+pub struct NodeArgs {
+    /// TOML configuration file; flags override its settings.
+    #[arg(long, env = "DYNAMO_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's unique, stable id (letters, digits, '.', '_', '-').
+    #[arg(long, env = "DYNAMO_ID")]
+    pub id: Option<String>,
+    /// Address to serve gRPC on (client, internode and admin APIs), HOST:PORT. Default 127.0.0.1:7070.
+    #[arg(long, env = "DYNAMO_LISTEN")]
+    pub listen: Option<String>,
+    /// Address other nodes and clients use to reach this node; default: --listen.
+    #[arg(long, env = "DYNAMO_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Zone (data center) of this node; preference lists spread replicas over zones. Default "default".
+    #[arg(long, env = "DYNAMO_ZONE")]
+    pub zone: Option<String>,
+    /// Relative capacity: a node of weight 2 owns twice the partitions of a node of weight 1. Default 1.
+    #[arg(long, env = "DYNAMO_WEIGHT")]
+    pub weight: Option<u32>,
+    /// Directory for the RocksDB data; created if missing. Required with --engine rocksdb.
+    #[arg(long, env = "DYNAMO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Storage engine: rocksdb (durable, default) or memory (lost on exit; tests and caches).
+    #[arg(long, env = "DYNAMO_ENGINE")]
+    pub engine: Option<EngineKind>,
+    /// Seed nodes to join through, HOST:PORT, comma-separated or repeated; DNS names are
+    /// resolved again on every use. This node may be listed too. A node with no seeds starts a
+    /// cluster of its own.
+    #[arg(long, env = "DYNAMO_SEEDS", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+    /// Gossip round interval in milliseconds. Default 1000.
+    #[arg(long, env = "DYNAMO_GOSSIP_INTERVAL_MS")]
+    pub gossip_interval_ms: Option<u64>,
+    /// Cluster name; nodes refuse to talk to nodes of another cluster. Default "dynamo".
+    #[arg(long, env = "DYNAMO_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// Secret that seals client contexts; identical on every node of a cluster.
+    #[arg(long, env = "DYNAMO_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Number of partitions Q (a power of two, fixed when the cluster is created). Default 256.
+    #[arg(long, env = "DYNAMO_PARTITIONS")]
+    pub partitions: Option<u32>,
+    /// Replicas per key, N. Default 3 (or the number of nodes when fewer).
+    #[arg(long, env = "DYNAMO_N")]
+    pub n: Option<usize>,
+    /// Replies a get waits for, R (1..=N). Default 2 (1 when N is 1).
+    #[arg(long, env = "DYNAMO_R")]
+    pub r: Option<usize>,
+    /// Acknowledgements a put waits for, W (1..=N). Default 2 (1 when N is 1).
+    #[arg(long, env = "DYNAMO_W")]
+    pub w: Option<usize>,
+    /// Time a coordinator waits for its quorum, in milliseconds. Default 2000.
+    #[arg(long, env = "DYNAMO_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// fsync the write-ahead log on every write (survives power loss, slower). Default false:
+    /// writes survive a process crash but may lose the last moments on power loss.
+    #[arg(long, env = "DYNAMO_SYNC_WRITES")]
+    pub sync_writes: Option<bool>,
+    /// Accept the admin SetFaults call (simulated network partitions). Tests only.
+    #[arg(long, env = "DYNAMO_FAULT_INJECTION")]
+    pub fault_injection: Option<bool>,
+}
+
+/// Storage engine choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    #[default]
+    Rocksdb,
+    Memory,
+}
+
+/// Settings that must be identical on every node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub name: String,
+    /// Seals contexts (HMAC key). Empty means a built-in default: fine for a laptop, not for
+    /// production, where a client could then forge contexts.
+    pub secret: String,
+    pub partitions: u32,
+    /// N; `None` means 3.
+    pub n: Option<usize>,
+    /// R; `None` means min(2, N).
+    pub r: Option<usize>,
+    /// W; `None` means min(2, N).
+    pub w: Option<usize>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            name: "dynamo".into(),
+            secret: String::new(),
+            partitions: Ring::DEFAULT_PARTITIONS,
+            n: None,
+            r: None,
+            w: None,
+        }
+    }
+}
+
+/// Request size limits. Requests over a limit fail with an error naming it; nothing is written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Longest key, bytes. Default 1024.
+    pub max_key_bytes: usize,
+    /// Largest value, bytes. Default 1 MiB.
+    pub max_value_bytes: usize,
+    /// Most concurrent values (siblings) a key may hold after a write. Default 64.
+    pub max_siblings: usize,
+    /// Largest sum of a key's sibling values, bytes. Default 8 MiB.
+    pub max_object_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+            max_siblings: 64,
+            max_object_bytes: 8 << 20,
+        }
+    }
+}
+
+/// Background work: hinted handoff and anti-entropy, with their pacing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackgroundConfig {
+    /// How often hints are offered to their nodes, ms. Default 1000.
+    pub handoff_interval_ms: u64,
+    /// Most hints delivered per second (0: unlimited). Default 2000.
+    pub handoff_keys_per_sec: u32,
+    /// Pause between two anti-entropy exchanges (each one partition), ms; 0 disables the
+    /// worker (`dynamoctl repair` still works). Default 2000.
+    pub anti_entropy_interval_ms: u64,
+    /// Most keys anti-entropy moves per second (0: unlimited). Default 2000.
+    pub anti_entropy_keys_per_sec: u32,
+    /// Most keys a partition transfer (join, decommission) moves per second (0: unlimited).
+    /// Default 5000.
+    pub transfer_keys_per_sec: u32,
+}
+
+impl Default for BackgroundConfig {
+    fn default() -> Self {
+        BackgroundConfig {
+            handoff_interval_ms: 1000,
+            handoff_keys_per_sec: 2000,
+            anti_entropy_interval_ms: 2000,
+            anti_entropy_keys_per_sec: 2000,
+            transfer_keys_per_sec: 5000,
+        }
+    }
+}
+
+/// The whole node configuration, as read from TOML (every field optional there).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub id: String,
+    pub listen: String,
+    pub advertise: Option<String>,
+    pub zone: String,
+    pub weight: u32,
+    pub data_dir: Option<PathBuf>,
+    pub engine: EngineKind,
+    pub request_timeout_ms: u64,
+    pub sync_writes: bool,
+    /// Accept the admin SetFaults call (tests only). Default false.
+    pub fault_injection: bool,
+    pub cluster: ClusterConfig,
+    pub limits: Limits,
+    pub background: BackgroundConfig,
+    /// Seed nodes, HOST:PORT.
+    pub seeds: Vec<String>,
+    /// Gossip round interval, ms.
+    pub gossip_interval_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: String::new(),
+            listen: "127.0.0.1:7070".into(),
+            advertise: None,
+            zone: default_zone(),
+            weight: default_weight(),
+            data_dir: None,
+            engine: EngineKind::Rocksdb,
+            request_timeout_ms: 2000,
+            sync_writes: false,
+            fault_injection: false,
+            cluster: ClusterConfig::default(),
+            limits: Limits::default(),
+            background: BackgroundConfig::default(),
+            seeds: Vec::new(),
+            gossip_interval_ms: 1000,
+        }
+    }
+}
+
+fn default_zone() -> String {
+    "default".into()
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// A configuration problem, found at start-up before anything is opened or served.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{setting}: {message}")]
+    Invalid { setting: &'static str, message: String },
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { setting, message: message.into() }
+}
+
+/// Replication settings after defaults are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quorum {
+    pub n: usize,
+    pub r: usize,
+    pub w: usize,
+}
+
+impl NodeConfig {
+    /// Reads `--config` (if any), applies the flags on top, and validates the result.
+    pub fn load(args: NodeArgs) -> Result<NodeConfig, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => NodeConfig::default(),
+        };
+        config.apply(args)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, args: NodeArgs) -> Result<(), ConfigError> {
+        macro_rules! set {
+            ($field:expr, $value:expr) => {
+                if let Some(v) = $value {
+                    $field = v;
+                }
+            };
+        }
+        set!(self.id, args.id);
+        set!(self.listen, args.listen);
+        set!(self.zone, args.zone);
+        set!(self.weight, args.weight);
+        set!(self.engine, args.engine);
+        set!(self.request_timeout_ms, args.request_timeout_ms);
+        set!(self.sync_writes, args.sync_writes);
+        set!(self.fault_injection, args.fault_injection);
+        set!(self.cluster.name, args.cluster_name);
+        set!(self.cluster.secret, args.cluster_secret);
+        set!(self.cluster.partitions, args.partitions);
+        if args.advertise.is_some() {
+            self.advertise = args.advertise;
+        }
+        if args.data_dir.is_some() {
+            self.data_dir = args.data_dir;
+        }
+        if args.n.is_some() {
+            self.cluster.n = args.n;
+        }
+        if args.r.is_some() {
+            self.cluster.r = args.r;
+        }
+        if args.w.is_some() {
+            self.cluster.w = args.w;
+        }
+        if !args.seeds.is_empty() {
+            self.seeds =
+                args.seeds.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        set!(self.gossip_interval_ms, args.gossip_interval_ms);
+        Ok(())
+    }
+
+    /// The address other nodes use for this one.
+    pub fn advertise_addr(&self) -> &str {
+        self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// This node as a ring member.
+    pub fn member(&self) -> Member {
+        Member { id: NodeId(self.id.clone()), zone: self.zone.clone(), weight: self.weight }
+    }
+
+    /// N, R and W with defaults applied (valid after `validate`).
+    pub fn quorum(&self) -> Quorum {
+        let n = self.cluster.n.unwrap_or(3);
+        Quorum { n, r: self.cluster.r.unwrap_or(n.min(2)), w: self.cluster.w.unwrap_or(n.min(2)) }
+    }
+
+    /// Checks every setting; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_id("id", &self.id)?;
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            invalid("listen", format!("'{}' is not HOST:PORT, e.g. 127.0.0.1:7070", self.listen))
+        })?;
+        if self.advertise.is_none() && listen.ip().is_unspecified() {
+            return Err(invalid(
+                "advertise",
+                format!(
+                    "listen address {listen} is a wildcard, so other nodes cannot use it: set \
+                     --advertise to an address they can reach"
+                ),
+            ));
+        }
+        if let Some(a) = &self.advertise {
+            validate_address("advertise", a)?;
+        }
+        if self.zone.trim().is_empty() {
+            return Err(invalid("zone", "must not be empty"));
+        }
+        if !(1..=1000).contains(&self.weight) {
+            return Err(invalid("weight", format!("{} is outside 1..=1000", self.weight)));
+        }
+        if self.engine == EngineKind::Rocksdb && self.data_dir.is_none() {
+            return Err(invalid(
+                "data-dir",
+                "the rocksdb engine needs a data directory: pass --data-dir DIR (or use \
+                 --engine memory for a throw-away node)",
+            ));
+        }
+        if self.request_timeout_ms == 0 || self.request_timeout_ms > 600_000 {
+            return Err(invalid(
+                "request-timeout-ms",
+                format!("{} is outside 1..=600000", self.request_timeout_ms),
+            ));
+        }
+        if self.cluster.name.trim().is_empty() {
+            return Err(invalid("cluster-name", "must not be empty"));
+        }
+        let q = self.cluster.partitions;
+        if !q.is_power_of_two() || !(1..=65536).contains(&q) {
+            return Err(invalid(
+                "partitions",
+                format!("{q} is not a power of two in 1..=65536: use 64, 128, 256, 1024, ..."),
+            ));
+        }
+        for seed in &self.seeds {
+            validate_address("seeds", seed)?;
+        }
+        if self.gossip_interval_ms == 0 || self.gossip_interval_ms > 60_000 {
+            return Err(invalid(
+                "gossip-interval-ms",
+                format!("{} is outside 1..=60000", self.gossip_interval_ms),
+            ));
+        }
+        let Quorum { n, r, w } = self.quorum();
+        if !(1..=16).contains(&n) {
+            return Err(invalid("n", format!("n={n} is outside 1..=16")));
+        }
+        if r == 0 || r > n {
+            return Err(invalid("r", format!("r={r} must be in 1..={n} (n)")));
+        }
+        if w == 0 || w > n {
+            return Err(invalid("w", format!("w={w} must be in 1..={n} (n)")));
+        }
+        let l = &self.limits;
+        if l.max_key_bytes == 0 || l.max_value_bytes == 0 || l.max_siblings == 0 {
+            return Err(invalid("limits", "every limit must be at least 1"));
+        }
+        if l.max_object_bytes < l.max_value_bytes {
+            return Err(invalid("limits", "max_object_bytes must be at least max_value_bytes"));
+        }
+        if self.background.handoff_interval_ms == 0 {
+            return Err(invalid("background.handoff_interval_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The TOML form of this configuration (what `dynamoctl dev up` and tests write).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("NodeConfig always serializes to TOML")
+    }
+}
+
+fn validate_id(setting: &'static str, id: &str) -> Result<(), ConfigError> {
+    if id.is_empty() {
+        return Err(invalid(
+            setting,
+            "is required: give every node a unique, stable id such as node-1",
+        ));
+    }
+    if id.len() > 64
+        || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(invalid(
+            setting,
+            format!("'{id}' must be 1-64 characters of letters, digits, '.', '_' or '-'"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_address(setting: &'static str, address: &str) -> Result<(), ConfigError> {
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(())
+        }
+        _ => Err(invalid(setting, format!("'{address}' is not HOST:PORT, e.g. 10.0.0.5:7070"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> NodeConfig {
+        NodeConfig {
+            id: "node-1".into(),
+            engine: EngineKind::Memory,
+            seeds: vec![
+                "127.0.0.1:7071".into(),
+                "dynamo-zone-b-0.dynamo-peers.default.svc:7070".into(),
+            ],
+            ..NodeConfig::default()
+        }
+    }
+
+    fn error_of(config: NodeConfig) -> String {
+        config.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_give_n3_r2_w2() {
+        let c = base();
+        c.validate().unwrap();
+        assert_eq!(c.quorum(), Quorum { n: 3, r: 2, w: 2 });
+        let mut one = base();
+        one.cluster.n = Some(1);
+        assert_eq!(one.quorum(), Quorum { n: 1, r: 1, w: 1 });
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        assert!(error_of(NodeConfig { id: String::new(), ..base() }).starts_with("id: is required"));
+        assert!(error_of(NodeConfig { listen: "nope".into(), ..base() }).starts_with("listen:"));
+        let mut c = base();
+        c.cluster.r = Some(4);
+        assert!(error_of(c).contains("r=4 must be in 1..=3"));
+        let mut c = base();
+        c.cluster.n = Some(0);
+        assert!(error_of(c).contains("n=0 is outside"));
+        let mut c = base();
+        c.cluster.partitions = 100;
+        assert!(error_of(c).contains("not a power of two"));
+        let c = NodeConfig { engine: EngineKind::Rocksdb, ..base() };
+        assert!(error_of(c).starts_with("data-dir:"));
+        let c = NodeConfig { seeds: vec!["no-port".into()], ..base() };
+        assert!(error_of(c).starts_with("seeds:"));
+        let c = NodeConfig { listen: "0.0.0.0:7070".into(), ..base() };
+        assert!(error_of(c).starts_with("advertise:"));
+    }
+
+    #[test]
+    fn flags_override_file_and_toml_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, base().to_toml()).unwrap();
+        let args = NodeArgs {
+            config: Some(path.clone()),
+            zone: Some("zone-z".into()),
+            w: Some(3),
+            ..NodeArgs::default()
+        };
+        let c = NodeConfig::load(args).unwrap();
+        assert_eq!(c.zone, "zone-z");
+        assert_eq!(c.quorum().w, 3);
+        assert_eq!(c.seeds, base().seeds);
+        std::fs::write(&path, "id = \"x\"\nbogus = 1\n").unwrap();
+        let err = NodeConfig::load(NodeArgs { config: Some(path), ..NodeArgs::default() });
+        assert!(err.unwrap_err().to_string().contains("bogus"));
+    }
+}

@@ -1,0 +1,525 @@
+//! Request coordination (paper section 4.5, 6.4): each get, put and delete is a small state
+//! machine run by the node that received it. It sends to the first N nodes of the key's
+//! preference list, waits for R replies (get) or W acknowledgements (put), fails with a clear
+//! quorum error after the timeout, reconciles versions, and repairs stale replicas.
+//!
+//! Requests go to the first N *healthy* nodes (sloppy quorum, `targets`): a replica this node
+//! cannot reach is replaced by the next healthy node of the preference list, which keeps the
+//! write as a hint for it.
+//!
+//! Puts are coordinated by one of the key's N replicas, because only a replica has the local
+//! clock from which the next version is made; any other node forwards to the first reachable
+//! one. Gets may be coordinated anywhere.
+
+pub mod quorum;
+pub mod repair;
+pub mod targets;
+pub mod transport;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::config::Limits;
+use crate::error::{Error, Op, Result};
+use crate::membership::gossip::Placement;
+use crate::ring::{key_hash, partition_of_hash, NodeId, PartitionId, Ring};
+use crate::storage::Store;
+use crate::version::{Clock, ContextSealer, Value};
+use quorum::{QuorumState, QuorumTracker};
+use targets::Target;
+
+/// A replica's answer to a fetch, tagged with whom it was asked of.
+type Reply = (Target, std::result::Result<Clock, PeerError>);
+/// A replica's answer to a replicate.
+type Ack = (Target, std::result::Result<(), PeerError>);
+pub use transport::{ForwardedPut, PeerError, PutOutcome, Transport};
+
+/// Replication settings and limits a coordinator applies.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub n: usize,
+    pub r: usize,
+    pub w: usize,
+    /// How long a request waits for its quorum.
+    pub timeout: Duration,
+    pub limits: Limits,
+    /// Q, fixed for the cluster: where a key lives on disk does not depend on the ring.
+    pub partitions: u32,
+}
+
+/// What a get returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetOutcome {
+    /// Live concurrent values; empty when the key is absent or deleted.
+    pub values: Vec<Vec<u8>>,
+    /// Sealed context covering every version seen; empty when nothing was stored.
+    pub context: Vec<u8>,
+    /// Replicas whose replies the answer is built from.
+    pub replies: usize,
+}
+
+/// Runs client requests on behalf of this node. One per node, shared by every request.
+pub struct Coordinator<T> {
+    me: NodeId,
+    settings: Settings,
+    /// Where keys live; replaced as a whole when membership changes.
+    placement: watch::Receiver<Arc<Placement>>,
+    store: Arc<Store>,
+    transport: Arc<T>,
+    sealer: ContextSealer,
+}
+
+impl<T: Transport> Coordinator<T> {
+    pub fn new(
+        me: NodeId,
+        settings: Settings,
+        placement: watch::Receiver<Arc<Placement>>,
+        store: Arc<Store>,
+        transport: Arc<T>,
+        sealer: ContextSealer,
+    ) -> Self {
+        Coordinator { me, settings, placement, store, transport, sealer }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Where keys live now (and where they move to during a layout change).
+    pub fn placement(&self) -> Arc<Placement> {
+        self.placement.borrow().clone()
+    }
+
+    /// The partition of a key (independent of the ring).
+    pub fn partition_of(&self, key: &[u8]) -> PartitionId {
+        partition_of_hash(key_hash(key), self.settings.partitions)
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn me(&self) -> &NodeId {
+        &self.me
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument(
+                "the key is empty; keys are 1 or more bytes".into(),
+            ));
+        }
+        let max = self.settings.limits.max_key_bytes;
+        if key.len() > max {
+            return Err(Error::InvalidArgument(format!(
+                "the key is {} bytes, more than the limit of {max} (limits.max_key_bytes)",
+                key.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_quorum(&self, name: &str, value: Option<u32>, default: usize) -> Result<usize> {
+        let n = self.settings.n;
+        match value {
+            None => Ok(default),
+            Some(v) if (1..=n as u32).contains(&v) => Ok(v as usize),
+            Some(v) => Err(Error::InvalidArgument(format!(
+                "{name}={v} is outside 1..={n}: this cluster keeps n={n} replicas of each key"
+            ))),
+        }
+    }
+
+    /// The key's preference list (every member, in order; the first N are its replicas).
+    fn preference(&self, ring: &Ring, partition: PartitionId) -> Vec<NodeId> {
+        ring.preference_list(partition).iter().map(|m| m.id.clone()).collect()
+    }
+
+    /// Reads a key: every live sibling and a context covering them.
+    pub async fn get(&self, key: &[u8], r: Option<u32>) -> Result<GetOutcome> {
+        self.check_key(key)?;
+        let r = self.check_quorum("r", r, self.settings.r)?;
+        let placement = self.placement();
+        let ring = placement.ring()?;
+        let partition = self.partition_of(key);
+        let preference = self.preference(ring, partition);
+        let (targets, mut spares) =
+            targets::select(&preference, self.settings.n, &self.me, |n| self.transport.is_up(n));
+        let deadline = Instant::now() + self.settings.timeout;
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for target in &targets {
+            self.spawn_fetch(target.clone(), key, &tx);
+        }
+        let mut tracker = QuorumTracker::new(r, targets.len());
+        let mut asked: Vec<NodeId> = targets.iter().map(|t| t.node.clone()).collect();
+        let mut replies: Vec<(Target, Clock)> = Vec::new();
+        while tracker.state() == QuorumState::Waiting {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((target, Ok(clock)))) => {
+                    tracker.succeeded(target.node.clone());
+                    replies.push((target, clock));
+                }
+                Ok(Some((target, Err(e)))) => {
+                    tracker.failed(target.node.clone(), e.to_string());
+                    if let (PeerError::Unreachable(_), Some(stand_in)) = (&e, spares.pop_front()) {
+                        let hint_for = target.hint_for.clone().unwrap_or(target.node.clone());
+                        let stand_in = Target { node: stand_in, hint_for: Some(hint_for) };
+                        tracker.add_target();
+                        asked.push(stand_in.node.clone());
+                        self.spawn_fetch(stand_in, key, &tx);
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        drop(tx);
+        if tracker.state() != QuorumState::Reached {
+            return Err(self.quorum_error(Op::Get, &tracker, &asked));
+        }
+
+        let merged = replies.iter().fold(Clock::new(), |acc, (_, c)| acc.sync(c));
+        let outcome = GetOutcome {
+            values: merged.live_values().into_iter().map(<[u8]>::to_vec).collect(),
+            context: if merged.is_empty() {
+                Vec::new()
+            } else {
+                self.sealer.seal(key, &merged.context())
+            },
+            replies: replies.len(),
+        };
+        self.spawn_read_repair(key.to_vec(), partition, replies, rx, deadline);
+        Ok(outcome)
+    }
+
+    /// Reads one target's replica (the local store directly when the target is this node).
+    fn spawn_fetch(&self, target: Target, key: &[u8], tx: &mpsc::UnboundedSender<Reply>) {
+        if target.node == self.me {
+            let reply = self.local_replica(key, target.hint_for.as_ref()).map_err(|e| {
+                PeerError::Remote { code: tonic::Code::Internal as i32, message: e.to_string() }
+            });
+            let _ = tx.send((target, reply));
+            return;
+        }
+        let (tx, transport, key) = (tx.clone(), self.transport.clone(), key.to_vec());
+        // Detached on purpose: a slow replica's reply still feeds read repair after the
+        // client has its answer; the task ends when the transport's own timeout fires.
+        tokio::spawn(async move {
+            let reply = transport.fetch(&target.node, &key, target.hint_for.as_ref()).await;
+            let _ = tx.send((target, reply));
+        });
+    }
+
+    /// Waits (until the deadline) for the replicas that had not answered yet, then sends the
+    /// merged version to every replica that answered with less.
+    fn spawn_read_repair(
+        &self,
+        key: Vec<u8>,
+        partition: PartitionId,
+        mut replies: Vec<(Target, Clock)>,
+        mut rx: mpsc::UnboundedReceiver<Reply>,
+        deadline: Instant,
+    ) {
+        let (me, store, transport) = (self.me.clone(), self.store.clone(), self.transport.clone());
+        // Detached on purpose: repair must not delay the client's answer; it is bounded by the
+        // request deadline plus one replicate call per stale replica.
+        tokio::spawn(async move {
+            while let Ok(Some((target, reply))) = tokio::time::timeout_at(deadline, rx.recv()).await
+            {
+                if let Ok(clock) = reply {
+                    replies.push((target, clock));
+                }
+            }
+            let by_node: Vec<(NodeId, Clock)> =
+                replies.iter().map(|(t, c)| (t.node.clone(), c.clone())).collect();
+            let merged = repair::merge_replies(&by_node);
+            for node in repair::stale_replicas(&by_node, &merged) {
+                let hint_for = replies
+                    .iter()
+                    .find(|(t, _)| t.node == *node)
+                    .and_then(|(t, _)| t.hint_for.clone());
+                let result = if *node == me {
+                    match &hint_for {
+                        Some(target) => store.store_hint(target, partition, &key, &merged),
+                        None => store.merge(partition, &key, &merged).map(|_| ()),
+                    }
+                    .map_err(|e| e.to_string())
+                } else {
+                    transport
+                        .replicate(node, &key, &merged, hint_for.as_ref())
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                match result {
+                    Ok(()) => tracing::debug!(%node, "read repair sent"),
+                    Err(e) => tracing::debug!(%node, error = %e, "read repair failed"),
+                }
+            }
+        });
+    }
+
+    /// Writes a value (`Some`) or a tombstone (`None`) superseding what `context` covers.
+    /// `forwarded` is true when another node already forwarded this write here.
+    pub async fn put(
+        &self,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        context: &[u8],
+        w: Option<u32>,
+        forwarded: bool,
+    ) -> Result<PutOutcome> {
+        let op = if value.is_some() { Op::Put } else { Op::Delete };
+        self.check_key(key)?;
+        if let Some(v) = &value {
+            let max = self.settings.limits.max_value_bytes;
+            if v.len() > max {
+                return Err(Error::InvalidArgument(format!(
+                    "the value is {} bytes, more than the limit of {max} (limits.max_value_bytes)",
+                    v.len()
+                )));
+            }
+        }
+        let w = self.check_quorum("w", w, self.settings.w)?;
+        // Check the context before anything is written or forwarded.
+        let ctx = self.sealer.open(key, context)?;
+
+        let placement = self.placement();
+        let ring = placement.ring()?;
+        let partition = self.partition_of(key);
+        let preference = self.preference(ring, partition);
+        let replicas = &preference[..self.settings.n.min(preference.len())];
+        if !replicas.contains(&self.me) {
+            if forwarded {
+                return Err(Error::Internal(format!(
+                    "a write was forwarded to {} but this node is not a replica of the key: the \
+                     nodes disagree about the ring; check that every node has the same peers and \
+                     partitions",
+                    self.me
+                )));
+            }
+            let put = ForwardedPut {
+                key: key.to_vec(),
+                value,
+                context: context.to_vec(),
+                w: Some(w as u32),
+            };
+            return self.forward(op, put, replicas).await;
+        }
+
+        let limits = self.settings.limits.clone();
+        let actor = self.store.actor();
+        let value = match value {
+            Some(v) => Value::Data(v),
+            None => Value::Tombstone,
+        };
+        let clock = self.store.update(partition, key, |local| {
+            let next = local.update(&ctx, value, actor);
+            if next.sibling_count() > limits.max_siblings {
+                return Err(Error::TooManySiblings {
+                    siblings: next.sibling_count(),
+                    max: limits.max_siblings,
+                });
+            }
+            if next.value_bytes() > limits.max_object_bytes {
+                return Err(Error::ObjectTooLarge {
+                    bytes: next.value_bytes(),
+                    max: limits.max_object_bytes,
+                });
+            }
+            Ok(next)
+        })?;
+
+        let (targets, mut spares) =
+            targets::select(&preference, self.settings.n, &self.me, |n| self.transport.is_up(n));
+        let mut tracker = QuorumTracker::new(w, targets.len());
+        tracker.succeeded(self.me.clone());
+        let mut asked: Vec<NodeId> = targets.iter().map(|t| t.node.clone()).collect();
+        // During a layout change the write must also reach W of the replicas it moves to, so
+        // that nothing acknowledged is left behind when ownership flips.
+        let next_replicas: Vec<NodeId> = match &placement.next {
+            Some(next) => next
+                .preference_list(partition)
+                .iter()
+                .take(self.settings.n)
+                .map(|m| m.id.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut next_tracker =
+            (!next_replicas.is_empty()).then(|| QuorumTracker::new(w, next_replicas.len()));
+        if let Some(t) = next_tracker.as_mut() {
+            if next_replicas.contains(&self.me) {
+                t.succeeded(self.me.clone());
+            }
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let extra: Vec<NodeId> = next_replicas
+            .iter()
+            .filter(|n| **n != self.me && !asked.contains(n))
+            .cloned()
+            .collect();
+        for node in &extra {
+            asked.push(node.clone());
+            self.spawn_replicate(Target { node: node.clone(), hint_for: None }, key, &clock, &tx);
+        }
+        for target in targets.into_iter().filter(|t| t.node != self.me) {
+            self.spawn_replicate(target, key, &clock, &tx);
+        }
+        let deadline = Instant::now() + self.settings.timeout;
+        let state = |t: &QuorumTracker, n: &Option<QuorumTracker>| match (
+            t.state(),
+            n.as_ref().map(|n| n.state()),
+        ) {
+            (QuorumState::Impossible, _) | (_, Some(QuorumState::Impossible)) => {
+                QuorumState::Impossible
+            }
+            (QuorumState::Reached, None | Some(QuorumState::Reached)) => QuorumState::Reached,
+            _ => QuorumState::Waiting,
+        };
+        while state(&tracker, &next_tracker) == QuorumState::Waiting {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((target, Ok(())))) => {
+                    if let Some(t) =
+                        next_tracker.as_mut().filter(|_| next_replicas.contains(&target.node))
+                    {
+                        t.succeeded(target.node.clone());
+                    }
+                    tracker.succeeded(target.node);
+                }
+                Ok(Some((target, Err(e)))) => {
+                    if let Some(t) =
+                        next_tracker.as_mut().filter(|_| next_replicas.contains(&target.node))
+                    {
+                        t.failed(target.node.clone(), e.to_string());
+                    }
+                    tracker.failed(target.node.clone(), e.to_string());
+                    // Sloppy quorum: a replica that cannot be reached at all is replaced at
+                    // once by the next healthy node, which keeps the write as a hint.
+                    if let (PeerError::Unreachable(_), Some(stand_in)) = (&e, spares.pop_front()) {
+                        let hint_for = target.hint_for.unwrap_or(target.node);
+                        tracker.add_target();
+                        asked.push(stand_in.clone());
+                        self.spawn_replicate(
+                            Target { node: stand_in, hint_for: Some(hint_for) },
+                            key,
+                            &clock,
+                            &tx,
+                        );
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if state(&tracker, &next_tracker) != QuorumState::Reached {
+            let failed = match &next_tracker {
+                Some(t) if tracker.state() == QuorumState::Reached => t,
+                _ => &tracker,
+            };
+            return Err(self.quorum_error(op, failed, &asked));
+        }
+        Ok(PutOutcome {
+            context: self.sealer.seal(key, &clock.context()),
+            acks: tracker.successes(),
+        })
+    }
+
+    fn spawn_replicate(
+        &self,
+        target: Target,
+        key: &[u8],
+        clock: &Clock,
+        tx: &mpsc::UnboundedSender<Ack>,
+    ) {
+        let (tx, transport, key, clock) =
+            (tx.clone(), self.transport.clone(), key.to_vec(), clock.clone());
+        // Detached on purpose: replication to the slower replicas continues after the client
+        // has its W acknowledgements; bounded by the transport's timeout.
+        tokio::spawn(async move {
+            let result =
+                transport.replicate(&target.node, &key, &clock, target.hint_for.as_ref()).await;
+            let _ = tx.send((target, result));
+        });
+    }
+
+    /// Hands a write to the first reachable replica. Only a replica that could not be reached
+    /// at all is skipped; one that timed out may have applied the write, so the error is
+    /// returned rather than risking a second coordinator writing it again.
+    async fn forward(&self, op: Op, put: ForwardedPut, replicas: &[NodeId]) -> Result<PutOutcome> {
+        let mut errors = Vec::new();
+        // Replicas believed up first, in preference order; then the others, just in case.
+        let (up, down): (Vec<&NodeId>, Vec<&NodeId>) =
+            replicas.iter().partition(|n| self.transport.is_up(n));
+        for node in up.into_iter().chain(down) {
+            match self.transport.coordinate_put(node, put.clone()).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(PeerError::Unreachable(e)) => errors.push(format!("{node}: unreachable: {e}")),
+                Err(PeerError::Timeout) => {
+                    errors
+                        .push(format!("{node}: timed out (the write may have been applied there)"));
+                    break;
+                }
+                Err(PeerError::Remote { code, message }) => {
+                    return Err(Error::Remote { code, message })
+                }
+            }
+        }
+        Err(Error::Unavailable { op, errors })
+    }
+
+    fn quorum_error(&self, op: Op, tracker: &QuorumTracker, asked: &[NodeId]) -> Error {
+        Error::Quorum {
+            op,
+            required: tracker.required(),
+            ok: tracker.successes(),
+            tried: tracker.total(),
+            timeout_ms: self.settings.timeout.as_millis() as u64,
+            errors: tracker.explain(asked),
+        }
+    }
+
+    /// Merges a version replicated by another node into the local replica, or, with
+    /// `hint_for` naming another node, keeps it as a hint for that node.
+    pub fn apply_replica(
+        &self,
+        key: &[u8],
+        clock: &Clock,
+        hint_for: Option<&NodeId>,
+    ) -> Result<()> {
+        self.check_key(key)?;
+        let partition = self.partition_of(key);
+        match hint_for {
+            Some(target) if *target != self.me => {
+                self.store.store_hint(target, partition, key, clock)?
+            }
+            _ => {
+                self.store.merge(partition, key, clock)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The local replica of a key, for another node's get; with `hint_for`, merged with the
+    /// hint held for that node.
+    pub fn local_replica(&self, key: &[u8], hint_for: Option<&NodeId>) -> Result<Clock> {
+        self.check_key(key)?;
+        let partition = self.partition_of(key);
+        let local = self.store.get(partition, key)?;
+        match hint_for {
+            Some(target) if *target != self.me => {
+                Ok(local.sync(&self.store.hint(target, partition, key)?))
+            }
+            _ => Ok(local),
+        }
+    }
+
+    /// The transport (for background workers).
+    pub fn transport(&self) -> &Arc<T> {
+        &self.transport
+    }
+}

@@ -1,0 +1,184 @@
+//! Partition transfer on join and leave: while a layout change is under way, every node that
+//! gains a partition pulls it, page by page, from a current replica and merges each key; then
+//! it reports the epoch as synced, which lets the claimant commit (ownership flips only after
+//! the data moved). Writes that arrive meanwhile already reach the new replicas (the
+//! coordinator writes to both layouts), so the snapshot plus those writes is complete. A pull
+//! that fails (the source died, this node restarted) starts the partition again: merging is
+//! idempotent, so repeating work is safe.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::coordinator::Transport;
+use crate::membership::claimant::gains;
+use crate::membership::gossip::Membership;
+use crate::ring::{NodeId, PartitionId};
+use crate::rpc::peers::Peers;
+use crate::storage::Store;
+use crate::throttle::Throttle;
+
+/// Keys per page of a partition stream.
+const PAGE: u32 = 256;
+
+/// Progress of one partition moving to this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub from: String,
+    pub to: String,
+    pub keys: u64,
+    pub bytes: u64,
+    /// "pending", "streaming" or "done".
+    pub state: &'static str,
+}
+
+/// Transfers of the current layout change, as this node sees them.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub epoch: u64,
+    pub partitions: BTreeMap<PartitionId, Transfer>,
+}
+
+/// Pulls every partition this node gains, until `shutdown`.
+pub async fn run(
+    membership: Arc<Membership>,
+    store: Arc<Store>,
+    peers: Arc<Peers>,
+    n: usize,
+    per_second: u32,
+    progress: Arc<Mutex<Progress>>,
+    shutdown: CancellationToken,
+) {
+    let me = membership.me().clone();
+    let mut throttle = Throttle::new(per_second);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+        let placement = membership.placement().borrow().clone();
+        let (Some(current), Some(next)) = (&placement.current, &placement.next) else { continue };
+        let synced = membership.view().nodes.get(&me).map_or(0, |s| s.synced_epoch);
+        if synced >= placement.epoch {
+            continue;
+        }
+        let mine = gains(current, next, n).remove(&me).unwrap_or_default();
+        {
+            let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+            if p.epoch != placement.epoch {
+                *p = Progress { epoch: placement.epoch, partitions: BTreeMap::new() };
+                for partition in &mine {
+                    p.partitions.insert(
+                        *partition,
+                        Transfer {
+                            from: String::new(),
+                            to: me.0.clone(),
+                            keys: 0,
+                            bytes: 0,
+                            state: "pending",
+                        },
+                    );
+                }
+            }
+        }
+        let mut all_done = true;
+        for partition in mine {
+            let done = progress
+                .lock()
+                .map(|p| p.partitions.get(&partition).is_some_and(|t| t.state == "done"))
+                .unwrap_or(false);
+            if done {
+                continue;
+            }
+            // Sources: the partition's current replicas, reachable ones first.
+            let mut sources: Vec<NodeId> = current
+                .preference_list(partition)
+                .iter()
+                .take(n)
+                .map(|m| m.id.clone())
+                .filter(|id| *id != me)
+                .collect();
+            sources.sort_by_key(|id| !peers.is_up(id));
+            let mut pulled = false;
+            for source in sources {
+                let result = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = pull(&store, &peers, &membership, placement.epoch, partition, &source, &progress, &mut throttle) => r,
+                };
+                match result {
+                    Ok(()) => {
+                        pulled = true;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition, %source, error = %e, "partition pull failed; trying another source")
+                    }
+                }
+            }
+            if !pulled {
+                all_done = false;
+            }
+        }
+        if all_done && membership.placement().borrow().epoch == placement.epoch {
+            tracing::info!(
+                epoch = placement.epoch,
+                "received every partition of the layout change"
+            );
+            if let Err(e) = membership.update_self(|s| s.synced_epoch = placement.epoch) {
+                tracing::warn!(error = %e, "cannot record the transfer as done");
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pull(
+    store: &Store,
+    peers: &Peers,
+    membership: &Membership,
+    epoch: u64,
+    partition: PartitionId,
+    source: &NodeId,
+    progress: &Mutex<Progress>,
+    throttle: &mut Throttle,
+) -> Result<(), String> {
+    let set = |f: &dyn Fn(&mut Transfer)| {
+        if let Ok(mut p) = progress.lock() {
+            if let Some(t) = p.partitions.get_mut(&partition) {
+                f(t);
+            }
+        }
+    };
+    set(&|t| {
+        t.from = source.0.clone();
+        t.state = "streaming";
+        t.keys = 0;
+        t.bytes = 0;
+    });
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        if membership.placement().borrow().epoch != epoch {
+            return Err("the layout changed during the transfer".into());
+        }
+        let page = peers
+            .stream_partition(source, partition, after.clone(), PAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (key, clock, size) in &page.entries {
+            throttle.acquire().await;
+            store.merge(partition, key, clock).map_err(|e| e.to_string())?;
+            set(&|t| {
+                t.keys += 1;
+                t.bytes += *size as u64;
+            });
+        }
+        match page.entries.last() {
+            Some((key, _, _)) if !page.done => after = Some(key.clone()),
+            _ => break,
+        }
+    }
+    set(&|t| t.state = "done");
+    Ok(())
+}

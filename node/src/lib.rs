@@ -1,0 +1,23 @@
+//! A Dynamo-style key-value store node (DeCandia et al., SOSP 2007): consistent hashing over
+//! fixed partitions, dotted version vectors, quorum reads and writes with read repair, sloppy
+//! quorum with hinted handoff, and Merkle-tree anti-entropy.
+//!
+//! Modules follow the protocol concerns: `ring`, `version`, `merkle` (pure), `membership`,
+//! `storage`, `coordinator`, `handoff`, `antientropy`, `rpc`, `server`, plus `client` (the
+//! client library) and `cli` (dynamoctl).
+
+pub mod antientropy;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod coordinator;
+pub mod error;
+pub mod handoff;
+pub mod membership;
+pub mod merkle;
+pub mod ring;
+pub mod rpc;
+pub mod server;
+pub mod storage;
+pub mod throttle;
+pub mod version;

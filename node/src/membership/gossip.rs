@@ -1,0 +1,312 @@
+//! The membership driver: owns this node's [`View`], gossips it (push-pull, every interval,
+//! with a random reachable peer and regularly with a seed so logical partitions heal), runs the
+//! claimant's decisions and this node's own status transitions, persists the view, and
+//! publishes the resulting [`Placement`] to the coordinator.
+//!
+//! Seeds are HOST:PORT strings; names are resolved again on every use, since pod addresses
+//! change on Kubernetes.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::claimant;
+use super::view::{NodeState, Status, View};
+use crate::error::{Error, Result};
+use crate::ring::{Member, NodeId, Ring};
+use crate::rpc::peers::Peers;
+use crate::storage::Store;
+
+const META_VIEW: &[u8] = b"view";
+const META_GENERATION: &[u8] = b"generation";
+
+/// Where keys live now, and where they are moving to during a layout change.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    pub epoch: u64,
+    /// The committed ring; `None` until this node has joined a cluster.
+    pub current: Option<Ring>,
+    /// The ring being moved to while partitions are transferred.
+    pub next: Option<Ring>,
+}
+
+impl Placement {
+    /// A fixed placement (tests, and nodes that need no membership changes).
+    pub fn fixed(ring: Ring) -> Placement {
+        Placement { epoch: 1, current: Some(ring), next: None }
+    }
+
+    /// The committed ring, or a clear error while there is none.
+    pub fn ring(&self) -> Result<&Ring> {
+        self.current.as_ref().ok_or_else(|| {
+            Error::NotReady(
+                "this node has not joined a cluster yet: it is waiting for the ring from its \
+                 seeds (check --seeds and that the seed nodes run)"
+                    .into(),
+            )
+        })
+    }
+}
+
+/// Settings of the membership driver.
+#[derive(Debug, Clone)]
+pub struct MembershipConfig {
+    pub me: Member,
+    pub address: String,
+    pub seeds: Vec<String>,
+    pub partitions: u32,
+    pub n: usize,
+    pub gossip_interval: Duration,
+    /// How long a node gossips before it may create the first layout itself.
+    pub bootstrap_after: Duration,
+}
+
+/// See the module docs.
+pub struct Membership {
+    config: MembershipConfig,
+    view: Mutex<View>,
+    store: Arc<Store>,
+    peers: Arc<Peers>,
+    placement: watch::Sender<Arc<Placement>>,
+    started: Instant,
+}
+
+fn lock(view: &Mutex<View>) -> std::sync::MutexGuard<'_, View> {
+    // A poisoned view is still a valid view: every mutation keeps it consistent.
+    view.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Membership {
+    /// Loads the persisted view (if any), starts a new generation for this node, and publishes
+    /// the placement.
+    pub fn start(
+        config: MembershipConfig,
+        store: Arc<Store>,
+        peers: Arc<Peers>,
+    ) -> Result<Arc<Membership>> {
+        let mut view = match store.meta_get(META_VIEW)? {
+            Some(bytes) => serde_json::from_slice::<View>(&bytes).map_err(|e| {
+                Error::Storage(format!("the persisted membership view is corrupt: {e}"))
+            })?,
+            None => View::new(config.partitions),
+        };
+        if view.layout.partitions != config.partitions {
+            return Err(Error::Storage(format!(
+                "the persisted ring has {} partitions but the node is configured with {}; the \
+                 partition count is fixed when a cluster is created",
+                view.layout.partitions, config.partitions
+            )));
+        }
+        let generation = store
+            .meta_get(META_GENERATION)?
+            .and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0)
+            + 1;
+        store.meta_put(META_GENERATION, &generation.to_be_bytes())?;
+        let me = &config.me;
+        let status = match view.nodes.get(&me.id).map(|n| n.status) {
+            Some(s @ (Status::Normal | Status::Leaving | Status::Left)) => s,
+            _ => Status::Joining,
+        };
+        view.nodes.insert(
+            me.id.clone(),
+            NodeState {
+                id: me.id.clone(),
+                address: config.address.clone(),
+                zone: me.zone.clone(),
+                weight: me.weight,
+                status,
+                generation,
+                version: 0,
+                heartbeat: 0,
+                synced_epoch: view.nodes.get(&me.id).map_or(0, |n| n.synced_epoch),
+            },
+        );
+        let (placement, _) = watch::channel(Arc::new(Placement::default()));
+        let m = Arc::new(Membership {
+            config,
+            view: Mutex::new(view),
+            store,
+            peers,
+            placement,
+            started: Instant::now(),
+        });
+        m.after_change(true)?;
+        Ok(m)
+    }
+
+    pub fn me(&self) -> &NodeId {
+        &self.config.me.id
+    }
+
+    /// Receives placement updates.
+    pub fn placement(&self) -> watch::Receiver<Arc<Placement>> {
+        self.placement.subscribe()
+    }
+
+    /// A copy of the current view.
+    pub fn view(&self) -> View {
+        lock(&self.view).clone()
+    }
+
+    /// This node's status.
+    pub fn status(&self) -> Status {
+        lock(&self.view).status(self.me()).unwrap_or(Status::Joining)
+    }
+
+    /// Merges a view received from a peer; returns ours (push-pull gossip).
+    pub fn receive(&self, theirs: &View) -> Result<View> {
+        let changed = lock(&self.view).merge(theirs);
+        if changed {
+            self.after_change(false)?;
+        }
+        Ok(self.view())
+    }
+
+    /// Changes this node's own entry (status or synced epoch) and gossips it from now on.
+    pub fn update_self(&self, f: impl FnOnce(&mut NodeState)) -> Result<()> {
+        {
+            let mut view = lock(&self.view);
+            let me = self.config.me.id.clone();
+            if let Some(entry) = view.nodes.get_mut(&me) {
+                f(entry);
+                entry.version += 1;
+            }
+        }
+        self.after_change(false)
+    }
+
+    /// Starts decommissioning this node (idempotent).
+    pub fn decommission(&self) -> Result<Status> {
+        match self.status() {
+            Status::Leaving | Status::Left => {}
+            Status::Joining => {
+                return Err(Error::InvalidArgument(
+                    "this node has not finished joining; wait until it is normal, then \
+                     decommission it"
+                        .into(),
+                ))
+            }
+            Status::Normal => self.update_self(|s| s.status = Status::Leaving)?,
+        }
+        Ok(self.status())
+    }
+
+    /// Persists the view, refreshes peer addresses and republishes the placement.
+    fn after_change(&self, force: bool) -> Result<()> {
+        let view = self.view();
+        let bytes = serde_json::to_vec(&view).map_err(|e| Error::Internal(e.to_string()))?;
+        self.store.meta_put(META_VIEW, &bytes)?;
+        let addresses: Vec<(NodeId, String)> = view
+            .nodes
+            .values()
+            .filter(|n| n.id != *self.me())
+            .map(|n| (n.id.clone(), n.address.clone()))
+            .collect();
+        self.peers.set_addresses(&addresses);
+        let old = self.placement.borrow().clone();
+        if force || old.epoch != view.layout.epoch {
+            let current =
+                view.layout.ring().map_err(|e| Error::Internal(format!("invalid layout: {e}")))?;
+            let next = view
+                .layout
+                .next_ring()
+                .map_err(|e| Error::Internal(format!("invalid layout: {e}")))?;
+            if view.layout.epoch != old.epoch {
+                tracing::info!(
+                    epoch = view.layout.epoch,
+                    members = view.layout.members.len(),
+                    changing = next.is_some(),
+                    "ring layout changed"
+                );
+            }
+            self.placement.send_replace(Arc::new(Placement {
+                epoch: view.layout.epoch,
+                current,
+                next,
+            }));
+        }
+        Ok(())
+    }
+
+    /// One gossip round's local work: heartbeat, own transitions, claimant decisions.
+    fn tick(&self) -> Result<()> {
+        let me = self.me().clone();
+        let may_bootstrap = self.started.elapsed() >= self.config.bootstrap_after;
+        {
+            let mut view = lock(&self.view);
+            if let Some(entry) = view.nodes.get_mut(&me) {
+                entry.heartbeat += 1;
+            }
+            if let Some(status) = claimant::own_transition(&view, &me) {
+                tracing::info!(from = ?view.status(&me), to = ?status, "membership status changes");
+                if let Some(entry) = view.nodes.get_mut(&me) {
+                    entry.status = status;
+                    entry.version += 1;
+                }
+            }
+            let is_up = |id: &NodeId| crate::coordinator::Transport::is_up(&*self.peers, id);
+            match claimant::decide(&view, &me, self.config.n, may_bootstrap, &is_up) {
+                Ok(Some(layout)) => view.layout = layout,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot compute a layout"),
+            }
+        }
+        self.after_change(false)
+    }
+
+    /// Picks whom to gossip with: usually a random reachable member, every third round (or
+    /// when no member is known) a seed.
+    fn pick(&self, round: u64) -> Option<String> {
+        let view = self.view();
+        let mut candidates: Vec<&NodeState> = view
+            .nodes
+            .values()
+            .filter(|n| n.id != *self.me() && n.status != Status::Left)
+            .filter(|n| crate::coordinator::Transport::is_up(&*self.peers, &n.id))
+            .collect();
+        let mut rng = rand::thread_rng();
+        candidates.shuffle(&mut rng);
+        let seeds: Vec<&String> =
+            self.config.seeds.iter().filter(|s| **s != self.config.address).collect();
+        if (round.is_multiple_of(3) || candidates.is_empty()) && !seeds.is_empty() {
+            return seeds.choose(&mut rng).map(|s| s.to_string());
+        }
+        candidates.first().map(|n| n.address.clone())
+    }
+
+    /// Gossips every interval until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut round: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.config.gossip_interval) => {}
+            }
+            round += 1;
+            if let Err(e) = self.tick() {
+                tracing::warn!(error = %e, "membership tick failed");
+            }
+            let Some(address) = self.pick(round) else { continue };
+            match self
+                .peers
+                .gossip(
+                    &address,
+                    &self.view(),
+                    self.config.gossip_interval.max(Duration::from_millis(500)),
+                )
+                .await
+            {
+                Ok(theirs) => {
+                    if let Err(e) = self.receive(&theirs) {
+                        tracing::warn!(error = %e, "cannot apply gossip");
+                    }
+                }
+                Err(e) => tracing::debug!(%address, error = %e, "gossip failed"),
+            }
+        }
+    }
+}

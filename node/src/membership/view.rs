@@ -1,0 +1,256 @@
+//! The gossiped cluster view (paper section 4.8): every node's own entry (address, zone,
+//! weight, membership status, generation, heartbeat) and the partition layout. Pure: merging
+//! two views is a join (commutative, associative, idempotent), so views converge whatever the
+//! order and repetition of gossip exchanges.
+//!
+//! Who writes what:
+//! - a node's entry is written only by that node (status changes, heartbeats); the copy with
+//!   the greatest (generation, version, heartbeat) wins, so a restarted node (new generation)
+//!   always overrides what others remember of it;
+//! - the layout is written by the claimant (see `claimant`); the layout with the greatest
+//!   (epoch, author) wins.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ring::{Member, NodeId, Ring, RingError};
+
+/// Membership status of a node, as it declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Announced itself; not in the committed layout yet.
+    Joining,
+    /// In the committed layout, serving.
+    Normal,
+    /// Decommissioning: its partitions are being moved away.
+    Leaving,
+    /// Decommissioned: out of the layout; can be stopped.
+    Left,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Joining => "joining",
+            Status::Normal => "normal",
+            Status::Leaving => "leaving",
+            Status::Left => "left",
+        }
+    }
+}
+
+/// One node's entry, written only by that node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    pub id: NodeId,
+    /// HOST:PORT where it serves.
+    pub address: String,
+    pub zone: String,
+    pub weight: u32,
+    pub status: Status,
+    /// Grows on every restart of the node.
+    pub generation: u64,
+    /// Grows on every change of the fields above within a generation.
+    pub version: u64,
+    /// Grows on every gossip round of the node.
+    pub heartbeat: u64,
+    /// The layout epoch for which this node has received every partition it gains (0: none).
+    pub synced_epoch: u64,
+}
+
+impl NodeState {
+    fn rank(&self) -> (u64, u64, u64) {
+        (self.generation, self.version, self.heartbeat)
+    }
+
+    pub fn member(&self) -> Member {
+        Member { id: self.id.clone(), zone: self.zone.clone(), weight: self.weight }
+    }
+}
+
+/// A committed partition layout plus, during a change, the target being moved to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// Grows on every change (a new target, a commit). 0 means no layout yet.
+    pub epoch: u64,
+    /// The claimant that wrote this epoch; breaks ties between concurrent claimants.
+    pub author: NodeId,
+    pub partitions: u32,
+    pub members: Vec<Member>,
+    /// Owner of each partition.
+    pub owners: Vec<NodeId>,
+    /// The layout being moved to, while partitions are transferred.
+    pub next: Option<Target>,
+}
+
+/// The target of a layout change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub members: Vec<Member>,
+    pub owners: Vec<NodeId>,
+}
+
+impl Layout {
+    /// No layout yet.
+    pub fn empty(partitions: u32) -> Layout {
+        Layout {
+            epoch: 0,
+            author: NodeId(String::new()),
+            partitions,
+            members: Vec::new(),
+            owners: Vec::new(),
+            next: None,
+        }
+    }
+
+    fn rank(&self) -> (u64, &NodeId) {
+        (self.epoch, &self.author)
+    }
+
+    /// The committed ring (None before the first layout).
+    pub fn ring(&self) -> Result<Option<Ring>, RingError> {
+        if self.epoch == 0 || self.members.is_empty() {
+            return Ok(None);
+        }
+        Ring::from_parts(self.partitions, self.members.clone(), self.owners.clone()).map(Some)
+    }
+
+    /// The ring being moved to, during a change.
+    pub fn next_ring(&self) -> Result<Option<Ring>, RingError> {
+        match &self.next {
+            Some(t) => {
+                Ring::from_parts(self.partitions, t.members.clone(), t.owners.clone()).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// A node's whole view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    pub nodes: BTreeMap<NodeId, NodeState>,
+    pub layout: Layout,
+}
+
+impl View {
+    pub fn new(partitions: u32) -> View {
+        View { nodes: BTreeMap::new(), layout: Layout::empty(partitions) }
+    }
+
+    /// Merges another view into this one; returns whether anything changed. A join:
+    /// commutative, associative and idempotent.
+    pub fn merge(&mut self, other: &View) -> bool {
+        let mut changed = false;
+        for (id, theirs) in &other.nodes {
+            match self.nodes.get(id) {
+                Some(ours) if ours.rank() >= theirs.rank() => {}
+                _ => {
+                    self.nodes.insert(id.clone(), theirs.clone());
+                    changed = true;
+                }
+            }
+        }
+        if other.layout.partitions == self.layout.partitions
+            && other.layout.rank() > self.layout.rank()
+        {
+            self.layout = other.layout.clone();
+            changed = true;
+        }
+        changed
+    }
+
+    /// The status of a node, if known.
+    pub fn status(&self, id: &NodeId) -> Option<Status> {
+        self.nodes.get(id).map(|n| n.status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn node(id: &str, generation: u64, version: u64, heartbeat: u64, status: Status) -> NodeState {
+        NodeState {
+            id: NodeId(id.into()),
+            address: format!("{id}:1"),
+            zone: "z".into(),
+            weight: 1,
+            status,
+            generation,
+            version,
+            heartbeat,
+            synced_epoch: 0,
+        }
+    }
+
+    fn view(nodes: Vec<NodeState>, epoch: u64, author: &str) -> View {
+        let mut v = View::new(8);
+        for n in nodes {
+            v.nodes.insert(n.id.clone(), n);
+        }
+        v.layout.epoch = epoch;
+        v.layout.author = NodeId(author.into());
+        v
+    }
+
+    #[test]
+    fn newer_generation_wins_over_higher_heartbeat() {
+        let mut a = view(vec![node("x", 1, 9, 1000, Status::Leaving)], 0, "");
+        let b = view(vec![node("x", 2, 0, 1, Status::Normal)], 0, "");
+        assert!(a.merge(&b));
+        assert_eq!(a.status(&NodeId("x".into())), Some(Status::Normal));
+        assert!(!a.merge(&b), "merging again changes nothing");
+    }
+
+    #[test]
+    fn higher_epoch_layout_wins_and_ties_break_by_author() {
+        let mut a = view(vec![], 3, "b");
+        assert!(!a.merge(&view(vec![], 3, "a")));
+        assert!(a.merge(&view(vec![], 3, "c")));
+        assert_eq!(a.layout.author, NodeId("c".into()));
+        assert!(a.merge(&view(vec![], 4, "a")));
+        assert_eq!(a.layout.epoch, 4);
+    }
+
+    fn arb_view() -> impl Strategy<Value = View> {
+        let entry = (0..4usize, 0..3u64, 0..3u64, 0..3u64, 0..4u8);
+        (proptest::collection::vec(entry, 0..6), 0..3u64, 0..3usize).prop_map(
+            |(entries, epoch, author)| {
+                let statuses = [Status::Joining, Status::Normal, Status::Leaving, Status::Left];
+                let mut v = View::new(8);
+                for (id, g, ver, hb, st) in entries {
+                    // The same (id, rank) always carries the same content, as it does in a real
+                    // cluster, where only the owner writes its entry.
+                    let status = statuses[((g + ver + hb) as usize + id) % 4];
+                    let _ = st;
+                    let n = node(&format!("n{id}"), g, ver, hb, status);
+                    v.merge(&view(vec![n], 0, ""));
+                }
+                v.layout.epoch = epoch;
+                v.layout.author = NodeId(format!("a{author}"));
+                v.layout.owners = vec![NodeId(format!("o{epoch}{author}"))];
+                v
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative_associative_and_idempotent(a in arb_view(), b in arb_view(), c in arb_view()) {
+            let mut ab = a.clone(); ab.merge(&b);
+            let mut ba = b.clone(); ba.merge(&a);
+            prop_assert_eq!(&ab, &ba);
+            let mut ab_c = ab.clone(); ab_c.merge(&c);
+            let mut bc = b.clone(); bc.merge(&c);
+            let mut a_bc = a.clone(); a_bc.merge(&bc);
+            prop_assert_eq!(&ab_c, &a_bc);
+            let mut aa = a.clone();
+            prop_assert!(!aa.merge(&a));
+            prop_assert_eq!(aa, a);
+        }
+    }
+}

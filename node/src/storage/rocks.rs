@@ -1,0 +1,113 @@
+//! RocksDB engine: one database per node data directory, one column family per keyspace.
+//! Writes go through the write-ahead log, so an acknowledged write survives `kill -9`; with
+//! `sync_writes` the log is also fsynced, so it survives power loss.
+
+use std::path::Path;
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
+};
+
+use super::{Engine, Entries, Keyspace, StorageError, WriteOp};
+
+/// See the module docs.
+pub struct RocksEngine {
+    db: DB,
+    sync_writes: bool,
+}
+
+impl std::fmt::Debug for RocksEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksEngine").field("path", &self.db.path()).finish()
+    }
+}
+
+fn err(e: rocksdb::Error) -> StorageError {
+    StorageError(e.into_string())
+}
+
+impl RocksEngine {
+    /// Opens (creating if needed) the database in `dir`.
+    pub fn open(dir: &Path, sync_writes: bool) -> Result<RocksEngine, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StorageError(format!("cannot create data directory {}: {e}", dir.display()))
+        })?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.increase_parallelism(2);
+        let cfs =
+            Keyspace::ALL.iter().map(|s| ColumnFamilyDescriptor::new(s.name(), Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
+            StorageError(format!(
+                "cannot open RocksDB in {}: {} (is another dynamo-node using this directory?)",
+                dir.display(),
+                e.into_string()
+            ))
+        })?;
+        Ok(RocksEngine { db, sync_writes })
+    }
+
+    fn cf(&self, space: Keyspace) -> Result<&ColumnFamily, StorageError> {
+        self.db
+            .cf_handle(space.name())
+            .ok_or_else(|| StorageError(format!("column family {} is missing", space.name())))
+    }
+}
+
+impl Engine for RocksEngine {
+    fn get(&self, space: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db.get_cf(self.cf(space)?, key).map_err(err)
+    }
+
+    fn write(&self, ops: Vec<WriteOp>) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        for op in &ops {
+            match op {
+                WriteOp::Put { space, key, value } => batch.put_cf(self.cf(*space)?, key, value),
+                WriteOp::Delete { space, key } => batch.delete_cf(self.cf(*space)?, key),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync_writes);
+        self.db.write_opt(batch, &wo).map_err(err)
+    }
+
+    fn scan(
+        &self,
+        space: Keyspace,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StorageError> {
+        let start = after.unwrap_or(prefix);
+        let iter =
+            self.db.iterator_cf(self.cf(space)?, IteratorMode::From(start, Direction::Forward));
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item.map_err(err)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if after.is_some_and(|a| &*k == a) {
+                continue;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn approximate_len(&self, space: Keyspace) -> u64 {
+        self.cf(space)
+            .ok()
+            .and_then(|cf| {
+                self.db.property_int_value_cf(cf, "rocksdb.estimate-num-keys").ok().flatten()
+            })
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,521 @@
+//! The object store on top of an [`Engine`]: each key's replica is one encoded version clock,
+//! read-modify-written under a striped lock so concurrent writes to one key on this node never
+//! lose each other's updates.
+//!
+//! It also keeps, in memory, one Merkle tree per partition over (key, digest of the stored
+//! version), updated on every write (anti-entropy compares them; built once by a scan at
+//! start-up), and the hint store: writes held for unreachable nodes, kept apart from the
+//! replicas this node owns, with per-target counts.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use super::{Engine, Keyspace, WriteOp};
+use crate::error::{Error, Result};
+use crate::merkle::{self, Hash, MerkleTree, TreeShape};
+use crate::ring::{NodeId, PartitionId};
+use crate::version::{Actor, Clock};
+
+/// Shape of every partition's Merkle tree (cluster-wide: both sides of an exchange must agree):
+/// 16 x 16 = 256 leaves, a few KiB per partition that holds data.
+pub const TREE_SHAPE: TreeShape = TreeShape { fanout: 16, depth: 2 };
+
+/// Hints held for one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HintStats {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+fn hint_prefix(target: &NodeId) -> Vec<u8> {
+    let id = target.0.as_bytes();
+    let mut k = Vec::with_capacity(1 + id.len() + 4);
+    k.push(id.len().min(255) as u8);
+    k.extend_from_slice(&id[..id.len().min(255)]);
+    k
+}
+
+fn hint_key(target: &NodeId, partition: PartitionId, key: &[u8]) -> Vec<u8> {
+    let mut k = hint_prefix(target);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// Splits a hint key into (target, partition, user key).
+fn parse_hint_key(k: &[u8]) -> Option<(NodeId, PartitionId, Vec<u8>)> {
+    let len = *k.first()? as usize;
+    let id = std::str::from_utf8(k.get(1..1 + len)?).ok()?.to_string();
+    let p = u32::from_be_bytes(k.get(1 + len..5 + len)?.try_into().ok()?);
+    Some((NodeId(id), p, k.get(5 + len..)?.to_vec()))
+}
+
+/// Splits a data key into (partition, user key).
+fn parse_data_key(k: &[u8]) -> Option<(PartitionId, &[u8])> {
+    let p = u32::from_be_bytes(k.get(..4)?.try_into().ok()?);
+    Some((p, &k[4..]))
+}
+
+const META_ACTOR: &[u8] = b"actor";
+const META_PARTITIONS: &[u8] = b"partitions";
+/// Lock stripes: enough that unrelated keys rarely share one.
+const STRIPES: usize = 1024;
+
+/// The data-keyspace key of a user key: partition first, so partitions scan contiguously.
+pub fn data_key(partition: PartitionId, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// See the module docs.
+pub struct Store {
+    engine: Arc<dyn Engine>,
+    /// Serialises read-modify-write cycles per key (by hash of the key).
+    stripes: Vec<Mutex<()>>,
+    /// This data directory's actor id: the name under which this node creates versions.
+    actor: Actor,
+    /// One Merkle tree per partition (allocated only once the partition holds data).
+    trees: Vec<Mutex<MerkleTree>>,
+    /// Hints per target node, kept in step with the hint keyspace.
+    hint_stats: Mutex<BTreeMap<NodeId, HintStats>>,
+}
+
+fn storage(e: super::StorageError) -> Error {
+    Error::Storage(e.0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock().map_err(|_| Error::Internal("a storage lock was poisoned by a panic".into()))
+}
+
+impl Store {
+    /// Opens the store, creating the actor id on first use and checking that the data was laid
+    /// out with the configured partition count.
+    pub fn open(engine: Arc<dyn Engine>, partitions: u32) -> Result<Store> {
+        let actor = match engine.get(Keyspace::Meta, META_ACTOR).map_err(storage)? {
+            Some(bytes) => {
+                let raw: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+                    Error::Storage("the stored actor id is corrupt (not 8 bytes)".into())
+                })?;
+                u64::from_be_bytes(raw)
+            }
+            None => {
+                // A fresh data directory gets a fresh actor, so a node whose disk was wiped
+                // never re-issues version dots it issued before.
+                let actor: Actor = rand::random::<u64>().max(1);
+                engine
+                    .write(vec![WriteOp::Put {
+                        space: Keyspace::Meta,
+                        key: META_ACTOR.to_vec(),
+                        value: actor.to_be_bytes().to_vec(),
+                    }])
+                    .map_err(storage)?;
+                actor
+            }
+        };
+        match engine.get(Keyspace::Meta, META_PARTITIONS).map_err(storage)? {
+            Some(bytes) => {
+                let stored =
+                    bytes.as_slice().try_into().map(u32::from_be_bytes).map_err(|_| {
+                        Error::Storage("the stored partition count is corrupt".into())
+                    })?;
+                if stored != partitions {
+                    return Err(Error::Storage(format!(
+                        "this data directory was created for {stored} partitions but the node is \
+                         configured with {partitions}; the partition count is fixed when a \
+                         cluster is created: set partitions = {stored}"
+                    )));
+                }
+            }
+            None => engine
+                .write(vec![WriteOp::Put {
+                    space: Keyspace::Meta,
+                    key: META_PARTITIONS.to_vec(),
+                    value: partitions.to_be_bytes().to_vec(),
+                }])
+                .map_err(storage)?,
+        }
+        let store = Store {
+            engine,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            actor,
+            trees: (0..partitions).map(|_| Mutex::new(MerkleTree::new(TREE_SHAPE))).collect(),
+            hint_stats: Mutex::new(BTreeMap::new()),
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    /// Builds the Merkle trees and hint counts from what is on disk.
+    fn load(&self) -> Result<()> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page =
+                self.engine.scan(Keyspace::Data, b"", after.as_deref(), 1024).map_err(storage)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0.clone());
+            for (k, v) in &page {
+                if let Some((p, key)) = parse_data_key(k) {
+                    if let Some(tree) = self.trees.get(p as usize) {
+                        lock(tree)?.update(key, None, Some(&merkle::version_digest(v)));
+                    }
+                }
+            }
+        }
+        let mut stats = lock(&self.hint_stats)?;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page =
+                self.engine.scan(Keyspace::Hints, b"", after.as_deref(), 1024).map_err(storage)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0.clone());
+            for (k, v) in &page {
+                if let Some((target, _, _)) = parse_hint_key(k) {
+                    let s = stats.entry(target).or_default();
+                    s.count += 1;
+                    s.bytes += v.len() as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The actor id under which this node creates versions.
+    pub fn actor(&self) -> Actor {
+        self.actor
+    }
+
+    fn stripe(&self, key: &[u8]) -> &Mutex<()> {
+        // FNV-1a: cheap and good enough to spread keys over stripes.
+        let h = key
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3));
+        &self.stripes[(h % STRIPES as u64) as usize]
+    }
+
+    fn read_raw(&self, partition: PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.engine.get(Keyspace::Data, &data_key(partition, key)).map_err(storage)
+    }
+
+    fn read(&self, partition: PartitionId, key: &[u8]) -> Result<(Clock, Option<Hash>)> {
+        match self.read_raw(partition, key)? {
+            Some(bytes) => Ok((Clock::decode(&bytes)?, Some(merkle::version_digest(&bytes)))),
+            None => Ok((Clock::new(), None)),
+        }
+    }
+
+    /// Writes a replica and updates its partition's tree (`old` is the digest it replaces).
+    fn write(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        clock: &Clock,
+        old: Option<Hash>,
+    ) -> Result<()> {
+        let bytes = clock.encode();
+        let new = merkle::version_digest(&bytes);
+        self.engine
+            .write(vec![WriteOp::Put {
+                space: Keyspace::Data,
+                key: data_key(partition, key),
+                value: bytes,
+            }])
+            .map_err(storage)?;
+        if let Some(tree) = self.trees.get(partition as usize) {
+            lock(tree)?.update(key, old.as_ref().map(|h| &h[..]), Some(&new));
+        }
+        Ok(())
+    }
+
+    /// This replica's clock for a key (empty when it has none).
+    pub fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Clock> {
+        Ok(self.read(partition, key)?.0)
+    }
+
+    /// Merges a version received from another node into this replica; returns the result.
+    /// Writes only when something changed.
+    pub fn merge(&self, partition: PartitionId, key: &[u8], incoming: &Clock) -> Result<Clock> {
+        let _guard = lock(self.stripe(key))?;
+        let (local, old) = self.read(partition, key)?;
+        let merged = local.sync(incoming);
+        if merged != local {
+            self.write(partition, key, &merged, old)?;
+        }
+        Ok(merged)
+    }
+
+    /// Read-modify-write of one key: `f` gets the local clock and returns the new one (or an
+    /// error, in which case nothing is written).
+    pub fn update(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        f: impl FnOnce(&Clock) -> Result<Clock>,
+    ) -> Result<Clock> {
+        let _guard = lock(self.stripe(key))?;
+        let (local, old) = self.read(partition, key)?;
+        let new = f(&local)?;
+        self.write(partition, key, &new, old)?;
+        Ok(new)
+    }
+
+    /// Runs `f` on a partition's Merkle tree.
+    pub fn with_tree<R>(
+        &self,
+        partition: PartitionId,
+        f: impl FnOnce(&mut MerkleTree) -> R,
+    ) -> Result<R> {
+        let tree = self.trees.get(partition as usize).ok_or_else(|| {
+            Error::InvalidArgument(format!("partition {partition} does not exist"))
+        })?;
+        Ok(f(&mut *lock(tree)?))
+    }
+
+    /// The (key, version digest) items of a partition whose keys fall in `leaves`.
+    pub fn items_in_leaves(
+        &self,
+        partition: PartitionId,
+        leaves: &[u32],
+    ) -> Result<Vec<(Vec<u8>, Hash)>> {
+        let wanted: HashSet<u32> = leaves.iter().copied().collect();
+        let prefix = partition.to_be_bytes();
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .engine
+                .scan(Keyspace::Data, &prefix, after.as_deref(), 1024)
+                .map_err(storage)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0.clone());
+            for (k, v) in page {
+                let key = &k[4..];
+                if wanted.contains(&TREE_SHAPE.leaf_of(key)) {
+                    out.push((key.to_vec(), merkle::version_digest(&v)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keeps a write meant for `target` (sloppy quorum), merged with any hint already held.
+    pub fn store_hint(
+        &self,
+        target: &NodeId,
+        partition: PartitionId,
+        key: &[u8],
+        clock: &Clock,
+    ) -> Result<()> {
+        let hk = hint_key(target, partition, key);
+        let _guard = lock(self.stripe(&hk))?;
+        let old = self.engine.get(Keyspace::Hints, &hk).map_err(storage)?;
+        let merged = match &old {
+            Some(bytes) => Clock::decode(bytes)?.sync(clock),
+            None => clock.clone(),
+        };
+        let bytes = merged.encode();
+        let (old_len, new_len) = (old.as_ref().map_or(0, Vec::len) as u64, bytes.len() as u64);
+        self.engine
+            .write(vec![WriteOp::Put { space: Keyspace::Hints, key: hk, value: bytes }])
+            .map_err(storage)?;
+        let mut stats = lock(&self.hint_stats)?;
+        let s = stats.entry(target.clone()).or_default();
+        if old.is_none() {
+            s.count += 1;
+        }
+        s.bytes = (s.bytes + new_len).saturating_sub(old_len);
+        Ok(())
+    }
+
+    /// The hint held for `target` for one key (empty when none).
+    pub fn hint(&self, target: &NodeId, partition: PartitionId, key: &[u8]) -> Result<Clock> {
+        match self
+            .engine
+            .get(Keyspace::Hints, &hint_key(target, partition, key))
+            .map_err(storage)?
+        {
+            Some(bytes) => Ok(Clock::decode(&bytes)?),
+            None => Ok(Clock::new()),
+        }
+    }
+
+    /// Up to `limit` hints for `target`, after the given (partition, key) when paging.
+    pub fn hints_for(
+        &self,
+        target: &NodeId,
+        after: Option<(PartitionId, &[u8])>,
+        limit: usize,
+    ) -> Result<Vec<(PartitionId, Vec<u8>, Clock)>> {
+        let after = after.map(|(p, k)| hint_key(target, p, k));
+        let page = self
+            .engine
+            .scan(Keyspace::Hints, &hint_prefix(target), after.as_deref(), limit)
+            .map_err(storage)?;
+        let mut out = Vec::with_capacity(page.len());
+        for (k, v) in page {
+            if let Some((_, p, key)) = parse_hint_key(&k) {
+                out.push((p, key, Clock::decode(&v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a delivered hint, unless a newer write for the same key was hinted meanwhile
+    /// (then it stays, to be delivered on the next pass). Returns whether it was deleted.
+    pub fn remove_hint_if_unchanged(
+        &self,
+        target: &NodeId,
+        partition: PartitionId,
+        key: &[u8],
+        delivered: &Clock,
+    ) -> Result<bool> {
+        let hk = hint_key(target, partition, key);
+        let _guard = lock(self.stripe(&hk))?;
+        let Some(bytes) = self.engine.get(Keyspace::Hints, &hk).map_err(storage)? else {
+            return Ok(false);
+        };
+        if Clock::decode(&bytes)? != *delivered {
+            return Ok(false);
+        }
+        self.engine
+            .write(vec![WriteOp::Delete { space: Keyspace::Hints, key: hk }])
+            .map_err(storage)?;
+        let mut stats = lock(&self.hint_stats)?;
+        if let Some(s) = stats.get_mut(target) {
+            s.count = s.count.saturating_sub(1);
+            s.bytes = s.bytes.saturating_sub(bytes.len() as u64);
+            if s.count == 0 {
+                stats.remove(target);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Hints held, per target node.
+    pub fn hint_stats(&self) -> BTreeMap<NodeId, HintStats> {
+        self.hint_stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// A node metadata value.
+    pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.engine.get(Keyspace::Meta, key).map_err(storage)
+    }
+
+    /// Writes a node metadata value.
+    pub fn meta_put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.engine
+            .write(vec![WriteOp::Put {
+                space: Keyspace::Meta,
+                key: key.to_vec(),
+                value: value.to_vec(),
+            }])
+            .map_err(storage)
+    }
+
+    /// Up to `limit` replicas of a partition after `after`, in key order, as (key, clock).
+    pub fn scan_partition(
+        &self,
+        partition: PartitionId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let prefix = partition.to_be_bytes();
+        let after = after.map(|k| data_key(partition, k));
+        let page =
+            self.engine.scan(Keyspace::Data, &prefix, after.as_deref(), limit).map_err(storage)?;
+        Ok(page.into_iter().map(|(k, v)| (k[4..].to_vec(), v)).collect())
+    }
+
+    /// Estimated number of keys held (replicas only, not hints).
+    pub fn approximate_keys(&self) -> u64 {
+        self.engine.approximate_len(Keyspace::Data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryEngine;
+    use crate::version::{Value, VersionVector};
+
+    #[test]
+    fn actor_is_stable_and_partition_count_is_checked() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::default());
+        let a = Store::open(engine.clone(), 64).unwrap().actor();
+        assert_eq!(Store::open(engine.clone(), 64).unwrap().actor(), a);
+        let err = Store::open(engine, 128).err().unwrap().to_string();
+        assert!(err.contains("created for 64 partitions"), "{err}");
+    }
+
+    #[test]
+    fn merge_and_update_round_trip() {
+        let store = Store::open(Arc::new(MemoryEngine::default()), 64).unwrap();
+        let c = store
+            .update(3, b"k", |local| {
+                Ok(local.update(&VersionVector::default(), Value::Data(b"v".to_vec()), 7))
+            })
+            .unwrap();
+        assert_eq!(store.get(3, b"k").unwrap(), c);
+        assert!(store.get(4, b"k").unwrap().is_empty());
+        let other = Clock::new().update(&VersionVector::default(), Value::Data(b"w".to_vec()), 9);
+        let merged = store.merge(3, b"k", &other).unwrap();
+        assert_eq!(merged.sibling_count(), 2);
+        assert_eq!(store.get(3, b"k").unwrap(), merged);
+        let failed = store.update(3, b"k", |_| Err(Error::Internal("no".into())));
+        assert!(failed.is_err());
+        assert_eq!(store.get(3, b"k").unwrap(), merged);
+    }
+
+    fn write(v: &str, actor: u64) -> Clock {
+        Clock::new().update(&VersionVector::default(), Value::Data(v.as_bytes().to_vec()), actor)
+    }
+
+    #[test]
+    fn trees_follow_writes_and_are_rebuilt_identically_on_reopen() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::default());
+        let store = Store::open(engine.clone(), 8).unwrap();
+        let empty = store.with_tree(2, |t| t.root()).unwrap();
+        for i in 0..50 {
+            store.merge(2, format!("k{i}").as_bytes(), &write("v", 1)).unwrap();
+        }
+        store.merge(2, b"k7", &write("w", 2)).unwrap();
+        let root = store.with_tree(2, |t| t.root()).unwrap();
+        assert_ne!(root, empty);
+        let reopened = Store::open(engine, 8).unwrap();
+        assert_eq!(reopened.with_tree(2, |t| t.root()).unwrap(), root);
+        assert_eq!(reopened.with_tree(3, |t| t.root()).unwrap(), empty);
+        let leaf = TREE_SHAPE.leaf_of(b"k7");
+        let items = store.items_in_leaves(2, &[leaf]).unwrap();
+        assert!(items.iter().any(|(k, _)| k == b"k7"));
+        assert!(items.iter().all(|(k, _)| TREE_SHAPE.leaf_of(k) == leaf));
+    }
+
+    #[test]
+    fn hints_are_kept_apart_merged_counted_and_removed_only_when_unchanged() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::default());
+        let store = Store::open(engine.clone(), 8).unwrap();
+        let target = NodeId("node-9".into());
+        store.store_hint(&target, 1, b"a", &write("x", 1)).unwrap();
+        store.store_hint(&target, 1, b"a", &write("y", 2)).unwrap();
+        store.store_hint(&target, 2, b"b", &write("z", 1)).unwrap();
+        assert!(store.get(1, b"a").unwrap().is_empty(), "hints are not replicas");
+        assert_eq!(store.hint(&target, 1, b"a").unwrap().sibling_count(), 2);
+        assert_eq!(store.hint_stats()[&target].count, 2);
+        let page = store.hints_for(&target, None, 1).unwrap();
+        assert_eq!((page[0].0, page[0].1.as_slice()), (1, &b"a"[..]));
+        let rest = store.hints_for(&target, Some((1, b"a")), 10).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].1, b"b");
+        // A stale delivery does not delete a newer hint.
+        assert!(!store.remove_hint_if_unchanged(&target, 1, b"a", &write("x", 1)).unwrap());
+        let current = store.hint(&target, 1, b"a").unwrap();
+        assert!(store.remove_hint_if_unchanged(&target, 1, b"a", &current).unwrap());
+        // Counts survive a restart (rebuilt from disk).
+        let reopened = Store::open(engine, 8).unwrap();
+        assert_eq!(reopened.hint_stats()[&target].count, 1);
+        assert!(reopened.remove_hint_if_unchanged(&target, 2, b"b", &write("z", 1)).unwrap());
+        assert!(reopened.hint_stats().is_empty());
+    }
+}

@@ -1,0 +1,540 @@
+//! A cluster of real `dynamo-node` processes, each with its own RocksDB data directory in a
+//! temporary folder and its own port on 127.0.0.1. Dropping the cluster kills every process,
+//! also when a test fails, so nothing leaks.
+//!
+//! Faults: [`Cluster::kill`] (SIGKILL) and [`Cluster::restart`] on the same data directory,
+//! [`Cluster::pause`] (SIGSTOP) and [`Cluster::resume_and_sync_faults`] (SIGCONT),
+//! [`Cluster::wipe`] (delete a killed node's data directory), [`Cluster::partition`] and
+//! [`Cluster::heal`]. Partitions are not made in the kernel (that would need root and network
+//! namespaces) but with a fault switch inside the nodes' transport: the admin `SetFaults` call
+//! (accepted only because the harness starts nodes with `fault_injection = true`) makes a
+//! node refuse to send to, and to answer, the listed peers, in both directions. Only
+//! node-to-node traffic is cut: test clients still reach every node, so a client talking to an
+//! isolated node sees what a client on that side of a real partition would see.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use dynamo_node::client::Client;
+use dynamo_node::config::{BackgroundConfig, ClusterConfig, EngineKind, NodeConfig};
+use dynamo_node::ring::{Member, NodeId, Ring};
+use dynamo_node::rpc::pb::admin::StatusResponse;
+use dynamo_node::rpc::pb::admin::{admin_client::AdminClient, SetFaultsRequest};
+use dynamo_node::rpc::pb::internode::{internode_client::InternodeClient, FetchRequest};
+use dynamo_node::version::Clock;
+
+/// Shape of a test cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    pub zones: usize,
+    pub n: usize,
+    pub r: usize,
+    pub w: usize,
+    pub partitions: u32,
+    /// Coordinator quorum timeout.
+    pub timeout_ms: u64,
+    /// Anti-entropy worker pause between exchanges; 0 disables the worker (the default here,
+    /// so tests see what read repair and hinted handoff do on their own).
+    pub anti_entropy_interval_ms: u64,
+    /// How often stand-ins offer hints to their nodes.
+    pub handoff_interval_ms: u64,
+    /// Pace of partition transfers (keys per second; 0: unlimited).
+    pub transfer_keys_per_sec: u32,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            nodes: 3,
+            zones: 3,
+            n: 3,
+            r: 2,
+            w: 2,
+            partitions: 64,
+            timeout_ms: 1000,
+            anti_entropy_interval_ms: 0,
+            handoff_interval_ms: 200,
+            transfer_keys_per_sec: 0,
+        }
+    }
+}
+
+/// One node process.
+pub struct NodeProcess {
+    pub id: String,
+    pub address: String,
+    pub config_path: PathBuf,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+    /// Peers this node is currently partitioned from (re-applied after a restart).
+    blocked: Vec<String>,
+}
+
+/// See the module docs.
+pub struct Cluster {
+    /// Kept so the folder lives as long as the cluster.
+    _dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub nodes: Vec<NodeProcess>,
+    opts: ClusterOptions,
+}
+
+/// The dynamo-node binary: $DYNAMO_NODE_BIN, or the one cargo built next to the test binary.
+pub fn node_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("DYNAMO_NODE_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/dynamo-node
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("dynamo-node"))
+        .context("cannot locate the target directory")?;
+    if !bin.is_file() {
+        bail!(
+            "{} does not exist: run `cargo build --bins` first (scripts/test does)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+impl Cluster {
+    /// Starts every node and waits until each one serves.
+    pub async fn start(opts: ClusterOptions) -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("dynamo-cluster-").tempdir()?;
+        let bin = node_binary()?;
+        let addresses: Vec<String> = (0..opts.nodes)
+            .map(|_| Ok(format!("127.0.0.1:{}", free_port()?)))
+            .collect::<anyhow::Result<_>>()?;
+        let mut nodes = Vec::new();
+        for (i, address) in addresses.iter().enumerate() {
+            nodes.push(Self::prepare(dir.path(), &opts, i, address, &addresses)?);
+        }
+        let mut cluster = Cluster { _dir: dir, bin, nodes, opts: opts.clone() };
+        for i in 0..cluster.nodes.len() {
+            cluster.spawn(i)?;
+        }
+        for i in 0..cluster.nodes.len() {
+            cluster.wait_serving(i).await?;
+        }
+        cluster.wait_members(opts.nodes).await?;
+        Ok(cluster)
+    }
+
+    /// Writes the configuration of node `i` (id `node-{i+1}`) and returns its handle.
+    fn prepare(
+        dir: &Path,
+        opts: &ClusterOptions,
+        i: usize,
+        address: &str,
+        seeds: &[String],
+    ) -> anyhow::Result<NodeProcess> {
+        let id = format!("node-{}", i + 1);
+        let node_dir = dir.join(&id);
+        std::fs::create_dir_all(&node_dir)?;
+        let config = NodeConfig {
+            id: id.clone(),
+            listen: address.to_string(),
+            zone: format!("zone-{}", i % opts.zones),
+            data_dir: Some(node_dir.join("data")),
+            engine: EngineKind::Rocksdb,
+            request_timeout_ms: opts.timeout_ms,
+            fault_injection: true,
+            cluster: ClusterConfig {
+                name: "test".into(),
+                secret: "test-secret".into(),
+                partitions: opts.partitions,
+                n: Some(opts.n),
+                r: Some(opts.r),
+                w: Some(opts.w),
+            },
+            seeds: seeds.to_vec(),
+            gossip_interval_ms: 200,
+            background: BackgroundConfig {
+                anti_entropy_interval_ms: opts.anti_entropy_interval_ms,
+                handoff_interval_ms: opts.handoff_interval_ms,
+                transfer_keys_per_sec: opts.transfer_keys_per_sec,
+                ..BackgroundConfig::default()
+            },
+            ..NodeConfig::default()
+        };
+        config.validate()?;
+        let config_path = node_dir.join("node.toml");
+        std::fs::write(&config_path, config.to_toml())?;
+        Ok(NodeProcess {
+            id,
+            address: address.to_string(),
+            config_path,
+            data_dir: node_dir.join("data"),
+            log: node_dir.join("node.log"),
+            child: None,
+            paused: false,
+            blocked: Vec::new(),
+        })
+    }
+
+    /// Starts one more node that joins through the running nodes as seeds; returns its index.
+    /// It serves when this returns; wait for the ring with [`Cluster::wait_members`].
+    pub async fn add_node(&mut self) -> anyhow::Result<usize> {
+        let i = self.nodes.len();
+        let address = format!("127.0.0.1:{}", free_port()?);
+        let seeds: Vec<String> =
+            (0..i).filter(|j| self.is_running(*j)).map(|j| self.nodes[j].address.clone()).collect();
+        let node = Self::prepare(self._dir.path(), &self.opts, i, &address, &seeds)?;
+        self.nodes.push(node);
+        self.spawn(i)?;
+        self.wait_serving(i).await?;
+        Ok(i)
+    }
+
+    /// Asks node `i` to decommission itself and waits until every running node sees it left
+    /// (its partitions moved); then it can be killed.
+    pub async fn decommission(&mut self, i: usize) -> anyhow::Result<()> {
+        self.client(i).decommission("").await?;
+        let id = self.nodes[i].id.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let status = self.client(i).status().await?;
+            let state = status
+                .nodes
+                .iter()
+                .find(|n| n.id == id)
+                .map(|n| n.membership.clone())
+                .unwrap_or_default();
+            if state == "left" {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{id} did not leave within 120 s (it is {state}):\n{}", self.log(i));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let child = Command::new(&self.bin)
+            .arg("--config")
+            .arg(&node.config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.bin.display()))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// Polls until every running node's ring has `count` members, all seen as normal, and no
+    /// change is under way.
+    pub async fn wait_members(&self, count: usize) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut settled = true;
+            for i in (0..self.nodes.len()).filter(|i| self.is_running(*i) && !self.nodes[*i].paused)
+            {
+                let ok = match (self.client(i).ring().await, self.client(i).status().await) {
+                    (Ok(r), Ok(s)) => {
+                        r.members.len() == count
+                            && s.pending_partitions == 0
+                            && r.members.iter().all(|m| {
+                                s.nodes.iter().any(|n| n.id == m.id && n.membership == "normal")
+                            })
+                    }
+                    _ => false,
+                };
+                settled &= ok;
+            }
+            if settled {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the ring did not settle on {count} members within 60 s:\n{}", self.log(0));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls node `i` until it answers, failing early if its process exits.
+    pub async fn wait_serving(&mut self, i: usize) -> anyhow::Result<()> {
+        let client = self.client(i);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) =
+                self.nodes[i].child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("{} exited during start-up ({status}):\n{}", self.nodes[i].id, self.log(i));
+            }
+            if client.status().await.is_ok() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{} did not serve within 30 s:\n{}", self.nodes[i].id, self.log(i));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A client talking to node `i`.
+    pub fn client(&self, i: usize) -> Client {
+        Client::new(&self.nodes[i].address, Duration::from_secs(10)).expect("valid address")
+    }
+
+    /// A client talking to node `i` whose requests give up after `timeout`.
+    pub fn client_with_timeout(&self, i: usize, timeout: Duration) -> Client {
+        Client::new(&self.nodes[i].address, timeout).expect("valid address")
+    }
+
+    /// Where keys live: the ring as the first running, unpaused node reports it.
+    pub async fn placement(&self) -> anyhow::Result<Placement> {
+        let i = (0..self.nodes.len())
+            .find(|&i| self.is_running(i) && !self.is_paused(i))
+            .context("no node is running to ask for the ring")?;
+        let ring = self
+            .client(i)
+            .ring()
+            .await
+            .with_context(|| format!("asking {} for the ring", self.nodes[i].id))?;
+        let members: Vec<Member> = ring
+            .members
+            .iter()
+            .map(|m| Member { id: NodeId(m.id.clone()), zone: m.zone.clone(), weight: m.weight })
+            .collect();
+        let owners = ring
+            .owners
+            .iter()
+            .map(|&o| {
+                members
+                    .get(o as usize)
+                    .map(|m| m.id.clone())
+                    .context("ring owner index out of range")
+            })
+            .collect::<anyhow::Result<Vec<NodeId>>>()?;
+        let index = self.nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
+        Ok(Placement {
+            ring: Ring::from_parts(ring.partitions, members, owners)?,
+            n: ring.n as usize,
+            index,
+        })
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.nodes[i].paused = false;
+    }
+
+    /// Starts a killed node again on the same data directory and waits until it serves
+    /// (with the partition it was in, if any).
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        self.spawn(i)?;
+        self.wait_serving(i).await?;
+        self.apply_faults(i).await
+    }
+
+    /// Network partition through the nodes' fault switch: nodes in different groups can no
+    /// longer reach each other (in either direction); a node in no group is cut off from all.
+    /// Test clients still reach every node. Killed or paused nodes get it when they return.
+    pub async fn partition(&mut self, groups: &[&[usize]]) -> anyhow::Result<()> {
+        let ids: Vec<String> = self.nodes.iter().map(|n| n.id.clone()).collect();
+        for i in 0..self.nodes.len() {
+            let group: &[usize] = groups.iter().find(|g| g.contains(&i)).copied().unwrap_or(&[]);
+            self.nodes[i].blocked = (0..ids.len())
+                .filter(|j| *j != i && !group.contains(j))
+                .map(|j| ids[j].clone())
+                .collect();
+        }
+        for i in 0..self.nodes.len() {
+            self.apply_faults(i).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes every partition.
+    pub async fn heal(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            self.nodes[i].blocked.clear();
+            self.apply_faults(i).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_faults(&self, i: usize) -> anyhow::Result<()> {
+        if self.nodes[i].child.is_none() || self.nodes[i].paused {
+            return Ok(());
+        }
+        let channel =
+            dynamo_node::rpc::peers::channel(&self.nodes[i].address, Duration::from_secs(5))
+                .map_err(anyhow::Error::msg)?;
+        AdminClient::new(channel)
+            .set_faults(SetFaultsRequest { blocked_peers: self.nodes[i].blocked.clone() })
+            .await
+            .with_context(|| format!("setting faults on {}", self.nodes[i].id))?;
+        Ok(())
+    }
+
+    /// Whether node `i` runs (not killed; it may be paused).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// Whether node `i` is paused (SIGSTOP without SIGCONT yet).
+    pub fn is_paused(&self, i: usize) -> bool {
+        self.nodes[i].paused
+    }
+
+    /// SIGSTOP: the process stays, its sockets stay open, nothing answers.
+    pub fn pause(&mut self, i: usize) {
+        self.signal(i, libc::SIGSTOP);
+        self.nodes[i].paused = true;
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self, i: usize) {
+        self.signal(i, libc::SIGCONT);
+        self.nodes[i].paused = false;
+    }
+
+    /// SIGCONT, then re-applies the node's partition (it may have changed while paused).
+    pub async fn resume_and_sync_faults(&mut self, i: usize) -> anyhow::Result<()> {
+        self.resume(i);
+        self.apply_faults(i).await
+    }
+
+    fn signal(&self, i: usize, sig: libc::c_int) {
+        if let Some(child) = &self.nodes[i].child {
+            // SAFETY: kill(2) on a child we spawned and have not reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, sig);
+            }
+        }
+    }
+
+    /// Deletes node `i`'s data directory (kill it first).
+    pub fn wipe(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.nodes[i].child.is_some() {
+            bail!("kill {} before wiping its data", self.nodes[i].id);
+        }
+        if self.nodes[i].data_dir.exists() {
+            std::fs::remove_dir_all(&self.nodes[i].data_dir)?;
+        }
+        Ok(())
+    }
+
+    /// Node `i`'s own replica of a key, read directly (no quorum, no repair).
+    pub async fn local_replica(&self, i: usize, key: &[u8]) -> anyhow::Result<Clock> {
+        let channel =
+            dynamo_node::rpc::peers::channel(&self.nodes[i].address, Duration::from_secs(5))
+                .map_err(anyhow::Error::msg)?;
+        let reply = InternodeClient::new(channel)
+            .fetch(FetchRequest { key: key.to_vec(), ..FetchRequest::default() })
+            .await?
+            .into_inner();
+        if reply.clock.is_empty() {
+            return Ok(Clock::new());
+        }
+        Ok(Clock::decode(&reply.clock)?)
+    }
+
+    /// The live values node `i` holds for a key, sorted.
+    pub async fn local_values(&self, i: usize, key: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
+        let mut v: Vec<Vec<u8>> = self
+            .local_replica(i, key)
+            .await?
+            .live_values()
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Node `i`'s status (its view of the cluster, hints it holds).
+    pub async fn status(&self, i: usize) -> anyhow::Result<StatusResponse> {
+        Ok(self.client(i).status().await?)
+    }
+
+    /// The ring as node `i` has it.
+    pub async fn ring(&self, i: usize) -> anyhow::Result<Ring> {
+        let r = self.client(i).ring().await?;
+        let members: Vec<Member> = r
+            .members
+            .iter()
+            .map(|m| Member { id: NodeId(m.id.clone()), zone: m.zone.clone(), weight: m.weight })
+            .collect();
+        let owners = r.owners.iter().map(|o| members[*o as usize].id.clone()).collect();
+        Ok(Ring::from_parts(r.partitions, members, owners)?)
+    }
+
+    /// Indices of the N replicas of `key` (by the ring of node 0).
+    pub async fn replicas_of(&self, key: &[u8], n: usize) -> anyhow::Result<Vec<usize>> {
+        let ring = self.ring(0).await?;
+        Ok(ring
+            .preference_list(ring.partition_of(key))
+            .iter()
+            .take(n)
+            .map(|m| self.nodes.iter().position(|p| p.id == m.id.0).expect("member is a node"))
+            .collect())
+    }
+
+    /// The last lines of node `i`'s log, for failure messages.
+    pub fn log(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+/// The ring of a running cluster, to find a key's replicas among the cluster's nodes.
+pub struct Placement {
+    ring: Ring,
+    n: usize,
+    /// Node id -> index in [`Cluster::nodes`].
+    index: std::collections::HashMap<String, usize>,
+}
+
+impl Placement {
+    /// The replication factor N.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The indices (in [`Cluster::nodes`]) of the N replicas of `key`, in preference order.
+    pub fn replicas(&self, key: &[u8]) -> Vec<usize> {
+        self.ring
+            .preference_list(self.ring.partition_of(key))
+            .into_iter()
+            .take(self.n)
+            .filter_map(|m| self.index.get(m.id.as_str()).copied())
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].paused {
+                self.resume(i);
+            }
+            self.kill(i);
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Gossip membership on real processes: nodes join and leave one at a time while clients
+//! write, partitions move before ownership flips, and nothing acknowledged is lost.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynamo_tests::{Cluster, ClusterOptions};
+
+/// Writes unique keys through every node in turn until stopped; returns the acknowledged ones.
+fn spawn_writer(
+    cluster: &Cluster,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(BTreeMap<String, String>, usize)> {
+    let clients: Vec<_> = (0..cluster.nodes.len()).map(|i| cluster.client(i)).collect();
+    tokio::spawn(async move {
+        let mut acked = BTreeMap::new();
+        let mut failed = 0;
+        let mut i = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            let key = format!("live-{i}");
+            let value = format!("v{i}");
+            match clients[i % clients.len()]
+                .put(key.as_bytes(), value.clone().into_bytes(), vec![], None)
+                .await
+            {
+                Ok(_) => {
+                    acked.insert(key, value);
+                }
+                Err(_) => failed += 1,
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (acked, failed)
+    })
+}
+
+async fn assert_all_readable(cluster: &Cluster, via: usize, acked: &BTreeMap<String, String>) {
+    let client = cluster.client(via);
+    for (key, value) in acked {
+        let got = client.get(key.as_bytes(), Some(3)).await.unwrap();
+        assert!(
+            got.values.contains(&value.clone().into_bytes()),
+            "acknowledged {key}={value} is lost: {:?}",
+            got.values
+        );
+    }
+}
+
+/// Every key has exactly N replicas on the nodes its preference list names.
+async fn assert_replicas_in_place(cluster: &Cluster, keys: &[&String]) {
+    let ring = cluster.ring(0).await.unwrap();
+    for key in keys {
+        let replicas = cluster.replicas_of(key.as_bytes(), 3).await.unwrap();
+        assert_eq!(replicas.len(), 3);
+        for r in &replicas {
+            let values = cluster.local_values(*r, key.as_bytes()).await.unwrap();
+            assert!(!values.is_empty(), "{key} is missing on its replica {}", cluster.nodes[*r].id);
+        }
+        assert!(ring.members().len() >= 3);
+    }
+}
+
+#[tokio::test]
+async fn grow_from_three_to_five_and_shrink_back_while_writing() {
+    let opts = ClusterOptions { anti_entropy_interval_ms: 0, ..ClusterOptions::default() };
+    let mut cluster = Cluster::start(opts).await.unwrap();
+    // Some data before the changes.
+    for i in 0..300 {
+        cluster
+            .client(0)
+            .put(format!("pre-{i}").as_bytes(), b"v".to_vec(), vec![], Some(3))
+            .await
+            .unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(&cluster, stop.clone());
+
+    let d = cluster.add_node().await.unwrap();
+    cluster.wait_members(4).await.unwrap();
+    let e = cluster.add_node().await.unwrap();
+    cluster.wait_members(5).await.unwrap();
+    let status = cluster.status(0).await.unwrap();
+    assert!(status.nodes.iter().all(|n| n.membership == "normal"), "{:?}", status.nodes);
+
+    cluster.decommission(e).await.unwrap();
+    cluster.wait_members(4).await.unwrap();
+    cluster.decommission(d).await.unwrap();
+    cluster.wait_members(3).await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = writer.await.unwrap();
+    println!("writes during the membership changes: {} acknowledged, {failed} failed", acked.len());
+    assert!(acked.len() > 100);
+
+    // The decommissioned nodes are out of the ring and own nothing.
+    let ring = cluster.ring(0).await.unwrap();
+    assert_eq!(ring.members().len(), 3);
+    for gone in [d, e] {
+        assert!(ring.member(&dynamo_node::ring::NodeId(cluster.nodes[gone].id.clone())).is_none());
+        cluster.kill(gone);
+    }
+    assert_all_readable(&cluster, 0, &acked).await;
+    let pre: Vec<String> = (0..300).map(|i| format!("pre-{i}")).collect();
+    let sample: Vec<&String> = pre.iter().chain(acked.keys()).step_by(7).collect();
+    assert_replicas_in_place(&cluster, &sample).await;
+}
+
+#[tokio::test]
+async fn a_node_killed_during_its_transfer_finishes_after_a_restart() {
+    let opts = ClusterOptions { transfer_keys_per_sec: 400, ..ClusterOptions::default() };
+    let mut cluster = Cluster::start(opts).await.unwrap();
+    let client = cluster.client(0);
+    for i in 0..1500 {
+        client
+            .put(format!("k{i}").as_bytes(), format!("v{i}").into_bytes(), vec![], Some(3))
+            .await
+            .unwrap();
+    }
+    let d = cluster.add_node().await.unwrap();
+    // Wait until the new node is streaming, then kill it mid-transfer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = cluster.status(d).await.unwrap();
+        if s.transfers.iter().any(|t| t.keys_sent > 0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no transfer started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.kill(d);
+    cluster.restart(d).await.unwrap();
+    cluster.wait_members(4).await.unwrap();
+    let replicated: Vec<String> = (0..1500).map(|i| format!("k{i}")).collect();
+    for key in replicated.iter().step_by(5) {
+        let replicas = cluster.replicas_of(key.as_bytes(), 3).await.unwrap();
+        for r in replicas {
+            let values = cluster.local_values(r, key.as_bytes()).await.unwrap();
+            assert!(!values.is_empty(), "{key} missing on replica {}", cluster.nodes[r].id);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_node_rejoins_with_its_data_without_a_new_transfer() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await.unwrap();
+    for i in 0..100 {
+        cluster
+            .client(0)
+            .put(format!("k{i}").as_bytes(), b"v".to_vec(), vec![], Some(3))
+            .await
+            .unwrap();
+    }
+    let epoch = cluster.client(0).ring().await.unwrap().epoch;
+    cluster.kill(1);
+    cluster.restart(1).await.unwrap();
+    cluster.wait_members(3).await.unwrap();
+    let status = cluster.status(1).await.unwrap();
+    let me = status.nodes.iter().find(|n| n.is_self).unwrap();
+    assert_eq!(me.membership, "normal");
+    assert_eq!(cluster.client(1).ring().await.unwrap().epoch, epoch, "no layout change");
+    assert!(status.transfers.is_empty());
+    for i in 0..100 {
+        assert_eq!(
+            cluster.local_values(1, format!("k{i}").as_bytes()).await.unwrap(),
+            vec![b"v".to_vec()]
+        );
+    }
+}
