@@ -12,11 +12,11 @@ use dynamo_tests::{Cluster, ClusterOptions};
 fn spawn_writer(
     cluster: &Cluster,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(BTreeMap<String, String>, usize)> {
+) -> tokio::task::JoinHandle<(BTreeMap<String, String>, Vec<String>)> {
     let clients: Vec<_> = (0..cluster.nodes.len()).map(|i| cluster.client(i)).collect();
     tokio::spawn(async move {
         let mut acked = BTreeMap::new();
-        let mut failed = 0;
+        let mut failed = Vec::new();
         let mut i = 0usize;
         while !stop.load(Ordering::Relaxed) {
             let key = format!("live-{i}");
@@ -28,7 +28,7 @@ fn spawn_writer(
                 Ok(_) => {
                     acked.insert(key, value);
                 }
-                Err(_) => failed += 1,
+                Err(e) => failed.push(e.to_string()),
             }
             i += 1;
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -91,7 +91,14 @@ async fn grow_from_three_to_five_and_shrink_back_while_writing() {
     cluster.wait_members(3).await.unwrap();
     stop.store(true, Ordering::Relaxed);
     let (acked, failed) = writer.await.unwrap();
-    println!("writes during the membership changes: {} acknowledged, {failed} failed", acked.len());
+    println!(
+        "writes during the membership changes: {} acknowledged, {} failed",
+        acked.len(),
+        failed.len()
+    );
+    for e in failed.iter().take(10) {
+        println!("  failed write: {e}");
+    }
     assert!(acked.len() > 100);
 
     // The decommissioned nodes are out of the ring and own nothing.

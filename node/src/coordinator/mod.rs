@@ -34,6 +34,10 @@ use crate::version::{Clock, ContextSealer, Value};
 use quorum::{QuorumState, QuorumTracker};
 use targets::Target;
 
+/// How often a write may be forwarded before it is refused (rings can disagree briefly while a
+/// layout change propagates; a second hop lets the write follow the newer ring).
+const MAX_HOPS: u32 = 2;
+
 /// A replica's answer to a fetch, tagged with whom it was asked of.
 type Reply = (Target, std::result::Result<Clock, PeerError>);
 /// A replica's answer to a replicate.
@@ -265,14 +269,14 @@ impl<T: Transport> Coordinator<T> {
     }
 
     /// Writes a value (`Some`) or a tombstone (`None`) superseding what `context` covers.
-    /// `forwarded` is true when another node already forwarded this write here.
+    /// `hops` counts how often the write was already forwarded to get here (0 from a client).
     pub async fn put(
         &self,
         key: &[u8],
         value: Option<Vec<u8>>,
         context: &[u8],
         w: Option<u32>,
-        forwarded: bool,
+        hops: u32,
     ) -> Result<PutOutcome> {
         let op = if value.is_some() { Op::Put } else { Op::Delete };
         self.check_key(key)?;
@@ -294,13 +298,16 @@ impl<T: Transport> Coordinator<T> {
         let partition = self.partition_of(key);
         let preference = self.preference(ring, partition);
         let replicas = &preference[..self.settings.n.min(preference.len())];
-        if !replicas.contains(&self.me) {
-            if forwarded {
-                return Err(Error::Internal(format!(
-                    "a write was forwarded to {} but this node is not a replica of the key: the \
-                     nodes disagree about the ring; check that every node has the same peers and \
-                     partitions",
-                    self.me
+        // A node becoming a replica in a layout change under way may coordinate too: it holds
+        // every version it ever created, which is all a coordinator needs.
+        let becoming_replica = placement.next.as_ref().is_some_and(|next| {
+            next.preference_list(partition).iter().take(self.settings.n).any(|m| m.id == self.me)
+        });
+        if !replicas.contains(&self.me) && !(hops > 0 && becoming_replica) {
+            if hops >= MAX_HOPS {
+                return Err(Error::NotReady(format!(
+                    "the write was forwarded {hops} times without reaching a replica of the key: \
+                     the nodes' rings disagree while a layout change propagates; retry shortly"
                 )));
             }
             let put = ForwardedPut {
@@ -308,6 +315,7 @@ impl<T: Transport> Coordinator<T> {
                 value,
                 context: context.to_vec(),
                 w: Some(w as u32),
+                hops: hops + 1,
             };
             return self.forward(op, put, replicas).await;
         }

@@ -119,7 +119,7 @@ impl Transport for SimNet {
             Box<dyn std::future::Future<Output = Result<PutOutcome, PeerError>> + Send + 'a>,
         > = Box::pin(async move {
             let node = self.enter("coordinate_put", &to).await?;
-            node.put(&put.key, put.value, &put.context, put.w, true).await.map_err(remote)
+            node.put(&put.key, put.value, &put.context, put.w, put.hops).await.map_err(remote)
         });
         fut
     }
@@ -217,7 +217,7 @@ fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
 #[tokio::test(start_paused = true)]
 async fn put_then_get_round_trips_on_every_replica() {
     let sim = Sim::new(3, 3, 2, 2);
-    let out = sim.node("n1").put(b"k", Some(b"v".to_vec()), b"", None, false).await.unwrap();
+    let out = sim.node("n1").put(b"k", Some(b"v".to_vec()), b"", None, 0).await.unwrap();
     assert!(out.acks >= 2);
     let got = sim.node("n2").get(b"k", None).await.unwrap();
     assert_eq!(got.values, vec![b"v".to_vec()]);
@@ -231,15 +231,15 @@ async fn put_then_get_round_trips_on_every_replica() {
 #[tokio::test(start_paused = true)]
 async fn blind_writes_become_siblings_and_a_contextual_write_collapses_them() {
     let sim = Sim::new(3, 3, 2, 2);
-    sim.node("n1").put(b"k", Some(b"a".to_vec()), b"", None, false).await.unwrap();
-    sim.node("n2").put(b"k", Some(b"b".to_vec()), b"", None, false).await.unwrap();
+    sim.node("n1").put(b"k", Some(b"a".to_vec()), b"", None, 0).await.unwrap();
+    sim.node("n2").put(b"k", Some(b"b".to_vec()), b"", None, 0).await.unwrap();
     let got = sim.node("n3").get(b"k", Some(3)).await.unwrap();
     assert_eq!(sorted(got.values), vec![b"a".to_vec(), b"b".to_vec()]);
-    sim.node("n3").put(b"k", Some(b"c".to_vec()), &got.context, None, false).await.unwrap();
+    sim.node("n3").put(b"k", Some(b"c".to_vec()), &got.context, None, 0).await.unwrap();
     let got = sim.node("n1").get(b"k", Some(3)).await.unwrap();
     assert_eq!(got.values, vec![b"c".to_vec()]);
     // Delete with that context: the key reads as absent, with a context to write over it.
-    sim.node("n2").put(b"k", None, &got.context, None, false).await.unwrap();
+    sim.node("n2").put(b"k", None, &got.context, None, 0).await.unwrap();
     let got = sim.node("n1").get(b"k", Some(3)).await.unwrap();
     assert!(got.values.is_empty());
     assert!(!got.context.is_empty());
@@ -249,12 +249,12 @@ async fn blind_writes_become_siblings_and_a_contextual_write_collapses_them() {
 async fn one_replica_down_still_reaches_quorum_two_down_fails_fast_with_counts() {
     let sim = Sim::new(3, 3, 2, 2);
     sim.fault(&id("n3"), Some(Fault::Down));
-    sim.node("n1").put(b"k", Some(b"v".to_vec()), b"", None, false).await.unwrap();
+    sim.node("n1").put(b"k", Some(b"v".to_vec()), b"", None, 0).await.unwrap();
     assert_eq!(sim.node("n1").get(b"k", None).await.unwrap().values, vec![b"v".to_vec()]);
 
     sim.fault(&id("n2"), Some(Fault::Down));
     let start = tokio::time::Instant::now();
-    let err = sim.node("n1").put(b"k", Some(b"w".to_vec()), b"", None, false).await.unwrap_err();
+    let err = sim.node("n1").put(b"k", Some(b"w".to_vec()), b"", None, 0).await.unwrap_err();
     assert!(start.elapsed() < Duration::from_millis(500), "fails as soon as quorum is impossible");
     let msg = err.to_string();
     assert!(msg.starts_with("put failed: 1 of the 2 required replicas answered"), "{msg}");
@@ -270,14 +270,14 @@ async fn a_hanging_replica_makes_the_request_time_out_with_a_clear_error() {
     let sim = Sim::new(3, 3, 3, 3);
     sim.fault(&id("n2"), Some(Fault::Hang));
     let start = tokio::time::Instant::now();
-    let err = sim.node("n1").put(b"k", Some(b"v".to_vec()), b"", None, false).await.unwrap_err();
+    let err = sim.node("n1").put(b"k", Some(b"v".to_vec()), b"", None, 0).await.unwrap_err();
     assert_eq!(start.elapsed(), Duration::from_millis(500));
     let msg = err.to_string();
     assert!(msg.contains("2 of the 3 required replicas answered within 500 ms"), "{msg}");
     assert!(msg.contains("n2: no answer in time"), "{msg}");
     // With W=2 the same write succeeds without waiting for the hanging replica.
     let start = tokio::time::Instant::now();
-    sim.node("n1").put(b"k", Some(b"v".to_vec()), b"", Some(2), false).await.unwrap();
+    sim.node("n1").put(b"k", Some(b"v".to_vec()), b"", Some(2), 0).await.unwrap();
     assert!(start.elapsed() < Duration::from_millis(500));
 }
 
@@ -291,13 +291,13 @@ async fn non_replicas_forward_puts_to_the_first_reachable_replica() {
     let key = key.as_bytes();
     let replicas = sim.replicas(key, 3);
     sim.calls();
-    sim.node("n1").put(key, Some(b"v".to_vec()), b"", None, false).await.unwrap();
+    sim.node("n1").put(key, Some(b"v".to_vec()), b"", None, 0).await.unwrap();
     let calls = sim.calls();
     assert_eq!(calls[0], ("coordinate_put", replicas[0].clone()));
     assert!(sim.local_values(&id("n1"), key).is_empty(), "the forwarder stores nothing");
 
     sim.fault(&replicas[0], Some(Fault::Down));
-    sim.node("n1").put(key, Some(b"w".to_vec()), b"", None, false).await.unwrap();
+    sim.node("n1").put(key, Some(b"w".to_vec()), b"", None, 0).await.unwrap();
     let calls = sim.calls();
     assert_eq!(calls[0], ("coordinate_put", replicas[0].clone()));
     assert_eq!(calls[1], ("coordinate_put", replicas[1].clone()));
@@ -305,7 +305,7 @@ async fn non_replicas_forward_puts_to_the_first_reachable_replica() {
     for r in &replicas {
         sim.fault(r, Some(Fault::Down));
     }
-    let err = sim.node("n1").put(key, Some(b"x".to_vec()), b"", None, false).await.unwrap_err();
+    let err = sim.node("n1").put(key, Some(b"x".to_vec()), b"", None, 0).await.unwrap_err();
     assert!(matches!(err, Error::Unavailable { .. }), "{err}");
     assert!(err.to_string().contains("no replica of this key could coordinate the put"), "{err}");
 }
@@ -314,7 +314,7 @@ async fn non_replicas_forward_puts_to_the_first_reachable_replica() {
 async fn read_repair_brings_a_stale_replica_up_to_date() {
     let sim = Sim::new(3, 3, 2, 2);
     sim.fault(&id("n3"), Some(Fault::Down));
-    sim.node("n1").put(b"k", Some(b"v".to_vec()), b"", None, false).await.unwrap();
+    sim.node("n1").put(b"k", Some(b"v".to_vec()), b"", None, 0).await.unwrap();
     sim.fault(&id("n3"), None);
     assert!(sim.local_values(&id("n3"), b"k").is_empty());
     sim.calls();
@@ -332,18 +332,15 @@ async fn bad_requests_are_rejected_and_write_nothing() {
     let sim = Sim::new(3, 3, 2, 2);
     let n1 = sim.node("n1");
     let cases: Vec<(Result<PutOutcome>, &str)> = vec![
-        (n1.put(b"", Some(b"v".to_vec()), b"", None, false).await, "the key is empty"),
+        (n1.put(b"", Some(b"v".to_vec()), b"", None, 0).await, "the key is empty"),
         (
-            n1.put(&[b'k'; 1025], Some(b"v".to_vec()), b"", None, false).await,
+            n1.put(&[b'k'; 1025], Some(b"v".to_vec()), b"", None, 0).await,
             "more than the limit of 1024",
         ),
-        (n1.put(b"k", Some(vec![0; (1 << 20) + 1]), b"", None, false).await, "max_value_bytes"),
-        (n1.put(b"k", Some(b"v".to_vec()), b"", Some(4), false).await, "w=4 is outside 1..=3"),
-        (n1.put(b"k", Some(b"v".to_vec()), b"", Some(0), false).await, "w=0 is outside 1..=3"),
-        (
-            n1.put(b"k", Some(b"v".to_vec()), b"garbage-context", None, false).await,
-            "invalid context",
-        ),
+        (n1.put(b"k", Some(vec![0; (1 << 20) + 1]), b"", None, 0).await, "max_value_bytes"),
+        (n1.put(b"k", Some(b"v".to_vec()), b"", Some(4), 0).await, "w=4 is outside 1..=3"),
+        (n1.put(b"k", Some(b"v".to_vec()), b"", Some(0), 0).await, "w=0 is outside 1..=3"),
+        (n1.put(b"k", Some(b"v".to_vec()), b"garbage-context", None, 0).await, "invalid context"),
     ];
     for (result, expected) in cases {
         let err = result.unwrap_err().to_string();
@@ -351,8 +348,8 @@ async fn bad_requests_are_rejected_and_write_nothing() {
     }
     assert!(n1.get(b"k", Some(4)).await.unwrap_err().to_string().contains("r=4 is outside 1..=3"));
     // A context from another key is rejected too.
-    let other = n1.put(b"other", Some(b"v".to_vec()), b"", None, false).await.unwrap();
-    let err = n1.put(b"k", Some(b"v".to_vec()), &other.context, None, false).await.unwrap_err();
+    let other = n1.put(b"other", Some(b"v".to_vec()), b"", None, 0).await.unwrap();
+    let err = n1.put(b"k", Some(b"v".to_vec()), &other.context, None, 0).await.unwrap_err();
     assert!(matches!(err, Error::Context(_)), "{err}");
     for n in sim.nodes.keys() {
         assert!(sim.nodes[n].local_replica(b"k", None).unwrap().is_empty(), "{n} stored something");
@@ -363,13 +360,13 @@ async fn bad_requests_are_rejected_and_write_nothing() {
 async fn sibling_limit_rejects_the_write_that_would_exceed_it() {
     let sim = Sim::new(3, 3, 2, 2);
     for v in ["a", "b", "c"] {
-        sim.node("n1").put(b"k", Some(v.as_bytes().to_vec()), b"", None, false).await.unwrap();
+        sim.node("n1").put(b"k", Some(v.as_bytes().to_vec()), b"", None, 0).await.unwrap();
     }
-    let err = sim.node("n1").put(b"k", Some(b"d".to_vec()), b"", None, false).await.unwrap_err();
+    let err = sim.node("n1").put(b"k", Some(b"d".to_vec()), b"", None, 0).await.unwrap_err();
     assert!(matches!(err, Error::TooManySiblings { siblings: 4, max: 3 }), "{err}");
     let got = sim.node("n1").get(b"k", Some(3)).await.unwrap();
     assert_eq!(got.values.len(), 3, "the rejected write left nothing behind");
-    sim.node("n1").put(b"k", Some(b"merged".to_vec()), &got.context, None, false).await.unwrap();
+    sim.node("n1").put(b"k", Some(b"merged".to_vec()), &got.context, None, 0).await.unwrap();
     assert_eq!(sim.node("n2").get(b"k", None).await.unwrap().values, vec![b"merged".to_vec()]);
 }
 
@@ -382,7 +379,7 @@ async fn sloppy_quorum_sends_a_down_replicas_write_to_a_stand_in_as_a_hint() {
     let (coordinator, down, stand_in) = (&preference[0], &preference[2], &preference[3]);
     sim.fault(down, Some(Fault::Down));
     // W=3 needs the stand-in's acknowledgement: the write succeeds only through the hint.
-    let out = sim.nodes[coordinator].put(key, Some(b"v".to_vec()), b"", None, false).await.unwrap();
+    let out = sim.nodes[coordinator].put(key, Some(b"v".to_vec()), b"", None, 0).await.unwrap();
     assert_eq!(out.acks, 3);
     let store = sim.nodes[stand_in].store();
     let partition = sim.ring.partition_of(key);
@@ -394,7 +391,7 @@ async fn sloppy_quorum_sends_a_down_replicas_write_to_a_stand_in_as_a_hint() {
     assert_eq!(store.hint_stats()[down].count, 1);
     // The next request already knows the replica is down and goes to the stand-in directly.
     sim.calls();
-    sim.nodes[coordinator].put(key, Some(b"w".to_vec()), &out.context, None, false).await.unwrap();
+    sim.nodes[coordinator].put(key, Some(b"w".to_vec()), &out.context, None, 0).await.unwrap();
     assert!(!sim.calls().iter().any(|(c, n)| *c == "replicate" && n == down));
     // A get with R=3 reads the stand-in's hint too.
     let got = sim.nodes[&preference[1]].get(key, Some(3)).await.unwrap();

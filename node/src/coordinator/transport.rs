@@ -15,6 +15,8 @@ pub struct ForwardedPut {
     pub value: Option<Vec<u8>>,
     pub context: Vec<u8>,
     pub w: Option<u32>,
+    /// How often it has been forwarded, this hop included.
+    pub hops: u32,
 }
 
 /// What a successful write returns.

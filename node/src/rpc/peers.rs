@@ -407,6 +407,7 @@ impl Transport for Peers {
                 context: put.context,
                 w: put.w,
                 from: self.me.0.clone(),
+                hops: put.hops,
             },
             self.timeout * 2 + Duration::from_secs(1),
         );

@@ -99,8 +99,7 @@ impl Client for ClientService {
         req: Request<client::PutRequest>,
     ) -> Result<Response<client::PutResponse>, Status> {
         let req = req.into_inner();
-        let out =
-            self.0.coordinator.put(&req.key, Some(req.value), &req.context, req.w, false).await?;
+        let out = self.0.coordinator.put(&req.key, Some(req.value), &req.context, req.w, 0).await?;
         Ok(Response::new(client::PutResponse { context: out.context, acks: out.acks as u32 }))
     }
 
@@ -109,7 +108,7 @@ impl Client for ClientService {
         req: Request<client::DeleteRequest>,
     ) -> Result<Response<client::PutResponse>, Status> {
         let req = req.into_inner();
-        let out = self.0.coordinator.put(&req.key, None, &req.context, req.w, false).await?;
+        let out = self.0.coordinator.put(&req.key, None, &req.context, req.w, 0).await?;
         Ok(Response::new(client::PutResponse { context: out.context, acks: out.acks as u32 }))
     }
 }
@@ -145,7 +144,11 @@ impl Internode for InternodeService {
     ) -> Result<Response<internode::CoordinatePutResponse>, Status> {
         check_partition(&self.0, &req)?;
         let req = req.into_inner();
-        let out = self.0.coordinator.put(&req.key, req.value, &req.context, req.w, true).await?;
+        let out = self
+            .0
+            .coordinator
+            .put(&req.key, req.value, &req.context, req.w, req.hops.max(1))
+            .await?;
         Ok(Response::new(internode::CoordinatePutResponse {
             context: out.context,
             acks: out.acks as u32,
