@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::config::{EngineKind, NodeConfig};
@@ -170,7 +170,12 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(AdminServer::new(AdminService(shared)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        // With our own listener the builder's tcp_nodelay is ignored: set it per connection, or
+        // Nagle holds back the second write of a response for the peer's delayed ACK (~40 ms).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.cancelled(),
+        )
         .await
         .map_err(|e| StartError::Serve(e.to_string()))?;
     // Every worker watches the same token; give them a moment to finish what they are doing.
