@@ -109,6 +109,24 @@ pub fn decide(
         }
         Some(next) => {
             let receivers = gains(&current, &next, n);
+            // A joining node that died before receiving its partitions would stall the change
+            // (and every change after it): drop it from the target instead.
+            let dead_joiner =
+                receivers.keys().any(|id| view.status(id) == Some(Status::Joining) && !is_up(id));
+            if dead_joiner {
+                let mut desired = desired_members(view, is_up);
+                desired.sort_by(|a, b| a.id.cmp(&b.id));
+                let next = (!desired.is_empty() && desired != current.members())
+                    .then(|| current.rebalance(desired))
+                    .transpose()?;
+                return Ok(Some(Layout {
+                    epoch: layout.epoch + 1,
+                    author: me.clone(),
+                    next: next
+                        .map(|r| Target { members: r.members().to_vec(), owners: r.owners() }),
+                    ..layout.clone()
+                }));
+            }
             let done = receivers
                 .keys()
                 .all(|id| view.nodes.get(id).is_some_and(|s| s.synced_epoch >= layout.epoch));
@@ -255,6 +273,25 @@ mod tests {
         assert!(committed.next.is_none());
         v.layout = committed;
         assert_eq!(own_transition(&v, &id("d")), Some(Status::Normal));
+    }
+
+    #[test]
+    fn a_joining_node_that_dies_mid_transfer_is_dropped_from_the_change() {
+        let v = view_of(&[
+            ("a", "z1", Status::Joining),
+            ("b", "z2", Status::Joining),
+            ("c", "z3", Status::Joining),
+        ]);
+        let (mut v, _) = settle(v, 3);
+        let members = v.layout.members.clone();
+        v.nodes.insert(id("d"), state("d", "z1", Status::Joining));
+        v.layout = decide(&v, &id("a"), 3, true, &up).unwrap().unwrap();
+        assert!(v.layout.next.is_some());
+        let d_down = |n: &NodeId| n.0 != "d";
+        let cancelled = decide(&v, &id("a"), 3, true, &d_down).unwrap().unwrap();
+        assert_eq!(cancelled.epoch, v.layout.epoch + 1);
+        assert!(cancelled.next.is_none(), "back to the current layout");
+        assert_eq!(cancelled.members, members);
     }
 
     #[test]
