@@ -303,7 +303,8 @@ impl<T: Transport> Coordinator<T> {
         let becoming_replica = placement.next.as_ref().is_some_and(|next| {
             next.preference_list(partition).iter().take(self.settings.n).any(|m| m.id == self.me)
         });
-        if !replicas.contains(&self.me) && !(hops > 0 && becoming_replica) {
+        let may_coordinate = replicas.contains(&self.me) || (hops > 0 && becoming_replica);
+        if !may_coordinate {
             if hops >= MAX_HOPS {
                 return Err(Error::NotReady(format!(
                     "the write was forwarded {hops} times without reaching a replica of the key: \
