@@ -347,7 +347,23 @@ impl Cluster {
         self.kill(i);
         self.spawn(i)?;
         self.wait_serving(i).await?;
-        self.apply_faults(i).await
+        self.apply_faults(i).await?;
+        // A node whose data was wiped learns the ring again through gossip: wait for it, so
+        // the caller's next request does not meet a node that has not rejoined yet.
+        if self.nodes[i].blocked.len() + 1 < self.nodes.len() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while self.client(i).ring().await.is_err() {
+                if tokio::time::Instant::now() > deadline {
+                    bail!(
+                        "{} did not rejoin the ring within 30 s:\n{}",
+                        self.nodes[i].id,
+                        self.log(i)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
     }
 
     /// Network partition through the nodes' fault switch: nodes in different groups can no

@@ -113,12 +113,15 @@ pub struct Op {
     pub client: String,
     /// The node the request was sent to (its coordinator, or the node that forwarded it).
     pub node: String,
+    /// The key read or written.
     pub key: String,
+    /// What was asked.
     pub action: Action,
     /// When the request was sent, since the run began.
     pub start: Duration,
     /// When the answer (or the error) arrived.
     pub end: Duration,
+    /// What came back.
     pub outcome: Outcome,
 }
 
@@ -163,15 +166,18 @@ pub struct Fault {
     pub kind: String,
     /// Readable description ("pause node-2", "partition [node-1 node-2] | [node-3]").
     pub what: String,
+    /// When it was injected, since the run began.
     pub start: Duration,
-    /// `None` while still active.
+    /// When it was repaired; `None` while still active.
     pub end: Option<Duration>,
 }
 
 /// Every operation and fault of a run, in completion order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct History {
+    /// Client operations; `ops[i].id == i`.
     pub ops: Vec<Op>,
+    /// Faults, in the order they were injected.
     pub faults: Vec<Fault>,
 }
 
@@ -285,9 +291,11 @@ pub struct Stats {
 /// Counts for one kind of operation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KindCounts {
+    /// Operations of this kind.
     pub total: usize,
     /// Answered gets, acknowledged writes.
     pub ok: usize,
+    /// Failed ones, by why.
     pub failed: BTreeMap<Failure, usize>,
 }
 
@@ -376,9 +384,13 @@ impl fmt::Display for Stats {
 /// The checker's verdict: the violations found, the statistics, and (through `Display`) a
 /// readable account of each violation.
 pub struct Report<'a> {
+    /// The history judged.
     pub history: &'a History,
+    /// The final state it was judged against.
     pub final_state: &'a FinalState,
+    /// Every broken property; empty when the run is correct.
     pub violations: Vec<Violation>,
+    /// Counts for the test output.
     pub stats: Stats,
 }
 

@@ -11,7 +11,8 @@
 //! [`NemesisOptions::max_wipes`] of them (the soak allows one per round and converges between
 //! rounds).
 //!
-//! Membership changes (add and remove a node) become nemeses once membership exists.
+//! Adding and removing nodes are not nemeses yet; they join this schedule once membership
+//! changes are settled (their own tests are in `tests/membership.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -83,7 +84,9 @@ impl Default for NemesisOptions {
 
 /// Injects faults one at a time on a seeded schedule.
 pub struct Nemesis {
+    /// What to inject and how often.
     opts: NemesisOptions,
+    /// Seeded from `opts.seed`: the whole schedule follows from it.
     rng: StdRng,
     /// Kinds left in the current cycle.
     bag: Vec<FaultKind>,

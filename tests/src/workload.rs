@@ -27,6 +27,7 @@ use crate::history::{Action, Failure, Fault, History, Op, OpId, Outcome};
 pub struct Recorder {
     /// Time zero of the run: every time in the history is measured from here.
     epoch: Instant,
+    /// Operations in completion order, and faults.
     history: Mutex<History>,
 }
 
@@ -123,13 +124,16 @@ impl WorkloadOptions {
 pub struct Endpoint {
     /// The node's id, for the history.
     pub node: String,
+    /// A client bound to that node.
     pub client: Client,
 }
 
 /// The running clients. Stop them with [`Workload::stop`] so that every operation in flight
 /// is finished and recorded (an unrecorded write would look like a phantom later).
 pub struct Workload {
+    /// Tells every client to stop after its current operation.
     cancel: CancellationToken,
+    /// One task per client, joined by [`Workload::stop`].
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -187,12 +191,19 @@ impl Workload {
 
 /// One client's state.
 struct ClientLoop {
+    /// "c3": names the client in the history and prefixes its values.
     name: String,
+    /// Read-modify-write or blind.
     style: Style,
+    /// The nodes to send requests to, one picked at random per request.
     endpoints: Arc<Vec<Endpoint>>,
+    /// The keys to pick from.
     keys: Arc<Vec<String>>,
+    /// This client's own seeded RNG: its choices do not depend on the other clients'.
     rng: StdRng,
+    /// Where every finished operation goes.
     recorder: Arc<Recorder>,
+    /// Upper bound of the pause between two operations.
     max_think: Duration,
     /// Number of values written so far (the suffix of the next value).
     seq: u64,
