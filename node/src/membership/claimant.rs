@@ -109,10 +109,13 @@ pub fn decide(
         }
         Some(next) => {
             let receivers = gains(&current, &next, n);
-            // A joining node that died before receiving its partitions would stall the change
-            // (and every change after it): drop it from the target instead.
-            let dead_joiner =
-                receivers.keys().any(|id| view.status(id) == Some(Status::Joining) && !is_up(id));
+            // A joining node that died (or was decommissioned) before receiving its partitions
+            // would stall the change and every change after it: drop it from the target.
+            let dead_joiner = receivers.keys().any(|id| match view.status(id) {
+                Some(Status::Joining) => !is_up(id),
+                Some(Status::Left) | None => true,
+                _ => false,
+            });
             if dead_joiner {
                 let mut desired = desired_members(view, is_up);
                 desired.sort_by(|a, b| a.id.cmp(&b.id));

@@ -107,8 +107,9 @@ impl Membership {
             + 1;
         store.meta_put(META_GENERATION, &generation.to_be_bytes())?;
         let me = &config.me;
+        // A node that had left and is started again is being added back: it joins anew.
         let status = match view.nodes.get(&me.id).map(|n| n.status) {
-            Some(s @ (Status::Normal | Status::Leaving | Status::Left)) => s,
+            Some(s @ (Status::Normal | Status::Leaving)) => s,
             _ => Status::Joining,
         };
         view.nodes.insert(
@@ -159,7 +160,29 @@ impl Membership {
 
     /// Merges a view received from a peer; returns ours (push-pull gossip).
     pub fn receive(&self, theirs: &View) -> Result<View> {
-        let changed = lock(&self.view).merge(theirs);
+        let changed = {
+            let mut view = lock(&self.view);
+            let before = view.nodes.get(self.me()).cloned();
+            let changed = view.merge(theirs);
+            // Only this node writes its entry, so a newer copy of it elsewhere means this node
+            // lost its data (wiped disk, new volume): take the entry back with a newer
+            // generation, keeping what this process knows of itself.
+            if let (Some(mine), Some(seen)) = (before, view.nodes.get(self.me())) {
+                if seen.generation > mine.generation {
+                    let generation = seen.generation + 1;
+                    tracing::info!(
+                        generation,
+                        "a newer record of this node exists elsewhere; taking it over"
+                    );
+                    self.store.meta_put(META_GENERATION, &generation.to_be_bytes())?;
+                    view.nodes.insert(
+                        self.me().clone(),
+                        NodeState { generation, version: 0, heartbeat: 0, ..mine },
+                    );
+                }
+            }
+            changed
+        };
         if changed {
             self.after_change(false)?;
         }
@@ -181,16 +204,12 @@ impl Membership {
 
     /// Starts decommissioning this node (idempotent).
     pub fn decommission(&self) -> Result<Status> {
+        let member = lock(&self.view).layout.members.iter().any(|m| m.id == *self.me());
         match self.status() {
             Status::Leaving | Status::Left => {}
-            Status::Joining => {
-                return Err(Error::InvalidArgument(
-                    "this node has not finished joining; wait until it is normal, then \
-                     decommission it"
-                        .into(),
-                ))
-            }
-            Status::Normal => self.update_self(|s| s.status = Status::Leaving)?,
+            // Not in the ring yet: nothing to move away, so it leaves at once.
+            Status::Joining if !member => self.update_self(|s| s.status = Status::Left)?,
+            Status::Joining | Status::Normal => self.update_self(|s| s.status = Status::Leaving)?,
         }
         Ok(self.status())
     }
@@ -308,5 +327,54 @@ impl Membership {
                 Err(e) => tracing::debug!(%address, error = %e, "gossip failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryEngine;
+
+    fn start(store: Arc<Store>) -> Arc<Membership> {
+        let config = MembershipConfig {
+            me: Member { id: NodeId("a".into()), zone: "z".into(), weight: 1 },
+            address: "127.0.0.1:1".into(),
+            seeds: vec![],
+            partitions: 8,
+            n: 1,
+            gossip_interval: Duration::from_millis(100),
+            bootstrap_after: Duration::ZERO,
+        };
+        let peers = Arc::new(Peers::new(NodeId("a".into()), Duration::from_secs(1)));
+        Membership::start(config, store, peers).unwrap()
+    }
+
+    #[test]
+    fn generations_grow_across_restarts_and_a_lone_node_bootstraps() {
+        let store = Arc::new(Store::open(Arc::new(MemoryEngine::default()), 8).unwrap());
+        let m = start(store.clone());
+        assert_eq!(m.status(), Status::Joining);
+        m.tick().unwrap();
+        m.tick().unwrap();
+        assert_eq!(m.status(), Status::Normal, "alone, it creates its ring and joins it");
+        assert!(m.placement().borrow().current.is_some());
+        let g1 = m.view().nodes[&NodeId("a".into())].generation;
+        drop(m);
+        let again = start(store);
+        assert_eq!(again.view().nodes[&NodeId("a".into())].generation, g1 + 1);
+        assert_eq!(again.status(), Status::Normal, "the persisted view is kept");
+    }
+
+    #[test]
+    fn a_wiped_node_takes_its_entry_back_from_an_older_record() {
+        let m = start(Arc::new(Store::open(Arc::new(MemoryEngine::default()), 8).unwrap()));
+        let mut theirs = m.view();
+        let entry = theirs.nodes.get_mut(&NodeId("a".into())).unwrap();
+        entry.generation = 5;
+        entry.status = Status::Left;
+        let merged = m.receive(&theirs).unwrap();
+        let mine = &merged.nodes[&NodeId("a".into())];
+        assert_eq!(mine.generation, 6, "newer than any record elsewhere");
+        assert_eq!(mine.status, Status::Joining, "this process's own state, not the old record");
     }
 }

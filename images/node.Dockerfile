@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# The storage node image: dynamo-node (the server) and dynamoctl (the CLI). Build from the
+# repository root:
+#   docker build -f images/node.Dockerfile -t ghcr.io/dynamokv/dynamo-node:0.1.0 .
+# The operator runs it with `--config /etc/dynamo/node.toml` and DYNAMO_* variables per pod.
+
+FROM rust:1.95-bookworm AS build
+# RocksDB's bindings need libclang (bindgen) and a C++ compiler.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libclang-dev clang \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p dynamo-node --bin dynamo-node --bin dynamoctl
+
+FROM debian:bookworm-slim
+RUN groupadd --gid 10001 dynamo \
+ && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin dynamo \
+ && mkdir -p /var/lib/dynamo \
+ && chown 10001:10001 /var/lib/dynamo
+COPY --from=build /src/target/release/dynamo-node /src/target/release/dynamoctl /usr/local/bin/
+USER 10001:10001
+ENV DYNAMO_LISTEN=0.0.0.0:7070 \
+    DYNAMO_DATA_DIR=/var/lib/dynamo
+EXPOSE 7070
+VOLUME ["/var/lib/dynamo"]
+ENTRYPOINT ["/usr/local/bin/dynamo-node"]
+CMD ["--config", "/etc/dynamo/node.toml"]

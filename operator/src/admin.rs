@@ -1,0 +1,411 @@
+//! The nodes' admin API as the operator uses it: a [`NodeAdmin`] trait (status and
+//! decommission), its real implementation over gRPC (a tonic client generated from the node's
+//! `admin.proto`), and the merge of what several nodes report into one view of the ring.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tonic::transport::Endpoint;
+
+/// Code generated from `node/proto/admin.proto` (the client; the server serves fakes in tests).
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("dynamo.admin.v1");
+}
+
+pub use proto::{DecommissionResponse, NodeStatus, StatusResponse, Transfer};
+
+/// A failed admin call; the controller records it and retries on a later pass.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// No connection could be made (pod not listening yet, network policy, wrong address).
+    #[error("cannot connect to the admin API at {address}: {message}")]
+    Connect {
+        /// `host:port` dialled.
+        address: String,
+        /// What the transport said.
+        message: String,
+    },
+    /// The node answered with an error.
+    #[error("admin call {call} to {address} failed: {status}")]
+    Call {
+        /// `host:port` dialled.
+        address: String,
+        /// Which call.
+        call: &'static str,
+        /// The gRPC status returned.
+        status: Box<tonic::Status>,
+    },
+}
+
+/// What the operator needs from a node's admin API. A trait so that controller tests can use a
+/// scripted fake; [`GrpcAdmin`] is the real one.
+pub trait NodeAdmin: Send + Sync + 'static {
+    /// The membership view of the node at `address` (`host:port`).
+    fn status(&self, address: &str) -> BoxFuture<'static, Result<StatusResponse, AdminError>>;
+    /// Asks the node at `address` to decommission `node_id` (itself or another member). Starting
+    /// is idempotent: asking again reports the current state.
+    fn decommission(
+        &self,
+        address: &str,
+        node_id: &str,
+    ) -> BoxFuture<'static, Result<DecommissionResponse, AdminError>>;
+}
+
+/// The admin API over gRPC, one short-lived connection per call (the operator calls a handful
+/// of nodes every few seconds at most, and pods come and go with new addresses).
+#[derive(Debug, Clone)]
+pub struct GrpcAdmin {
+    /// Time allowed to connect and for each call; an unreachable node must not stall a pass.
+    pub timeout: Duration,
+}
+
+impl Default for GrpcAdmin {
+    fn default() -> Self {
+        GrpcAdmin { timeout: Duration::from_secs(5) }
+    }
+}
+
+impl GrpcAdmin {
+    async fn connect(
+        timeout: Duration,
+        address: String,
+    ) -> Result<proto::admin_client::AdminClient<tonic::transport::Channel>, AdminError> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| AdminError::Connect { address: address.clone(), message: e.to_string() })?
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        let channel = endpoint.connect().await.map_err(|e| AdminError::Connect {
+            address: address.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(proto::admin_client::AdminClient::new(channel))
+    }
+}
+
+impl NodeAdmin for GrpcAdmin {
+    fn status(&self, address: &str) -> BoxFuture<'static, Result<StatusResponse, AdminError>> {
+        let (timeout, address) = (self.timeout, address.to_string());
+        Box::pin(async move {
+            let mut client = Self::connect(timeout, address.clone()).await?;
+            client.status(proto::StatusRequest {}).await.map(tonic::Response::into_inner).map_err(
+                |status| AdminError::Call { address, call: "Status", status: Box::new(status) },
+            )
+        })
+    }
+
+    fn decommission(
+        &self,
+        address: &str,
+        node_id: &str,
+    ) -> BoxFuture<'static, Result<DecommissionResponse, AdminError>> {
+        let (timeout, address, node_id) = (self.timeout, address.to_string(), node_id.to_string());
+        Box::pin(async move {
+            let mut client = Self::connect(timeout, address.clone()).await?;
+            client
+                .decommission(proto::DecommissionRequest { node_id })
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|status| AdminError::Call {
+                    address,
+                    call: "Decommission",
+                    status: Box::new(status),
+                })
+        })
+    }
+}
+
+/// Ring membership of a node, in the order a node goes through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Membership {
+    /// Announced, receiving its partitions.
+    Joining,
+    /// A full member.
+    Normal,
+    /// Decommissioning: handing its partitions off.
+    Leaving,
+    /// Gone: its partitions have moved to others.
+    Left,
+}
+
+impl Membership {
+    /// Parses the admin API's spelling; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Membership> {
+        match s {
+            "joining" => Some(Membership::Joining),
+            "normal" => Some(Membership::Normal),
+            "leaving" => Some(Membership::Leaving),
+            "left" => Some(Membership::Left),
+            _ => None,
+        }
+    }
+
+    /// The admin API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Membership::Joining => "joining",
+            Membership::Normal => "normal",
+            Membership::Leaving => "leaving",
+            Membership::Left => "left",
+        }
+    }
+}
+
+/// One member as the merged view sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    /// Zone the member reports.
+    pub zone: String,
+    /// Its membership.
+    pub membership: Membership,
+    /// Whether it answered its own admin API on this pass.
+    pub reachable: bool,
+}
+
+/// The ring as the nodes that answered see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RingView {
+    /// How many nodes answered a status call on this pass (0: no membership is known).
+    pub answered: usize,
+    /// Every member any node reported, by node id.
+    pub members: BTreeMap<String, MemberView>,
+    /// The largest `pending_partitions` any node reported.
+    pub pending_partitions: u32,
+    /// Transfers not yet done, deduplicated by (partition, from, to).
+    pub active_transfers: usize,
+    /// Transfers done.
+    pub done_transfers: usize,
+    /// Keys sent by all transfers.
+    pub keys_sent: u64,
+    /// Bytes sent by all transfers.
+    pub bytes_sent: u64,
+}
+
+impl RingView {
+    /// Merges the reports of the nodes that answered. A node's report about itself wins (it is
+    /// the authority on its own state); for a node that did not answer, the most advanced state
+    /// any other node reports is taken (gossip only moves a node forward: joining, normal,
+    /// leaving, left). Unknown membership strings are ignored.
+    pub fn merge(reports: &[StatusResponse]) -> RingView {
+        let mut view = RingView { answered: reports.len(), ..RingView::default() };
+        let mut own: BTreeMap<String, MemberView> = BTreeMap::new();
+        let mut transfers: BTreeMap<(u32, String, String), &Transfer> = BTreeMap::new();
+        for report in reports {
+            view.pending_partitions = view.pending_partitions.max(report.pending_partitions);
+            for node in &report.nodes {
+                let Some(membership) = Membership::parse(&node.membership) else { continue };
+                let is_self = node.is_self || node.id == report.node_id;
+                let member = MemberView { zone: node.zone.clone(), membership, reachable: is_self };
+                if is_self {
+                    own.insert(node.id.clone(), member);
+                } else {
+                    view.members
+                        .entry(node.id.clone())
+                        .and_modify(|m| {
+                            if membership > m.membership {
+                                m.membership = membership;
+                            }
+                        })
+                        .or_insert(member);
+                }
+            }
+            for t in &report.transfers {
+                let key = (t.partition, t.from.clone(), t.to.clone());
+                // Both ends report a transfer; keep the one further along.
+                let entry = transfers.entry(key).or_insert(t);
+                if t.keys_sent > entry.keys_sent || (t.state == "done" && entry.state != "done") {
+                    *entry = t;
+                }
+            }
+        }
+        view.members.extend(own);
+        for t in transfers.values() {
+            if t.state == "done" {
+                view.done_transfers += 1;
+            } else {
+                view.active_transfers += 1;
+            }
+            view.keys_sent += t.keys_sent;
+            view.bytes_sent += t.bytes_sent;
+        }
+        view
+    }
+
+    /// Membership of `id`, if any node reported it.
+    pub fn membership(&self, id: &str) -> Option<Membership> {
+        self.members.get(id).map(|m| m.membership)
+    }
+
+    /// Members in `state`, by id.
+    pub fn in_state(&self, state: Membership) -> Vec<&str> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.membership == state)
+            .map(|(id, _)| id.as_str())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A node's report listing `members` as (id, zone, membership); `self_id` is the reporter.
+    pub fn report(self_id: &str, members: &[(&str, &str, &str)]) -> StatusResponse {
+        StatusResponse {
+            node_id: self_id.into(),
+            cluster: "demo.default".into(),
+            n: 3,
+            r: 2,
+            w: 2,
+            partitions: 256,
+            nodes: members
+                .iter()
+                .map(|(id, zone, membership)| NodeStatus {
+                    id: (*id).into(),
+                    zone: (*zone).into(),
+                    address: format!("{id}:7070"),
+                    weight: 1,
+                    reachable: true,
+                    is_self: *id == self_id,
+                    membership: (*membership).into(),
+                    ..NodeStatus::default()
+                })
+                .collect(),
+            ..StatusResponse::default()
+        }
+    }
+
+    #[test]
+    fn a_node_is_the_authority_on_itself() {
+        let a = report("a", &[("a", "z1", "normal"), ("b", "z2", "normal")]);
+        let b = report("b", &[("a", "z1", "normal"), ("b", "z2", "joining")]);
+        let view = RingView::merge(&[a, b]);
+        assert_eq!(view.answered, 2);
+        assert_eq!(view.membership("b"), Some(Membership::Joining));
+        assert!(view.members["b"].reachable);
+    }
+
+    #[test]
+    fn unreachable_nodes_take_the_most_advanced_state_reported() {
+        let a = report("a", &[("a", "z1", "normal"), ("c", "z3", "leaving")]);
+        let b = report("b", &[("b", "z2", "normal"), ("c", "z3", "left")]);
+        let view = RingView::merge(&[a, b]);
+        assert_eq!(view.membership("c"), Some(Membership::Left));
+        assert!(!view.members["c"].reachable);
+        assert_eq!(view.in_state(Membership::Normal), ["a", "b"]);
+        assert_eq!(view.membership("zz"), None);
+    }
+
+    #[test]
+    fn transfers_are_counted_once_and_pending_is_the_maximum() {
+        let t = |p, state: &str, keys| Transfer {
+            partition: p,
+            from: "a".into(),
+            to: "b".into(),
+            keys_sent: keys,
+            bytes_sent: keys * 10,
+            state: state.into(),
+        };
+        let mut a = report("a", &[("a", "z", "leaving")]);
+        a.transfers = vec![t(1, "streaming", 5), t(2, "done", 7)];
+        a.pending_partitions = 3;
+        let mut b = report("b", &[("b", "z", "normal")]);
+        b.transfers = vec![t(1, "streaming", 6)];
+        b.pending_partitions = 2;
+        let view = RingView::merge(&[a, b]);
+        assert_eq!(view.pending_partitions, 3);
+        assert_eq!((view.active_transfers, view.done_transfers), (1, 1));
+        assert_eq!((view.keys_sent, view.bytes_sent), (13, 130));
+    }
+
+    #[test]
+    fn unknown_membership_strings_are_ignored() {
+        let view = RingView::merge(&[report("a", &[("a", "z", "exploded")])]);
+        assert!(view.members.is_empty());
+        assert_eq!(view.answered, 1);
+    }
+
+    /// A node's admin service answering from fixed data.
+    struct FakeAdminService;
+
+    #[tonic::async_trait]
+    impl proto::admin_server::Admin for FakeAdminService {
+        async fn status(
+            &self,
+            _: tonic::Request<proto::StatusRequest>,
+        ) -> Result<tonic::Response<StatusResponse>, tonic::Status> {
+            Ok(tonic::Response::new(report(
+                "n1",
+                &[("n1", "z1", "normal"), ("n2", "z2", "joining")],
+            )))
+        }
+
+        async fn ring(
+            &self,
+            _: tonic::Request<proto::RingRequest>,
+        ) -> Result<tonic::Response<proto::RingResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not used by the operator"))
+        }
+
+        async fn decommission(
+            &self,
+            request: tonic::Request<proto::DecommissionRequest>,
+        ) -> Result<tonic::Response<DecommissionResponse>, tonic::Status> {
+            let node_id = request.into_inner().node_id;
+            if node_id != "n2" {
+                return Err(tonic::Status::not_found(format!("no member {node_id}")));
+            }
+            Ok(tonic::Response::new(DecommissionResponse { node_id, state: "leaving".into() }))
+        }
+    }
+
+    #[tokio::test]
+    async fn grpc_admin_talks_to_a_node() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = shutdown.clone();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(proto::admin_server::AdminServer::new(FakeAdminService))
+                .serve_with_incoming_shutdown(tokio_stream_from(listener), async move {
+                    stop.cancelled().await
+                }),
+        );
+        let admin = GrpcAdmin::default();
+        let status = admin.status(&address).await.unwrap();
+        assert_eq!(status.node_id, "n1");
+        assert_eq!(RingView::merge(&[status]).membership("n2"), Some(Membership::Joining));
+        let answer = admin.decommission(&address, "n2").await.unwrap();
+        assert_eq!(answer.state, "leaving");
+        let err = admin.decommission(&address, "n9").await.unwrap_err();
+        assert!(err.to_string().contains("admin call Decommission to"), "{err}");
+        assert!(err.to_string().contains("no member n9"), "{err}");
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    /// The accepted connections of `listener` as the stream tonic serves.
+    fn tokio_stream_from(
+        listener: tokio::net::TcpListener,
+    ) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+        futures::stream::unfold(listener, |listener| async move {
+            let accepted = listener.accept().await.map(|(stream, _)| stream);
+            Some((accepted, listener))
+        })
+    }
+
+    #[tokio::test]
+    async fn grpc_admin_reports_an_unreachable_node_as_a_connect_error() {
+        // Port 1 on loopback: nothing listens there.
+        let admin = GrpcAdmin { timeout: Duration::from_millis(500) };
+        let err = admin.status("127.0.0.1:1").await.unwrap_err();
+        assert!(matches!(err, AdminError::Connect { .. }), "{err}");
+        assert!(
+            err.to_string().contains("cannot connect to the admin API at 127.0.0.1:1"),
+            "{err}"
+        );
+    }
+}

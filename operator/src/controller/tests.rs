@@ -1,0 +1,428 @@
+//! Controller flows against the in-memory API server and fake nodes: creation, scale-up one node
+//! at a time, scale-down through decommission (with operator restarts in the middle), status,
+//! invalid specs and deletion. Each pass is a real `reconcile` call through a kube `Client`.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use kube::runtime::controller::Action;
+use serde_json::Value;
+
+use super::*;
+use crate::crd::{DynamoClusterSpec, ZoneSpec};
+use crate::fixtures::{simulate_kubernetes, FakeApiServer, FakeNodes};
+use crate::status::{find, DEGRADED, PROGRESSING, READY};
+
+const CLUSTER: &str = "/apis/dynamokv.io/v1alpha1/namespaces/default/dynamoclusters/demo";
+const CLUSTERS: &str = "/apis/dynamokv.io/v1alpha1/namespaces/default/dynamoclusters";
+const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets";
+const PVCS: &str = "/api/v1/namespaces/default/persistentvolumeclaims";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+
+struct Harness {
+    server: FakeApiServer,
+    nodes: FakeNodes,
+    ctx: Arc<Context>,
+}
+
+impl Harness {
+    fn new(zones: &[(&str, i32)]) -> Harness {
+        let server = FakeApiServer::start();
+        let spec = DynamoClusterSpec::with_zones(
+            zones.iter().map(|(z, r)| ZoneSpec::new(z, *r)).collect(),
+        );
+        server.create(CLUSTERS, &DynamoCluster::new("demo", spec));
+        let nodes = FakeNodes::default();
+        let ctx = Self::context(&server, &nodes);
+        Harness { server, nodes, ctx }
+    }
+
+    fn context(server: &FakeApiServer, nodes: &FakeNodes) -> Arc<Context> {
+        let metrics = Arc::new(Metrics::default());
+        Arc::new(Context::new(
+            server.client(),
+            Arc::new(nodes.clone()),
+            metrics,
+            RenderOptions::default(),
+            Some("test".into()),
+        ))
+    }
+
+    /// A new operator process: nothing carried over but what is in the API server and the nodes.
+    fn restart(&mut self) {
+        self.ctx = Self::context(&self.server, &self.nodes);
+    }
+
+    fn cluster(&self) -> DynamoCluster {
+        self.server.get(CLUSTER).expect("the cluster exists")
+    }
+
+    fn edit(&self, f: impl FnOnce(&mut DynamoClusterSpec)) {
+        let mut c = self.cluster();
+        f(&mut c.spec);
+        let generation = c.metadata.generation.unwrap_or(1);
+        c.metadata.generation = Some(generation + 1);
+        self.server.put(CLUSTER, &c);
+    }
+
+    async fn pass(&self) -> Action {
+        reconcile(Arc::new(self.cluster()), self.ctx.clone()).await.expect("the pass succeeds")
+    }
+
+    fn replicas(&self) -> Vec<(String, i32)> {
+        self.server
+            .list::<StatefulSet>(STS)
+            .into_iter()
+            .map(|s| (s.metadata.name.unwrap(), s.spec.replicas.unwrap()))
+            .collect()
+    }
+
+    fn status(&self) -> DynamoClusterStatus {
+        self.cluster().status.expect("a status was written")
+    }
+
+    fn condition(&self, type_: &str) -> (String, String, String) {
+        let status = self.status();
+        let c = find(&status, type_).expect("condition set");
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    fn event_reasons(&self) -> Vec<String> {
+        self.server.list::<K8sEvent>(EVENTS).into_iter().filter_map(|e| e.reason).collect()
+    }
+
+    fn pvcs(&self) -> Vec<String> {
+        self.server
+            .list::<PersistentVolumeClaim>(PVCS)
+            .into_iter()
+            .map(|p| p.metadata.name.unwrap())
+            .collect()
+    }
+
+    /// Passes, with Kubernetes and the nodes catching up in between, until the cluster reports
+    /// Ready; panics if it does not within `max` rounds.
+    async fn settle(&self, max: usize) {
+        for _ in 0..max {
+            self.pass().await;
+            simulate_kubernetes(&self.server, &self.nodes);
+            self.nodes.finish_joins();
+            simulate_kubernetes(&self.server, &self.nodes);
+            self.pass().await;
+            if self.condition(READY).0 == "True" {
+                return;
+            }
+        }
+        panic!("not Ready after {max} rounds: {:?}", self.status());
+    }
+}
+
+fn names(pairs: &[(&str, i32)]) -> Vec<(String, i32)> {
+    pairs.iter().map(|(n, r)| (n.to_string(), *r)).collect()
+}
+
+#[tokio::test]
+async fn create_renders_every_child_and_starts_one_seed_per_zone() {
+    let h = Harness::new(&[("zone-a", 1), ("zone-b", 2), ("zone-c", 1)]);
+    assert_eq!(h.pass().await, Action::requeue(BUSY_REQUEUE));
+
+    let writes: Vec<String> = h
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.method != http::Method::GET && !r.path.starts_with(EVENTS))
+        .map(|r| r.line())
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            "POST /api/v1/namespaces/default/secrets",
+            "PATCH /api/v1/namespaces/default/configmaps/demo-config",
+            "PATCH /api/v1/namespaces/default/services/demo-peers",
+            "PATCH /api/v1/namespaces/default/services/demo",
+            "PATCH /apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
+            "PATCH /apis/apps/v1/namespaces/default/statefulsets/demo-zone-a",
+            "PATCH /apis/apps/v1/namespaces/default/statefulsets/demo-zone-b",
+            "PATCH /apis/apps/v1/namespaces/default/statefulsets/demo-zone-c",
+            "PATCH /apis/dynamokv.io/v1alpha1/namespaces/default/dynamoclusters/demo/status",
+        ]
+    );
+    for r in h.server.requests().iter().filter(|r| r.method == http::Method::PATCH) {
+        assert!(r.query.contains("fieldManager=dynamo-operator"), "{} {}", r.line(), r.query);
+        assert!(r.query.contains("force=true"), "{} {}", r.line(), r.query);
+    }
+    assert_eq!(h.replicas(), names(&[("demo-zone-a", 1), ("demo-zone-b", 1), ("demo-zone-c", 1)]));
+    let sts: StatefulSet = h.server.get(&format!("{STS}/demo-zone-a")).unwrap();
+    let owner = &sts.metadata.owner_references.unwrap()[0];
+    assert_eq!(owner.uid, h.cluster().metadata.uid.unwrap());
+    let secret: Secret = h.server.get("/api/v1/namespaces/default/secrets/demo-secret").unwrap();
+    assert_eq!(secret.data.unwrap()["secret"].0.len(), 64);
+    assert_eq!(h.condition(PROGRESSING).1, "Creating");
+    assert_eq!(h.condition(READY).0, "False");
+    assert!(h.event_reasons().contains(&"SecretCreated".to_string()));
+
+    // The secret is created once and never rewritten.
+    h.server.clear_requests();
+    h.pass().await;
+    assert!(!h
+        .server
+        .requests()
+        .iter()
+        .any(|r| r.method == http::Method::POST && r.path.contains("secrets")));
+
+    // Seeds come up, join, and only then does zone-b get its second node.
+    simulate_kubernetes(&h.server, &h.nodes);
+    h.pass().await;
+    assert_eq!(h.replicas(), names(&[("demo-zone-a", 1), ("demo-zone-b", 1), ("demo-zone-c", 1)]));
+    assert_eq!(h.condition(PROGRESSING).1, "WaitingToScaleUp");
+    h.settle(5).await;
+    assert_eq!(h.replicas(), names(&[("demo-zone-a", 1), ("demo-zone-b", 2), ("demo-zone-c", 1)]));
+    let status = h.status();
+    assert_eq!((status.ready_nodes, status.desired_nodes, status.zone_count), (4, 4, 3));
+    assert_eq!(
+        h.condition(READY),
+        ("True".into(), "ClusterReady".into(), "4/4 nodes ready and in the ring".into())
+    );
+    assert_eq!(h.condition(DEGRADED).0, "False");
+    assert_eq!(h.pass().await, Action::requeue(IDLE_REQUEUE));
+}
+
+#[tokio::test]
+async fn a_settled_cluster_writes_nothing() {
+    let h = Harness::new(&[("zone-a", 1), ("zone-b", 1), ("zone-c", 1)]);
+    h.settle(5).await;
+    h.pass().await;
+    h.server.clear_requests();
+    h.pass().await;
+    let status_writes = h.server.requests().iter().filter(|r| r.path.ends_with("/status")).count();
+    assert_eq!(status_writes, 0, "an unchanged status is not written");
+}
+
+#[tokio::test]
+async fn scale_up_adds_one_node_at_a_time() {
+    let h = Harness::new(&[("zone-a", 1), ("zone-b", 1), ("zone-c", 1)]);
+    h.settle(5).await;
+    h.edit(|s| {
+        s.zones[0].replicas = 3;
+        s.zones[1].replicas = 2;
+    });
+
+    h.pass().await;
+    assert_eq!(h.replicas(), names(&[("demo-zone-a", 2), ("demo-zone-b", 1), ("demo-zone-c", 1)]));
+    assert!(h.event_reasons().contains(&"ScalingUp".to_string()));
+    h.pass().await;
+    assert_eq!(h.replicas()[0].1, 2, "no second node while the first has no pod");
+    simulate_kubernetes(&h.server, &h.nodes);
+    h.pass().await;
+    assert_eq!(h.replicas()[0].1, 2, "no second node while the first is joining");
+    assert_eq!(h.nodes.membership("demo-zone-a-1").as_deref(), Some("joining"));
+    assert_eq!(
+        h.condition(PROGRESSING).2,
+        "waiting for demo-zone-a-1 to be Ready (joined the ring)"
+    );
+
+    h.nodes.finish_joins();
+    simulate_kubernetes(&h.server, &h.nodes);
+    h.pass().await;
+    // Zones grow evenly: zone-b (1 node) goes before zone-a's third.
+    assert_eq!(h.replicas(), names(&[("demo-zone-a", 2), ("demo-zone-b", 2), ("demo-zone-c", 1)]));
+    h.settle(5).await;
+    assert_eq!(h.replicas(), names(&[("demo-zone-a", 3), ("demo-zone-b", 2), ("demo-zone-c", 1)]));
+    assert_eq!(h.status().zones[0].ready_replicas, 3);
+    assert_eq!(h.status().members.len(), 6);
+}
+
+#[tokio::test]
+async fn scale_down_decommissions_first_and_survives_operator_restarts() {
+    let mut h = Harness::new(&[("zone-a", 3), ("zone-b", 1), ("zone-c", 1)]);
+    h.settle(8).await;
+    h.edit(|s| s.zones[0].replicas = 1);
+
+    h.pass().await;
+    let calls = h.nodes.decommissions();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].1, "demo-zone-a-2");
+    assert_eq!(h.replicas()[0].1, 3, "replicas stay until the node has left");
+    let d = h.status().decommission.expect("the intent is recorded");
+    assert_eq!((d.node.as_str(), d.state.as_str()), ("demo-zone-a-2", "leaving"));
+    assert_eq!(h.condition(PROGRESSING).1, "Decommissioning");
+
+    // The operator restarts mid-decommission: it re-derives the step, asks nobody twice.
+    h.restart();
+    h.pass().await;
+    assert_eq!(h.nodes.decommissions().len(), 1);
+    assert_eq!(h.replicas()[0].1, 3);
+
+    h.nodes.finish_leave("demo-zone-a-2");
+    h.restart();
+    h.pass().await;
+    assert_eq!(h.replicas()[0].1, 2, "lowered once the node reports left");
+    assert!(h.event_reasons().contains(&"NodeRemoved".to_string()));
+    assert!(
+        h.pvcs().contains(&"data-demo-zone-a-2".to_string()),
+        "volume kept while the pod is there"
+    );
+
+    h.pass().await;
+    assert_eq!(h.nodes.decommissions().len(), 1, "the next node waits for the pod to go");
+    simulate_kubernetes(&h.server, &h.nodes);
+    h.pass().await;
+    assert!(
+        !h.pvcs().contains(&"data-demo-zone-a-2".to_string()),
+        "whenScaled: Delete removes the volume"
+    );
+    assert_eq!(h.nodes.decommissions().last().unwrap().1, "demo-zone-a-1");
+
+    h.nodes.finish_leave("demo-zone-a-1");
+    h.pass().await;
+    simulate_kubernetes(&h.server, &h.nodes);
+    h.settle(3).await;
+    assert_eq!(h.replicas(), names(&[("demo-zone-a", 1), ("demo-zone-b", 1), ("demo-zone-c", 1)]));
+    assert_eq!(h.pvcs(), ["data-demo-zone-a-0", "data-demo-zone-b-0", "data-demo-zone-c-0"]);
+    assert_eq!(h.status().decommission, None);
+    assert_eq!(h.nodes.decommissions().len(), 2);
+}
+
+#[tokio::test]
+async fn a_lost_decommission_request_is_sent_again() {
+    let mut h = Harness::new(&[("zone-a", 2), ("zone-b", 1), ("zone-c", 1)]);
+    h.settle(6).await;
+    h.edit(|s| s.zones[0].replicas = 1);
+    h.nodes.lose_decommissions(true);
+    h.pass().await;
+    assert_eq!(h.nodes.membership("demo-zone-a-1").as_deref(), Some("normal"));
+    h.restart();
+    h.nodes.lose_decommissions(false);
+    h.pass().await;
+    assert_eq!(h.nodes.decommissions().len(), 2);
+    assert_eq!(h.nodes.membership("demo-zone-a-1").as_deref(), Some("leaving"));
+    assert_eq!(h.replicas()[0].1, 2);
+}
+
+#[tokio::test]
+async fn a_scale_up_during_a_decommission_waits_for_the_leave() {
+    let h = Harness::new(&[("zone-a", 2), ("zone-b", 1), ("zone-c", 1)]);
+    h.settle(6).await;
+    h.edit(|s| s.zones[0].replicas = 1);
+    h.pass().await;
+    assert_eq!(h.nodes.membership("demo-zone-a-1").as_deref(), Some("leaving"));
+    h.edit(|s| s.zones[0].replicas = 3);
+    h.pass().await;
+    assert_eq!(h.replicas()[0].1, 2, "nothing is added while a node leaves");
+    h.nodes.finish_leave("demo-zone-a-1");
+    h.pass().await;
+    assert_eq!(h.replicas()[0].1, 1, "the leave completes first");
+    simulate_kubernetes(&h.server, &h.nodes);
+    h.settle(6).await;
+    assert_eq!(h.replicas()[0].1, 3);
+    assert_eq!(
+        h.nodes.membership("demo-zone-a-1").as_deref(),
+        Some("normal"),
+        "added back as a new member"
+    );
+}
+
+#[tokio::test]
+async fn a_zone_removed_from_the_spec_is_drained_and_deleted() {
+    let h = Harness::new(&[("zone-a", 1), ("zone-b", 1), ("zone-c", 1), ("zone-d", 1)]);
+    h.settle(5).await;
+    h.edit(|s| s.zones.retain(|z| z.name != "zone-d"));
+    h.pass().await;
+    assert_eq!(h.nodes.decommissions()[0].1, "demo-zone-d-0");
+    h.nodes.finish_leave("demo-zone-d-0");
+    h.pass().await;
+    assert!(h.replicas().contains(&("demo-zone-d".to_string(), 0)));
+    simulate_kubernetes(&h.server, &h.nodes);
+    h.pass().await;
+    assert!(!h.replicas().iter().any(|(n, _)| n == "demo-zone-d"), "{:?}", h.replicas());
+    assert!(h.event_reasons().contains(&"ZoneRemoved".to_string()));
+    assert!(!h.pvcs().contains(&"data-demo-zone-d-0".to_string()));
+}
+
+#[tokio::test]
+async fn unreachable_nodes_block_scale_down_and_degrade() {
+    let h = Harness::new(&[("zone-a", 2), ("zone-b", 1), ("zone-c", 1)]);
+    h.settle(6).await;
+    h.edit(|s| s.zones[0].replicas = 1);
+    h.nodes.silence_all(true);
+    assert_eq!(h.pass().await, Action::requeue(BUSY_REQUEUE));
+    assert!(h.nodes.decommissions().is_empty());
+    assert_eq!(h.replicas()[0].1, 2);
+    let (status, reason, message) = h.condition(DEGRADED);
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "ActionBlocked"));
+    assert!(message.contains("no node answers its admin API"), "{message}");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_reported_and_nothing_is_applied() {
+    let h = Harness::new(&[("zone-a", 1), ("zone-b", 1), ("zone-c", 1)]);
+    h.edit(|s| s.replication.w = 5);
+    assert_eq!(h.pass().await, Action::requeue(IDLE_REQUEUE));
+    assert!(h.replicas().is_empty());
+    let writes: Vec<String> = h
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.method != http::Method::GET)
+        .map(|r| r.line())
+        .collect();
+    assert_eq!(writes, [format!("POST {EVENTS}"), format!("PATCH {CLUSTER}/status")]);
+    let status_patch =
+        h.server.requests().into_iter().find(|r| r.path.ends_with("/status")).unwrap();
+    let body = status_patch.body.expect("a server-side apply body");
+    assert_eq!(body["apiVersion"], "dynamokv.io/v1alpha1");
+    assert_eq!(body["kind"], "DynamoCluster");
+    assert_eq!(body["status"]["observedGeneration"], 2);
+    let (status, reason, message) = h.condition(DEGRADED);
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "InvalidSpec"));
+    assert!(
+        message.contains("replication.w: replication.w must be between 1 and replication.n"),
+        "{message}"
+    );
+    assert_eq!(h.event_reasons(), ["InvalidSpec"]);
+}
+
+#[tokio::test]
+async fn a_cluster_being_deleted_is_left_to_the_garbage_collector() {
+    let h = Harness::new(&[("zone-a", 1), ("zone-b", 1), ("zone-c", 1)]);
+    h.settle(5).await;
+    let mut c = h.cluster();
+    c.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    h.server.put(CLUSTER, &c);
+    h.server.clear_requests();
+    assert_eq!(h.pass().await, Action::await_change());
+    assert!(h.server.requests().is_empty(), "no request: {:?}", h.server.requests());
+
+    // Garbage collection works through owner references on every child, and the volumes
+    // follow the StatefulSets' retention policy.
+    let uid = c.metadata.uid.unwrap();
+    for path in [
+        "/api/v1/namespaces/default/configmaps/demo-config",
+        "/api/v1/namespaces/default/services/demo-peers",
+        "/api/v1/namespaces/default/services/demo",
+        "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
+        "/apis/apps/v1/namespaces/default/statefulsets/demo-zone-a",
+    ] {
+        let child: Value = h.server.get(path).unwrap();
+        assert_eq!(child["metadata"]["ownerReferences"][0]["uid"], uid.as_str(), "{path}");
+        assert_eq!(child["metadata"]["ownerReferences"][0]["controller"], true, "{path}");
+    }
+    let sts: StatefulSet = h.server.get(&format!("{STS}/demo-zone-a")).unwrap();
+    let policy = sts.spec.persistent_volume_claim_retention_policy.unwrap();
+    assert_eq!(policy.when_deleted.as_deref(), Some("Retain"));
+}
+
+#[tokio::test]
+async fn metrics_count_passes_and_actions() {
+    let h = Harness::new(&[("zone-a", 1), ("zone-b", 1), ("zone-c", 1)]);
+    h.settle(5).await;
+    let text = h.ctx.metrics.render();
+    assert!(
+        text.contains("dynamo_operator_cluster_ready_nodes{namespace=\"default\",name=\"demo\"} 3"),
+        "{text}"
+    );
+    assert!(!text.contains("dynamo_operator_reconciles_total 0"), "{text}");
+}

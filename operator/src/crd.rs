@@ -1,0 +1,679 @@
+//! The `DynamoCluster` custom resource (group `dynamokv.io`, version `v1alpha1`): its spec with
+//! defaults and schema validation (CEL rules carried in `x-kubernetes-validations`), and its
+//! status. `validate` mirrors every CEL rule on the Rust side, with the same messages.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every resource this operator defines.
+pub const GROUP: &str = "dynamokv.io";
+/// API version of `DynamoCluster`.
+pub const VERSION: &str = "v1alpha1";
+
+/// Most zones a cluster may have. Bounds the cost of the CEL rules that walk the zone list.
+pub const MAX_ZONES: usize = 32;
+/// Most replicas (nodes) one zone may have.
+pub const MAX_REPLICAS_PER_ZONE: i32 = 1000;
+/// Longest `<cluster>-<zone>` StatefulSet name: Kubernetes puts the pod name plus a hash in a
+/// 63-character label (`controller-revision-hash`), which leaves 52 for the StatefulSet name.
+pub const MAX_STATEFULSET_NAME: usize = 52;
+/// Partition counts the node accepts: powers of two in 1..=65536.
+pub const PARTITION_CHOICES: &str =
+    "[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]";
+
+/// Messages of the validation rules, shared by the CEL rules in the CRD and by [`validate`]
+/// so a user sees the same words whichever catches the problem.
+pub mod messages {
+    /// `replication.r` is larger than `replication.n`.
+    pub const R_LE_N: &str = "replication.r must be between 1 and replication.n";
+    /// `replication.w` is larger than `replication.n`.
+    pub const W_LE_N: &str = "replication.w must be between 1 and replication.n";
+    /// Fewer nodes than replicas per key.
+    pub const N_LE_TOTAL: &str =
+        "replication.n must not exceed the total replicas of all zones: add replicas or lower n";
+    /// Two zones share a name.
+    pub const UNIQUE_ZONES: &str = "zone names must be unique";
+    /// Partitions changed after creation.
+    pub const PARTITIONS_IMMUTABLE: &str =
+        "partitions is immutable: it is fixed when the cluster is created (create a new cluster to change it)";
+    /// Partitions is not a power of two.
+    pub const PARTITIONS_POWER_OF_TWO: &str =
+        "partitions must be a power of two between 1 and 65536 (e.g. 256 or 1024)";
+    /// Fewer partitions than nodes.
+    pub const PARTITIONS_GE_NODES: &str =
+        "partitions must be at least the total replicas of all zones (every node owns a partition)";
+    /// Storage changed after creation.
+    pub const STORAGE_IMMUTABLE: &str =
+        "storage is immutable: StatefulSet volume claim templates cannot change (expand the PersistentVolumeClaims directly instead)";
+    /// `<cluster>-<zone>` is too long to name a StatefulSet.
+    pub const NAME_LENGTH: &str =
+        "the cluster name plus a zone name must be at most 51 characters (they name the StatefulSet <cluster>-<zone>)";
+}
+
+/// A Dynamo cluster: zones of storage nodes (one StatefulSet per zone), with its replication
+/// settings. Each zone is a Dynamo data center: every key's replicas are spread over zones
+/// before a zone is repeated.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "dynamokv.io",
+    version = "v1alpha1",
+    kind = "DynamoCluster",
+    plural = "dynamoclusters",
+    namespaced,
+    status = "DynamoClusterStatus",
+    shortname = "dc",
+    shortname = "dynamo",
+    category = "dynamo",
+    derive = "PartialEq",
+    doc = "A Dynamo key-value store cluster spread over zones",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"every node is ready and in the ring"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.readyNodes","description":"nodes that are ready (joined the ring)"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredNodes","description":"nodes asked for by the spec"}"#,
+    printcolumn = r#"{"name":"Zones","type":"integer","jsonPath":".status.zoneCount","description":"zones (data centers)"}"#,
+    printcolumn = r#"{"name":"Activity","type":"string","jsonPath":".status.conditions[?(@.type==\"Progressing\")].reason","description":"what the operator is doing"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.spec.zones.all(z, size(self.metadata.name) + size(z.name) <= 51)").message(messages::NAME_LENGTH)
+)]
+#[x_kube(
+    validation = Rule::new("self.replication.n <= self.zones.map(z, z.replicas).sum()").message(messages::N_LE_TOTAL),
+    validation = Rule::new("self.zones.all(a, self.zones.exists_one(b, b.name == a.name))").message(messages::UNIQUE_ZONES),
+    validation = Rule::new("self.partitions >= self.zones.map(z, z.replicas).sum()").message(messages::PARTITIONS_GE_NODES)
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DynamoClusterSpec {
+    /// Container image of `dynamo-node`.
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// When the kubelet pulls the image.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// Secrets for pulling the image from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// The zones (Dynamo data centers), one StatefulSet each, named `<cluster>-<zone>`. Change a
+    /// zone's replicas to add or remove nodes: the operator adds them one at a time and removes
+    /// them by decommissioning (handing their data off) first.
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub zones: Vec<ZoneSpec>,
+    /// Replicas per key (N), replies per read (R) and acknowledgements per write (W).
+    #[serde(default)]
+    pub replication: Replication,
+    /// Partitions of the ring (Q): a power of two, fixed when the cluster is created.
+    #[serde(default = "default_partitions")]
+    #[x_kube(
+        validation = Rule::new(format!("self in {PARTITION_CHOICES}")).message(messages::PARTITIONS_POWER_OF_TWO),
+        validation = Rule::new("self == oldSelf").message(messages::PARTITIONS_IMMUTABLE)
+    )]
+    pub partitions: i32,
+    /// CPU and memory of each node's container.
+    #[serde(default = "default_resources")]
+    pub resources: ResourceRequirements,
+    /// Each node's persistent volume. Fixed at creation: a StatefulSet's volume claim template
+    /// cannot change.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(messages::STORAGE_IMMUTABLE))]
+    pub storage: StorageSpec,
+    /// Node settings beyond those the operator derives; unset ones keep the node's defaults.
+    #[serde(default, skip_serializing_if = "NodeConfigOverrides::is_empty")]
+    pub node_config: NodeConfigOverrides,
+    /// What happens to a node's volume when its zone is scaled down and when the cluster is
+    /// deleted.
+    #[serde(default)]
+    pub persistent_volume_claim_retention_policy: PvcRetentionPolicy,
+}
+
+/// One zone: a Dynamo data center, run as one StatefulSet pinned to a Kubernetes zone.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneSpec {
+    /// Zone name (a DNS label). Names the StatefulSet `<cluster>-<zone>` and is the node's zone.
+    #[schemars(length(min = 1, max = 50), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Nodes in this zone.
+    #[serde(default = "default_zone_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// Where this zone's pods run. Unset: `topology.kubernetes.io/zone: <name>`; set it (even to
+    /// `{}`) to replace that default, e.g. when Kubernetes zones are named differently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Affinity of this zone's pods, used as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Tolerations of this zone's pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+}
+
+/// Replication: N replicas per key, R replies per read, W acknowledgements per write.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[x_kube(
+    validation = Rule::new("self.r <= self.n").message(messages::R_LE_N),
+    validation = Rule::new("self.w <= self.n").message(messages::W_LE_N)
+)]
+pub struct Replication {
+    /// Replicas of each key (N).
+    #[schemars(range(min = 1, max = 16))]
+    pub n: i32,
+    /// Replies a read waits for (R), 1..=N.
+    #[schemars(range(min = 1, max = 16))]
+    pub r: i32,
+    /// Acknowledgements a write waits for (W), 1..=N.
+    #[schemars(range(min = 1, max = 16))]
+    pub w: i32,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication { n: 3, r: 2, w: 2 }
+    }
+}
+
+/// Image pull policy of the node container.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Pull on every pod start.
+    Always,
+    /// Pull only when the node does not have the image.
+    #[default]
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl PullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Each node's persistent volume, mounted at the node's data directory.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each node's volume.
+    #[serde(default = "default_storage_size")]
+    pub size: Quantity,
+    /// StorageClass of the volumes; unset uses the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec { size: default_storage_size(), storage_class_name: None }
+    }
+}
+
+/// Storage engine of the nodes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Durable, on the node's volume.
+    #[default]
+    Rocksdb,
+    /// In memory: lost when the pod restarts. For tests and caches only.
+    Memory,
+}
+
+/// Node settings the user may override; each unset one keeps the node's own default.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeConfigOverrides {
+    /// Storage engine (node default: rocksdb).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Engine>,
+    /// How long a coordinator waits for its quorum, in milliseconds (node default: 2000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 600000))]
+    pub request_timeout_ms: Option<i64>,
+    /// fsync the write-ahead log on every write (node default: false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_writes: Option<bool>,
+    /// Request size limits.
+    #[serde(default, skip_serializing_if = "LimitsOverrides::is_empty")]
+    pub limits: LimitsOverrides,
+}
+
+impl NodeConfigOverrides {
+    /// True when nothing is overridden.
+    pub fn is_empty(&self) -> bool {
+        self == &NodeConfigOverrides::default()
+    }
+}
+
+/// Request size limits of the nodes; each unset one keeps the node's default.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsOverrides {
+    /// Longest key, bytes (node default: 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_key_bytes: Option<i64>,
+    /// Largest value, bytes (node default: 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_value_bytes: Option<i64>,
+    /// Most concurrent values (siblings) per key (node default: 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_siblings: Option<i64>,
+    /// Largest sum of a key's sibling values, bytes (node default: 8 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_object_bytes: Option<i64>,
+}
+
+impl LimitsOverrides {
+    /// True when nothing is overridden.
+    pub fn is_empty(&self) -> bool {
+        self == &LimitsOverrides::default()
+    }
+}
+
+/// What happens to a volume when it is no longer used.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetentionPolicy {
+    /// Keep the PersistentVolumeClaim (and its data).
+    Retain,
+    /// Delete the PersistentVolumeClaim.
+    Delete,
+}
+
+impl RetentionPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetentionPolicy::Retain => "Retain",
+            RetentionPolicy::Delete => "Delete",
+        }
+    }
+}
+
+/// Volume retention, as a StatefulSet's `persistentVolumeClaimRetentionPolicy`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcRetentionPolicy {
+    /// A node removed by scaling down has handed its data off first, so its volume only holds
+    /// stale copies: `Delete` (default) removes it once the pod is gone; `Retain` keeps it, and a
+    /// node later added at the same ordinal starts from it.
+    #[serde(default = "default_when_scaled")]
+    pub when_scaled: RetentionPolicy,
+    /// On deleting the cluster: `Retain` (default) keeps every volume (and the cluster Secret),
+    /// `Delete` removes them with the cluster.
+    #[serde(default = "default_when_deleted")]
+    pub when_deleted: RetentionPolicy,
+}
+
+impl Default for PvcRetentionPolicy {
+    fn default() -> Self {
+        PvcRetentionPolicy {
+            when_scaled: default_when_scaled(),
+            when_deleted: default_when_deleted(),
+        }
+    }
+}
+
+fn default_image() -> String {
+    format!("ghcr.io/dynamokv/dynamo-node:{}", env!("CARGO_PKG_VERSION"))
+}
+
+fn default_partitions() -> i32 {
+    256
+}
+
+fn default_zone_replicas() -> i32 {
+    1
+}
+
+fn default_storage_size() -> Quantity {
+    Quantity("10Gi".into())
+}
+
+fn default_when_scaled() -> RetentionPolicy {
+    RetentionPolicy::Delete
+}
+
+fn default_when_deleted() -> RetentionPolicy {
+    RetentionPolicy::Retain
+}
+
+/// Default container resources: enough for a small node; set `resources` for real loads.
+pub fn default_resources() -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.into());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([("cpu".into(), q("250m")), ("memory".into(), q("512Mi"))])),
+        limits: Some(BTreeMap::from([("memory".into(), q("1Gi"))])),
+        ..ResourceRequirements::default()
+    }
+}
+
+impl DynamoClusterSpec {
+    /// A spec with the given zones and every other setting at its default.
+    pub fn with_zones(zones: Vec<ZoneSpec>) -> Self {
+        DynamoClusterSpec {
+            image: default_image(),
+            image_pull_policy: PullPolicy::default(),
+            image_pull_secrets: Vec::new(),
+            zones,
+            replication: Replication::default(),
+            partitions: default_partitions(),
+            resources: default_resources(),
+            storage: StorageSpec::default(),
+            node_config: NodeConfigOverrides::default(),
+            persistent_volume_claim_retention_policy: PvcRetentionPolicy::default(),
+        }
+    }
+
+    /// Total nodes asked for, over every zone.
+    pub fn total_replicas(&self) -> i32 {
+        self.zones.iter().map(|z| z.replicas).sum()
+    }
+
+    /// The zone named `name`, if the spec has it.
+    pub fn zone(&self, name: &str) -> Option<&ZoneSpec> {
+        self.zones.iter().find(|z| z.name == name)
+    }
+}
+
+impl ZoneSpec {
+    /// A zone with default placement (pinned to the Kubernetes zone of the same name).
+    pub fn new(name: &str, replicas: i32) -> Self {
+        ZoneSpec {
+            name: name.into(),
+            replicas,
+            node_selector: None,
+            affinity: None,
+            tolerations: Vec::new(),
+        }
+    }
+}
+
+/// Observed state, written by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DynamoClusterStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` (every node ready and in the ring), `Progressing` (nodes being added, removed or
+    /// rolled) and `Degraded` (invalid spec, unreachable nodes, a failed step), each with a reason
+    /// and a message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Nodes whose pod is Ready, which means the node has joined the ring.
+    #[serde(default)]
+    pub ready_nodes: i32,
+    /// Nodes asked for by the spec, over every zone.
+    #[serde(default)]
+    pub desired_nodes: i32,
+    /// Zones in the spec.
+    #[serde(default)]
+    pub zone_count: i32,
+    /// Per-zone replicas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<ZoneStatus>,
+    /// Ring members as the nodes report them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+    /// Partition transfers under way (joins and decommissions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<RebalanceStatus>,
+    /// The scale-down in progress: the node being decommissioned before its StatefulSet shrinks.
+    /// A record for people; the operator re-derives it on every pass from the spec, the
+    /// StatefulSets and the nodes' own reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decommission: Option<DecommissionStatus>,
+}
+
+/// Replicas of one zone.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneStatus {
+    /// Zone name.
+    pub name: String,
+    /// Replicas the spec asks for.
+    pub desired_replicas: i32,
+    /// Replicas of the zone's StatefulSet now (moves one node at a time towards the desired).
+    pub replicas: i32,
+    /// Pods that are Ready (joined the ring).
+    pub ready_replicas: i32,
+}
+
+/// One ring member.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Node id (the pod name).
+    pub id: String,
+    /// Zone of the node.
+    pub zone: String,
+    /// `joining`, `normal`, `leaving` or `left`.
+    pub membership: String,
+    /// Whether the node answered its admin API on this pass.
+    pub reachable: bool,
+}
+
+/// Progress of partition transfers, summed over what the nodes report.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalanceStatus {
+    /// Partitions still to move before the ring is balanced (the largest any node reports).
+    pub pending_partitions: i64,
+    /// Transfers not yet done.
+    pub active_transfers: i64,
+    /// Transfers done.
+    pub done_transfers: i64,
+    /// Keys sent so far by the transfers.
+    pub keys_sent: i64,
+    /// Bytes sent so far by the transfers.
+    pub bytes_sent: i64,
+}
+
+/// A node being removed.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DecommissionStatus {
+    /// Zone being scaled down.
+    pub zone: String,
+    /// Node (pod) being decommissioned: the zone's highest ordinal.
+    pub node: String,
+    /// Where it stands: `requested`, `leaving`, `left` or `waiting`.
+    pub state: String,
+    /// Details for people.
+    pub message: String,
+}
+
+/// The CustomResourceDefinition as YAML, as committed in `crds/dynamoclusters.yaml`.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let yaml =
+        serde_yaml::to_string(&DynamoCluster::crd()).expect("the CRD always serializes to YAML");
+    format!(
+        "# Generated by `cargo run -p dynamo-operator --bin crdgen`; do not edit.\n\
+         # The same file is charts/dynamo-operator/crds/dynamoclusters.yaml.\n{yaml}"
+    )
+}
+
+/// `namespace/name` of a cluster, for logs and messages.
+pub fn display_name(cluster: &DynamoCluster) -> String {
+    use kube::ResourceExt;
+    format!("{}/{}", cluster.namespace().unwrap_or_default(), cluster.name_any())
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::cel::{validate_cel, validate_cel_update};
+    use kube::CustomResourceExt;
+
+    use super::*;
+
+    const REGENERATE: &str =
+        "run cargo run -p dynamo-operator --bin crdgen > crds/dynamoclusters.yaml \
+        (and copy it to charts/dynamo-operator/crds/)";
+
+    fn example() -> DynamoCluster {
+        let mut c = DynamoCluster::new(
+            "demo",
+            DynamoClusterSpec::with_zones(vec![
+                ZoneSpec::new("zone-a", 1),
+                ZoneSpec::new("zone-b", 1),
+                ZoneSpec::new("zone-c", 1),
+            ]),
+        );
+        c.metadata.namespace = Some("default".into());
+        c
+    }
+
+    fn rejected(c: &DynamoCluster) -> String {
+        validate_cel(c).expect_err("the CEL rules should reject this").to_string()
+    }
+
+    #[test]
+    fn committed_crd_is_fresh() {
+        let rendered = crd_yaml();
+        for path in
+            ["../crds/dynamoclusters.yaml", "../charts/dynamo-operator/crds/dynamoclusters.yaml"]
+        {
+            let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+            let committed = std::fs::read_to_string(&file).unwrap_or_default();
+            assert!(committed == rendered, "{} is stale: {REGENERATE}", file.display());
+        }
+    }
+
+    #[test]
+    fn crd_has_the_names_columns_and_subresources_users_rely_on() {
+        let crd = serde_json::to_value(DynamoCluster::crd()).unwrap();
+        assert_eq!(crd["metadata"]["name"], "dynamoclusters.dynamokv.io");
+        assert_eq!(crd["spec"]["scope"], "Namespaced");
+        assert_eq!(crd["spec"]["names"]["shortNames"], serde_json::json!(["dc", "dynamo"]));
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(version["name"], "v1alpha1");
+        assert_eq!(version["subresources"]["status"], serde_json::json!({}));
+        let columns: Vec<&str> = version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(columns, ["Ready", "Nodes", "Desired", "Zones", "Activity", "Age"]);
+        let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["required"], serde_json::json!(["zones"]));
+        assert_eq!(spec["properties"]["partitions"]["default"], 256);
+        assert_eq!(
+            spec["properties"]["replication"]["default"],
+            serde_json::json!({"n": 3, "r": 2, "w": 2})
+        );
+        assert_eq!(spec["properties"]["zones"]["minItems"], 1);
+        assert_eq!(spec["properties"]["zones"]["x-kubernetes-list-type"], "map");
+        let rules =
+            serde_json::to_string(&spec["properties"]["partitions"]["x-kubernetes-validations"])
+                .unwrap();
+        assert!(rules.contains("self == oldSelf"), "{rules}");
+    }
+
+    #[test]
+    fn cel_accepts_the_example() {
+        validate_cel(&example()).unwrap();
+        validate_cel_update(&example(), &example()).unwrap();
+    }
+
+    #[test]
+    fn cel_bounds_r_and_w_by_n() {
+        let mut c = example();
+        c.spec.replication.r = 4;
+        assert!(rejected(&c).contains(messages::R_LE_N));
+        let mut c = example();
+        c.spec.replication.w = 4;
+        assert!(rejected(&c).contains(messages::W_LE_N));
+    }
+
+    #[test]
+    fn cel_bounds_n_by_the_nodes() {
+        let mut c = example();
+        c.spec.zones[0].replicas = 0;
+        assert!(rejected(&c).contains(messages::N_LE_TOTAL));
+    }
+
+    #[test]
+    fn cel_rejects_duplicate_zones() {
+        let mut c = example();
+        c.spec.zones[2].name = "zone-a".into();
+        assert!(rejected(&c).contains(messages::UNIQUE_ZONES));
+    }
+
+    #[test]
+    fn cel_wants_a_power_of_two_partitions_covering_the_nodes() {
+        let mut c = example();
+        c.spec.partitions = 100;
+        assert!(rejected(&c).contains(messages::PARTITIONS_POWER_OF_TWO));
+        c.spec.partitions = 2;
+        assert!(rejected(&c).contains(messages::PARTITIONS_GE_NODES));
+        c.spec.partitions = 1024;
+        validate_cel(&c).unwrap();
+    }
+
+    #[test]
+    fn cel_keeps_partitions_and_storage_immutable() {
+        let old = example();
+        let mut new = example();
+        new.spec.partitions = 1024;
+        let err = validate_cel_update(&new, &old).unwrap_err().to_string();
+        assert!(err.contains(messages::PARTITIONS_IMMUTABLE), "{err}");
+        let mut new = example();
+        new.spec.storage.size = Quantity("20Gi".into());
+        let err = validate_cel_update(&new, &old).unwrap_err().to_string();
+        assert!(err.contains(messages::STORAGE_IMMUTABLE), "{err}");
+        let mut new = example();
+        new.spec.zones[0].replicas = 5;
+        validate_cel_update(&new, &old).unwrap();
+    }
+
+    #[test]
+    fn cel_limits_the_statefulset_name() {
+        let mut c = example();
+        // 46 + "zone-a" is 52 characters: one too many.
+        c.metadata.name = Some("x".repeat(46));
+        assert!(rejected(&c).contains(messages::NAME_LENGTH));
+        c.metadata.name = Some("x".repeat(45));
+        validate_cel(&c).unwrap();
+    }
+
+    #[test]
+    fn rust_validation_agrees_with_cel_on_these_cases() {
+        let mut cases = Vec::new();
+        let mut c = example();
+        c.spec.replication.r = 4;
+        cases.push(c);
+        let mut c = example();
+        c.spec.zones[0].replicas = 0;
+        cases.push(c);
+        let mut c = example();
+        c.spec.zones[2].name = "zone-a".into();
+        cases.push(c);
+        let mut c = example();
+        c.spec.partitions = 96;
+        cases.push(c);
+        cases.push(example());
+        for c in cases {
+            let rust = crate::validate::validate("demo", &c.spec).is_ok();
+            let cel = validate_cel(&c).is_ok();
+            assert_eq!(rust, cel, "{:?}", c.spec);
+        }
+    }
+}
