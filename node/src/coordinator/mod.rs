@@ -38,6 +38,12 @@ use targets::Target;
 /// layout change propagates; a second hop lets the write follow the newer ring).
 const MAX_HOPS: u32 = 2;
 
+/// Whether a failed replica call should be retried on a stand-in: the replica did not answer
+/// (an answer with an error of its own means it is up and refused the request).
+fn needs_stand_in(e: &PeerError) -> bool {
+    matches!(e, PeerError::Unreachable(_) | PeerError::Timeout)
+}
+
 /// A replica's answer to a fetch, tagged with whom it was asked of.
 type Reply = (Target, std::result::Result<Clock, PeerError>);
 /// A replica's answer to a replicate.
@@ -172,7 +178,8 @@ impl<T: Transport> Coordinator<T> {
                 }
                 Ok(Some((target, Err(e)))) => {
                     tracker.failed(target.node.clone(), e.to_string());
-                    if let (PeerError::Unreachable(_), Some(stand_in)) = (&e, spares.pop_front()) {
+                    let stand_in = if needs_stand_in(&e) { spares.pop_front() } else { None };
+                    if let Some(stand_in) = stand_in {
                         let hint_for = target.hint_for.clone().unwrap_or(target.node.clone());
                         let stand_in = Target { node: stand_in, hint_for: Some(hint_for) };
                         tracker.add_target();
@@ -408,9 +415,10 @@ impl<T: Transport> Coordinator<T> {
                         t.failed(target.node.clone(), e.to_string());
                     }
                     tracker.failed(target.node.clone(), e.to_string());
-                    // Sloppy quorum: a replica that cannot be reached at all is replaced at
-                    // once by the next healthy node, which keeps the write as a hint.
-                    if let (PeerError::Unreachable(_), Some(stand_in)) = (&e, spares.pop_front()) {
+                    // Sloppy quorum: a replica that cannot be reached is replaced at once by
+                    // the next healthy node, which keeps the write as a hint.
+                    let stand_in = if needs_stand_in(&e) { spares.pop_front() } else { None };
+                    if let Some(stand_in) = stand_in {
                         let hint_for = target.hint_for.unwrap_or(target.node);
                         tracker.add_target();
                         asked.push(stand_in.clone());
@@ -425,6 +433,8 @@ impl<T: Transport> Coordinator<T> {
                 Ok(None) | Err(_) => break,
             }
         }
+        drop(tx);
+        self.spawn_hint_tail(rx, spares, key, &clock);
         if state(&tracker, &next_tracker) != QuorumState::Reached {
             let failed = match &next_tracker {
                 Some(t) if tracker.state() == QuorumState::Reached => t,
@@ -436,6 +446,37 @@ impl<T: Transport> Coordinator<T> {
             context: self.sealer.seal(key, &clock.context()),
             acks: tracker.successes(),
         })
+    }
+
+    /// After the answer, replicas that fail late (the quorum was already reached without
+    /// them) still get a stand-in holding a hint, so hinted handoff covers every replica the
+    /// write missed, not only those that failed before the answer.
+    fn spawn_hint_tail(
+        &self,
+        mut rx: mpsc::UnboundedReceiver<Ack>,
+        mut spares: std::collections::VecDeque<NodeId>,
+        key: &[u8],
+        clock: &Clock,
+    ) {
+        let (transport, key, clock) = (self.transport.clone(), key.to_vec(), clock.clone());
+        let deadline = Instant::now() + self.settings.timeout * 3;
+        // Detached on purpose: bounded by the deadline and one replicate per late failure.
+        tokio::spawn(async move {
+            while let Ok(Some((target, result))) =
+                tokio::time::timeout_at(deadline, rx.recv()).await
+            {
+                let Err(e) = result else { continue };
+                if !needs_stand_in(&e) {
+                    continue;
+                }
+                let Some(stand_in) = spares.pop_front() else { return };
+                let hint_for = target.hint_for.unwrap_or(target.node);
+                if let Err(e) = transport.replicate(&stand_in, &key, &clock, Some(&hint_for)).await
+                {
+                    tracing::debug!(%stand_in, %hint_for, error = %e, "late hint failed");
+                }
+            }
+        });
     }
 
     fn spawn_replicate(
