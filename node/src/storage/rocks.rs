@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
-    WriteOptions, DB,
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
+    WriteBatch, WriteOptions, DB,
 };
 
 use super::{Engine, Entries, Keyspace, StorageError, WriteOp};
@@ -27,6 +27,20 @@ fn err(e: rocksdb::Error) -> StorageError {
     StorageError(e.into_string())
 }
 
+/// Column-family options for point lookups (every get and every write's read-modify-write is
+/// one): Bloom filters on the memtable and on each table file let a lookup skip the memtable
+/// and the files that cannot hold the key instead of searching them.
+fn cf_options() -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    let mut opts = Options::default();
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.set_block_based_table_factory(&table);
+    opts.set_memtable_prefix_bloom_ratio(0.1);
+    opts.set_memtable_whole_key_filtering(true);
+    opts
+}
+
 impl RocksEngine {
     /// Opens (creating if needed) the database in `dir`.
     pub fn open(dir: &Path, sync_writes: bool) -> Result<RocksEngine, StorageError> {
@@ -38,8 +52,7 @@ impl RocksEngine {
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.increase_parallelism(2);
-        let cfs =
-            Keyspace::ALL.iter().map(|s| ColumnFamilyDescriptor::new(s.name(), Options::default()));
+        let cfs = Keyspace::ALL.iter().map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
             StorageError(format!(
                 "cannot open RocksDB in {}: {} (is another dynamo-node using this directory?)",
