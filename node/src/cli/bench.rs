@@ -85,6 +85,7 @@ pub struct BenchArgs {
     /// Seed of the key and operation choices, for repeatable runs.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Report format: text tables, or one JSON document at the end.
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     pub output: Format,
 }

@@ -96,7 +96,7 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
     },
-    /// Load generator: YCSB-style workloads with latency percentiles (see --help).
+    /// Load generator: YCSB-style workloads; throughput, latency percentiles and errors.
     Bench(bench::BenchArgs),
     /// Local development cluster.
     Dev {
