@@ -26,22 +26,7 @@ const NODE_FLAGS: &[&str] = &[
     "w",
     "request-timeout-ms",
 ];
-const NODE_ENV: &[&str] = &[
-    "DYNAMO_CONFIG",
-    "DYNAMO_ID",
-    "DYNAMO_LISTEN",
-    "DYNAMO_ADVERTISE",
-    "DYNAMO_ZONE",
-    "DYNAMO_WEIGHT",
-    "DYNAMO_DATA_DIR",
-    "DYNAMO_SEEDS",
-    "DYNAMO_CLUSTER_NAME",
-    "DYNAMO_CLUSTER_SECRET",
-    "DYNAMO_PARTITIONS",
-    "DYNAMO_N",
-    "DYNAMO_R",
-    "DYNAMO_W",
-];
+use dynamo_operator::render::NODE_ENV;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -23,6 +23,25 @@ pub use statefulset::{seeds, statefulset, DATA_DIR, READY_SERVICE};
 
 /// The node's one gRPC port (client, internode and admin APIs, gRPC health).
 pub const NODE_PORT: i32 = 7070;
+
+/// The environment variables `dynamo-node` reads (its flags' `env` names): the contract the
+/// rendered pods may use. Tests check rendered pods and images against it.
+pub const NODE_ENV: &[&str] = &[
+    "DYNAMO_CONFIG",
+    "DYNAMO_ID",
+    "DYNAMO_LISTEN",
+    "DYNAMO_ADVERTISE",
+    "DYNAMO_ZONE",
+    "DYNAMO_WEIGHT",
+    "DYNAMO_DATA_DIR",
+    "DYNAMO_SEEDS",
+    "DYNAMO_CLUSTER_NAME",
+    "DYNAMO_CLUSTER_SECRET",
+    "DYNAMO_PARTITIONS",
+    "DYNAMO_N",
+    "DYNAMO_R",
+    "DYNAMO_W",
+];
 /// Name of the operator as a field manager and in `app.kubernetes.io/managed-by`.
 pub const MANAGER: &str = "dynamo-operator";
 

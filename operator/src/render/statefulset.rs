@@ -486,22 +486,7 @@ mod tests {
 
     #[test]
     fn every_variable_is_one_the_node_reads() {
-        let node_vars = [
-            "DYNAMO_CONFIG",
-            "DYNAMO_ID",
-            "DYNAMO_LISTEN",
-            "DYNAMO_ADVERTISE",
-            "DYNAMO_ZONE",
-            "DYNAMO_WEIGHT",
-            "DYNAMO_DATA_DIR",
-            "DYNAMO_SEEDS",
-            "DYNAMO_CLUSTER_NAME",
-            "DYNAMO_CLUSTER_SECRET",
-            "DYNAMO_PARTITIONS",
-            "DYNAMO_N",
-            "DYNAMO_R",
-            "DYNAMO_W",
-        ];
+        let node_vars = crate::render::NODE_ENV;
         let sts = render(&cluster(&[("a", 1)]), "a", 1);
         for var in sts["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap() {
             let name = var["name"].as_str().unwrap();
