@@ -195,7 +195,7 @@ impl<T: Transport> Coordinator<T> {
             return Err(self.quorum_error(Op::Get, &tracker, &asked));
         }
 
-        let merged = replies.iter().fold(Clock::new(), |acc, (_, c)| acc.sync(c));
+        let merged = repair::merge_replies(&replies);
         let outcome = GetOutcome {
             values: merged.live_values().into_iter().map(<[u8]>::to_vec).collect(),
             context: if merged.is_empty() {

@@ -12,8 +12,8 @@ pub fn stale_replicas<'a>(replies: &'a [(NodeId, Clock)], merged: &Clock) -> Vec
 }
 
 /// The sync of every reply: what the get returns and what stale replicas are repaired to.
-pub fn merge_replies(replies: &[(NodeId, Clock)]) -> Clock {
-    replies.iter().fold(Clock::new(), |acc, (_, clock)| acc.sync(clock))
+pub fn merge_replies<'a, T: 'a>(replies: impl IntoIterator<Item = &'a (T, Clock)>) -> Clock {
+    replies.into_iter().fold(Clock::new(), |acc, (_, clock)| acc.sync(clock))
 }
 
 #[cfg(test)]

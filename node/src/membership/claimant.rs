@@ -49,6 +49,20 @@ fn desired_members(view: &View, is_up: &dyn Fn(&NodeId) -> bool) -> Vec<Member> 
         .collect()
 }
 
+/// The ring to move to from `current`, if the members it should have differ from its own.
+fn change_target(
+    view: &View,
+    current: &Ring,
+    is_up: &dyn Fn(&NodeId) -> bool,
+) -> Result<Option<Ring>, RingError> {
+    // Sorted by id already: the view's nodes are a BTreeMap keyed by id, like ring members.
+    let desired = desired_members(view, is_up);
+    if desired.is_empty() || desired == current.members() {
+        return Ok(None);
+    }
+    current.rebalance(desired).map(Some)
+}
+
 /// The claimant as `me` sees it.
 pub fn claimant(view: &View, me: &NodeId, is_up: &dyn Fn(&NodeId) -> bool) -> Option<NodeId> {
     view.layout
@@ -94,12 +108,7 @@ pub fn decide(
     let Some(current) = layout.ring()? else { return Ok(None) };
     match layout.next_ring()? {
         None => {
-            let mut desired = desired_members(view, is_up);
-            desired.sort_by(|a, b| a.id.cmp(&b.id));
-            if desired.is_empty() || desired == current.members() {
-                return Ok(None);
-            }
-            let next = current.rebalance(desired)?;
+            let Some(next) = change_target(view, &current, is_up)? else { return Ok(None) };
             Ok(Some(Layout {
                 epoch: layout.epoch + 1,
                 author: me.clone(),
@@ -117,11 +126,7 @@ pub fn decide(
                 _ => false,
             });
             if dead_joiner {
-                let mut desired = desired_members(view, is_up);
-                desired.sort_by(|a, b| a.id.cmp(&b.id));
-                let next = (!desired.is_empty() && desired != current.members())
-                    .then(|| current.rebalance(desired))
-                    .transpose()?;
+                let next = change_target(view, &current, is_up)?;
                 return Ok(Some(Layout {
                     epoch: layout.epoch + 1,
                     author: me.clone(),
