@@ -164,11 +164,13 @@ impl Membership {
             let mut view = lock(&self.view);
             let before = view.nodes.get(self.me()).cloned();
             let changed = view.merge(theirs);
-            // Only this node writes its entry, so a newer copy of it elsewhere means this node
-            // lost its data (wiped disk, new volume): take the entry back with a newer
-            // generation, keeping what this process knows of itself.
+            // Only this node writes its entry, so a copy of it that outranks ours was written
+            // by an earlier incarnation whose data this one does not have (wiped disk, new
+            // volume, a node added back under the name of one that left, whose records can
+            // carry the same generation and a higher version): take the entry back with a
+            // newer generation, keeping what this process knows of itself.
             if let (Some(mine), Some(seen)) = (before, view.nodes.get(self.me())) {
-                if seen.generation > mine.generation {
+                if seen.rank() > mine.rank() {
                     let generation = seen.generation + 1;
                     tracing::info!(
                         generation,
@@ -376,5 +378,28 @@ mod tests {
         let mine = &merged.nodes[&NodeId("a".into())];
         assert_eq!(mine.generation, 6, "newer than any record elsewhere");
         assert_eq!(mine.status, Status::Joining, "this process's own state, not the old record");
+    }
+
+    #[test]
+    fn a_node_added_back_on_a_new_volume_outranks_the_record_of_its_leaving() {
+        // The earlier incarnation on its own new volume also had generation 1; it went through
+        // joining, normal, leaving and left, so its record has the higher version.
+        let m = start(Arc::new(Store::open(Arc::new(MemoryEngine::default()), 8).unwrap()));
+        let mut theirs = m.view();
+        let entry = theirs.nodes.get_mut(&NodeId("a".into())).unwrap();
+        let generation = entry.generation;
+        entry.version += 7;
+        entry.status = Status::Left;
+        let merged = m.receive(&theirs).unwrap();
+        let mine = &merged.nodes[&NodeId("a".into())];
+        assert_eq!(mine.generation, generation + 1);
+        assert_eq!(mine.status, Status::Joining);
+        let mut elsewhere = theirs.clone();
+        elsewhere.merge(&merged);
+        assert_eq!(
+            elsewhere.nodes[&NodeId("a".into())].status,
+            Status::Joining,
+            "gossip spreads it"
+        );
     }
 }

@@ -61,7 +61,8 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    fn rank(&self) -> (u64, u64, u64) {
+    /// What a merge orders copies of one entry by: the greatest (generation, version, heartbeat).
+    pub(crate) fn rank(&self) -> (u64, u64, u64) {
         (self.generation, self.version, self.heartbeat)
     }
 
