@@ -32,13 +32,13 @@ pub const PARTITION_CHOICES: &str =
 /// Messages of the validation rules, shared by the CEL rules in the CRD and by [`validate`]
 /// so a user sees the same words whichever catches the problem.
 pub mod messages {
-    /// `replication.r` is larger than `replication.n`.
-    pub const R_LE_N: &str = "replication.r must be between 1 and replication.n";
-    /// `replication.w` is larger than `replication.n`.
-    pub const W_LE_N: &str = "replication.w must be between 1 and replication.n";
+    /// `replication.r` is larger than `replication.factor`.
+    pub const R_LE_N: &str = "replication.r must be between 1 and replication.factor";
+    /// `replication.w` is larger than `replication.factor`.
+    pub const W_LE_N: &str = "replication.w must be between 1 and replication.factor";
     /// Fewer nodes than replicas per key.
     pub const N_LE_TOTAL: &str =
-        "replication.n must not exceed the total replicas of all zones: add replicas or lower n";
+        "replication.factor must not exceed the total replicas of all zones: add replicas or lower the factor";
     /// Two zones share a name.
     pub const UNIQUE_ZONES: &str = "zone names must be unique";
     /// Partitions changed after creation.
@@ -83,7 +83,7 @@ pub mod messages {
     validation = Rule::new("self.spec.zones.all(z, size(self.metadata.name) + size(z.name) <= 51)").message(messages::NAME_LENGTH)
 )]
 #[x_kube(
-    validation = Rule::new("self.replication.n <= self.zones.map(z, z.replicas).sum()").message(messages::N_LE_TOTAL),
+    validation = Rule::new("self.replication.factor <= self.zones.map(z, z.replicas).sum()").message(messages::N_LE_TOTAL),
     validation = Rule::new("self.zones.all(a, self.zones.exists_one(b, b.name == a.name))").message(messages::UNIQUE_ZONES),
     validation = Rule::new("self.partitions >= self.zones.map(z, z.replicas).sum()").message(messages::PARTITIONS_GE_NODES)
 )]
@@ -157,11 +157,13 @@ pub struct ZoneSpec {
 /// Replication: N replicas per key, R replies per read, W acknowledgements per write.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[x_kube(
-    validation = Rule::new("self.r <= self.n").message(messages::R_LE_N),
-    validation = Rule::new("self.w <= self.n").message(messages::W_LE_N)
+    validation = Rule::new("self.r <= self.factor").message(messages::R_LE_N),
+    validation = Rule::new("self.w <= self.factor").message(messages::W_LE_N)
 )]
 pub struct Replication {
-    /// Replicas of each key (N).
+    /// Replicas of each key (Dynamo's N), `factor` in the resource: a bare `n` is read as
+    /// `false` by the YAML 1.1 parser kubectl and helm use.
+    #[serde(rename = "factor")]
     #[schemars(range(min = 1, max = 16))]
     pub n: i32,
     /// Replies a read waits for (R), 1..=N.
@@ -518,6 +520,35 @@ pub fn display_name(cluster: &DynamoCluster) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// Plain scalars that YAML 1.1 (go-yaml v2, under kubectl's and helm's sigs.k8s.io/yaml)
+    /// reads as booleans where YAML 1.2 (serde_yaml) reads strings: as a key or list item in a
+    /// manifest they silently become `true`/`false`.
+    const YAML11_BOOLEANS: &[&str] = &[
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF",
+    ];
+
+    /// Lines of `yaml` whose key or list item is one of [`YAML11_BOOLEANS`].
+    fn yaml11_booleans(yaml: &str) -> Vec<String> {
+        yaml.lines()
+            .filter(|line| {
+                let t = line.trim_start();
+                let t = t.strip_prefix("- ").unwrap_or(t);
+                let token = t.split(':').next().unwrap_or_default().trim();
+                YAML11_BOOLEANS.contains(&token)
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn manifests_mean_the_same_to_yaml_1_1_readers() {
+        assert_eq!(yaml11_booleans("required:\n- n\n- r\nn: 3\non: x\nname: n\n").len(), 3);
+        assert_eq!(yaml11_booleans(&crd_yaml()), Vec::<String>::new(), "rename these fields");
+        let example = include_str!("../../examples/cluster.yaml");
+        assert_eq!(yaml11_booleans(example), Vec::<String>::new());
+    }
+
     use kube::core::cel::{validate_cel, validate_cel_update};
     use kube::CustomResourceExt;
 
@@ -577,7 +608,7 @@ mod tests {
         assert_eq!(spec["properties"]["partitions"]["default"], 256);
         assert_eq!(
             spec["properties"]["replication"]["default"],
-            serde_json::json!({"n": 3, "r": 2, "w": 2})
+            serde_json::json!({"factor": 3, "r": 2, "w": 2})
         );
         assert_eq!(spec["properties"]["zones"]["minItems"], 1);
         assert_eq!(spec["properties"]["zones"]["x-kubernetes-list-type"], "map");

@@ -310,7 +310,7 @@ mod tests {
         let d = find(&s, DEGRADED).unwrap();
         assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "InvalidSpec"));
         assert!(
-            d.message.contains("replication.r must be between 1 and replication.n"),
+            d.message.contains("replication.r must be between 1 and replication.factor"),
             "{}",
             d.message
         );

@@ -59,7 +59,7 @@ pub fn validate(name: &str, spec: &DynamoClusterSpec) -> Result<(), InvalidSpec>
 
     let r = &spec.replication;
     if !(1..=16).contains(&r.n) {
-        problem("replication.n", "must be between 1 and 16");
+        problem("replication.factor", "must be between 1 and 16");
     }
     if r.r < 1 || r.r > r.n {
         problem("replication.r", messages::R_LE_N);
@@ -70,8 +70,8 @@ pub fn validate(name: &str, spec: &DynamoClusterSpec) -> Result<(), InvalidSpec>
     let total = spec.total_replicas();
     if r.n > total {
         problem(
-            "replication.n",
-            &format!("{} (n={}, total replicas={total})", messages::N_LE_TOTAL, r.n),
+            "replication.factor",
+            &format!("{} (factor={}, total replicas={total})", messages::N_LE_TOTAL, r.n),
         );
     }
 
@@ -157,20 +157,20 @@ mod tests {
         s.replication.w = 0;
         let msg = problems("demo", &s);
         assert!(
-            msg.contains("replication.r: replication.r must be between 1 and replication.n"),
+            msg.contains("replication.r: replication.r must be between 1 and replication.factor"),
             "{msg}"
         );
         assert!(
-            msg.contains("replication.w: replication.w must be between 1 and replication.n"),
+            msg.contains("replication.w: replication.w must be between 1 and replication.factor"),
             "{msg}"
         );
     }
 
     #[test]
-    fn n_must_not_exceed_the_nodes() {
+    fn factor_must_not_exceed_the_nodes() {
         let msg = problems("demo", &spec(&[("a", 1), ("b", 1)]));
-        assert!(msg.contains("replication.n must not exceed the total replicas"), "{msg}");
-        assert!(msg.contains("(n=3, total replicas=2)"), "{msg}");
+        assert!(msg.contains("replication.factor must not exceed the total replicas"), "{msg}");
+        assert!(msg.contains("(factor=3, total replicas=2)"), "{msg}");
     }
 
     #[test]

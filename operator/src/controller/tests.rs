@@ -377,7 +377,7 @@ async fn an_invalid_spec_is_reported_and_nothing_is_applied() {
     let (status, reason, message) = h.condition(DEGRADED);
     assert_eq!((status.as_str(), reason.as_str()), ("True", "InvalidSpec"));
     assert!(
-        message.contains("replication.w: replication.w must be between 1 and replication.n"),
+        message.contains("replication.w: replication.w must be between 1 and replication.factor"),
         "{message}"
     );
     assert_eq!(h.event_reasons(), ["InvalidSpec"]);
