@@ -89,13 +89,18 @@ pub fn node_binary() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("DYNAMO_NODE_BIN") {
         return Ok(PathBuf::from(p));
     }
+    target_binary("dynamo-node")
+}
+
+/// A binary of this workspace that cargo built next to the running test binary.
+pub fn target_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> -> target/<profile>/dynamo-node
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("dynamo-node"))
-        .context("cannot locate the target directory")?;
+    // target/<profile>/deps/<test> or target/<profile>/<binary> -> target/<profile>/<name>
+    let mut dir = exe.parent().context("cannot locate the target directory")?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("cannot locate the target directory")?;
+    }
+    let bin = dir.join(name);
     if !bin.is_file() {
         bail!(
             "{} does not exist: run `cargo build --bins` first (scripts/test does)",
@@ -105,7 +110,8 @@ pub fn node_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
@@ -304,32 +310,10 @@ impl Cluster {
         let i = (0..self.nodes.len())
             .find(|&i| self.is_running(i) && !self.is_paused(i))
             .context("no node is running to ask for the ring")?;
-        let ring = self
-            .client(i)
-            .ring()
+        let ids: Vec<String> = self.nodes.iter().map(|n| n.id.clone()).collect();
+        Placement::of(&self.client(i), &ids)
             .await
-            .with_context(|| format!("asking {} for the ring", self.nodes[i].id))?;
-        let members: Vec<Member> = ring
-            .members
-            .iter()
-            .map(|m| Member { id: NodeId(m.id.clone()), zone: m.zone.clone(), weight: m.weight })
-            .collect();
-        let owners = ring
-            .owners
-            .iter()
-            .map(|&o| {
-                members
-                    .get(o as usize)
-                    .map(|m| m.id.clone())
-                    .context("ring owner index out of range")
-            })
-            .collect::<anyhow::Result<Vec<NodeId>>>()?;
-        let index = self.nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
-        Ok(Placement {
-            ring: Ring::from_parts(ring.partitions, members, owners)?,
-            n: ring.n as usize,
-            index,
-        })
+            .with_context(|| format!("asking {} for the ring", self.nodes[i].id))
     }
 
     /// kill -9.
@@ -457,17 +441,7 @@ impl Cluster {
 
     /// Node `i`'s own replica of a key, read directly (no quorum, no repair).
     pub async fn local_replica(&self, i: usize, key: &[u8]) -> anyhow::Result<Clock> {
-        let channel =
-            dynamo_node::rpc::peers::channel(&self.nodes[i].address, Duration::from_secs(5))
-                .map_err(anyhow::Error::msg)?;
-        let reply = InternodeClient::new(channel)
-            .fetch(FetchRequest { key: key.to_vec(), ..FetchRequest::default() })
-            .await?
-            .into_inner();
-        if reply.clock.is_empty() {
-            return Ok(Clock::new());
-        }
-        Ok(Clock::decode(&reply.clock)?)
+        local_replica_at(&self.nodes[i].address, key).await
     }
 
     /// The live values node `i` holds for a key, sorted.
@@ -527,7 +501,47 @@ pub struct Placement {
     index: std::collections::HashMap<String, usize>,
 }
 
+/// The replica of `key` the node at `address` holds, read directly (no quorum, no repair).
+pub async fn local_replica_at(address: &str, key: &[u8]) -> anyhow::Result<Clock> {
+    let channel = dynamo_node::rpc::peers::channel(address, Duration::from_secs(5))
+        .map_err(anyhow::Error::msg)?;
+    let reply = InternodeClient::new(channel)
+        .fetch(FetchRequest { key: key.to_vec(), ..FetchRequest::default() })
+        .await?
+        .into_inner();
+    if reply.clock.is_empty() {
+        return Ok(Clock::new());
+    }
+    Ok(Clock::decode(&reply.clock)?)
+}
+
 impl Placement {
+    /// The ring as the node behind `client` reports it; `ids[i]` names node `i`.
+    pub async fn of(client: &Client, ids: &[String]) -> anyhow::Result<Placement> {
+        let ring = client.ring().await?;
+        let members: Vec<Member> = ring
+            .members
+            .iter()
+            .map(|m| Member { id: NodeId(m.id.clone()), zone: m.zone.clone(), weight: m.weight })
+            .collect();
+        let owners = ring
+            .owners
+            .iter()
+            .map(|&o| {
+                members
+                    .get(o as usize)
+                    .map(|m| m.id.clone())
+                    .context("ring owner index out of range")
+            })
+            .collect::<anyhow::Result<Vec<NodeId>>>()?;
+        let index = ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect();
+        Ok(Placement {
+            ring: Ring::from_parts(ring.partitions, members, owners)?,
+            n: ring.n as usize,
+            index,
+        })
+    }
+
     /// The replication factor N.
     pub fn n(&self) -> usize {
         self.n

@@ -24,7 +24,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use crate::cluster::Cluster;
+use dynamo_node::client::Client;
+
+use crate::cluster::{local_replica_at, Cluster, Placement};
 use crate::history::{FinalState, ReplicaState};
 use crate::workload::{recorded_get, Endpoint, Recorder, Workload, WorkloadOptions};
 
@@ -231,15 +233,43 @@ pub async fn converge(
     keys: &[String],
     recorder: &Recorder,
 ) -> anyhow::Result<FinalState> {
-    let placement = cluster.placement().await?;
+    let nodes: Vec<NodeAddress> = cluster
+        .nodes
+        .iter()
+        .map(|n| NodeAddress { id: n.id.clone(), address: n.address.clone() })
+        .collect();
+    converge_nodes(&nodes, &cluster.placement().await?, keys, recorder).await
+}
+
+/// A node by id and client address, for [`converge_nodes`].
+#[derive(Debug, Clone)]
+pub struct NodeAddress {
+    /// The node's id.
+    pub id: String,
+    /// Its client endpoint, HOST:PORT.
+    pub address: String,
+}
+
+/// [`converge`] over any set of nodes (`placement` indexes into `nodes`): a cluster this crate
+/// did not start, such as the pods of a Kubernetes e2e test.
+pub async fn converge_nodes(
+    nodes: &[NodeAddress],
+    placement: &Placement,
+    keys: &[String],
+    recorder: &Recorder,
+) -> anyhow::Result<FinalState> {
     let n = u32::try_from(placement.n()).context("N does not fit a u32")?;
-    let endpoints: Vec<Endpoint> = (0..cluster.nodes.len())
-        .map(|i| Endpoint { node: cluster.nodes[i].id.clone(), client: cluster.client(i) })
+    let endpoints: Vec<Endpoint> = nodes
+        .iter()
+        .map(|node| Endpoint {
+            node: node.id.clone(),
+            client: Client::new(&node.address, Duration::from_secs(10)).expect("valid address"),
+        })
         .collect();
     let deadline = Instant::now() + CONVERGE_TIMEOUT;
     let mut notes = Vec::new();
     let hints = loop {
-        let hints = pending_hints(cluster).await;
+        let hints = pending_hints(&endpoints).await;
         if hints.is_empty() || Instant::now() >= deadline {
             break hints;
         }
@@ -260,11 +290,10 @@ pub async fn converge(
             for &key in &pending {
                 let mut replicas = Vec::new();
                 for i in placement.replicas(key.as_bytes()) {
-                    let clock = cluster
-                        .local_replica(i, key.as_bytes())
+                    let clock = local_replica_at(&nodes[i].address, key.as_bytes())
                         .await
                         .map_err(|e| format!("{e:#}"));
-                    replicas.push(ReplicaState { node: cluster.nodes[i].id.clone(), clock });
+                    replicas.push(ReplicaState { node: nodes[i].id.clone(), clock });
                 }
                 let ok: Vec<_> = replicas.iter().filter_map(|r| r.clock.as_ref().ok()).collect();
                 if ok.len() == replicas.len() && ok.windows(2).all(|w| w[0] == w[1]) {
@@ -291,18 +320,18 @@ pub async fn converge(
 }
 
 /// "node-2 holds 3 hints for node-3" for every node holding hints (or that cannot say).
-async fn pending_hints(cluster: &Cluster) -> Vec<String> {
+async fn pending_hints(endpoints: &[Endpoint]) -> Vec<String> {
     let mut pending = Vec::new();
-    for (i, node) in cluster.nodes.iter().enumerate() {
-        match cluster.client(i).status().await {
+    for e in endpoints {
+        match e.client.status().await {
             Ok(status) => pending.extend(
                 status
                     .hints
                     .iter()
                     .filter(|h| h.count > 0)
-                    .map(|h| format!("{} holds {} hints for {}", node.id, h.count, h.target)),
+                    .map(|h| format!("{} holds {} hints for {}", e.node, h.count, h.target)),
             ),
-            Err(e) => pending.push(format!("{} does not report its hints: {e}", node.id)),
+            Err(err) => pending.push(format!("{} does not report its hints: {err}", e.node)),
         }
     }
     pending
