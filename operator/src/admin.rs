@@ -44,12 +44,14 @@ pub enum AdminError {
 pub trait NodeAdmin: Send + Sync + 'static {
     /// The membership view of the node at `address` (`host:port`).
     fn status(&self, address: &str) -> BoxFuture<'static, Result<StatusResponse, AdminError>>;
-    /// Asks the node at `address` to decommission `node_id` (itself or another member). Starting
-    /// is idempotent: asking again reports the current state.
+    /// Asks the node at `address` to decommission `node_id` (itself or another member); with
+    /// `force`, to remove it even if it does not answer. Starting is idempotent: asking again
+    /// reports the current state.
     fn decommission(
         &self,
         address: &str,
         node_id: &str,
+        force: bool,
     ) -> BoxFuture<'static, Result<DecommissionResponse, AdminError>>;
 }
 
@@ -99,12 +101,13 @@ impl NodeAdmin for GrpcAdmin {
         &self,
         address: &str,
         node_id: &str,
+        force: bool,
     ) -> BoxFuture<'static, Result<DecommissionResponse, AdminError>> {
         let (timeout, address, node_id) = (self.timeout, address.to_string(), node_id.to_string());
         Box::pin(async move {
             let mut client = Self::connect(timeout, address.clone()).await?;
             client
-                .decommission(proto::DecommissionRequest { node_id })
+                .decommission(proto::DecommissionRequest { node_id, force })
                 .await
                 .map(tonic::Response::into_inner)
                 .map_err(|status| AdminError::Call {
@@ -378,9 +381,9 @@ pub(crate) mod tests {
         let status = admin.status(&address).await.unwrap();
         assert_eq!(status.node_id, "n1");
         assert_eq!(RingView::merge(&[status]).membership("n2"), Some(Membership::Joining));
-        let answer = admin.decommission(&address, "n2").await.unwrap();
+        let answer = admin.decommission(&address, "n2", false).await.unwrap();
         assert_eq!(answer.state, "leaving");
-        let err = admin.decommission(&address, "n9").await.unwrap_err();
+        let err = admin.decommission(&address, "n9", false).await.unwrap_err();
         assert!(err.to_string().contains("admin call Decommission to"), "{err}");
         assert!(err.to_string().contains("no member n9"), "{err}");
         shutdown.cancel();

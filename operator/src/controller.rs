@@ -170,7 +170,7 @@ async fn reconcile_inner(cluster: &DynamoCluster, ctx: &Context) -> Result<Actio
         publish(ctx, cluster, EventType::Normal, "NodeRemoved", "RemoveNode", note).await;
     }
     if let Some(call) = plan.decommission_call.clone() {
-        match ctx.admin.decommission(&call.address, &call.node).await {
+        match ctx.admin.decommission(&call.address, &call.node, call.force).await {
             Ok(response) => {
                 ctx.metrics.count(metrics::Action::Decommission);
                 tracing::info!(cluster = %display_name(cluster), node = %call.node, state = %response.state, "decommission requested");

@@ -537,6 +537,7 @@ impl NodeAdmin for FakeNodes {
         &self,
         address: &str,
         node_id: &str,
+        _force: bool,
     ) -> BoxFuture<'static, Result<DecommissionResponse, AdminError>> {
         let mut fleet = self.0.lock().unwrap();
         let result = Self::at(&fleet, address).and_then(|_| {

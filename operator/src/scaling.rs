@@ -90,6 +90,9 @@ pub struct DecommissionCall {
     pub address: String,
     /// The node to decommission.
     pub node: String,
+    /// Asked through another node because it does not answer: remove it even if it stays
+    /// silent (its partitions move from the surviving replicas).
+    pub force: bool,
 }
 
 /// What a zone removed from the spec becomes this pass.
@@ -301,11 +304,12 @@ impl<'a> Planner<'a> {
     /// A node has left for sure when it says so itself. Without its own word, others' record of
     /// it as left may be an old one, of an incarnation since removed: the operator may just have
     /// raised the replicas to add the node back, and its pod does not exist yet. That record is
-    /// trusted only when the zone is being scaled down anyway.
+    /// trusted only when the zone is being scaled down anyway (a crashed node removed by force
+    /// never says so itself).
     fn left_confirmed(&self, zone: &str, node: &str) -> bool {
         let desired = self.zones.iter().find(|(z, _)| z == zone).map_or(0, |(_, d)| *d);
         self.observed.ring.members.get(node).is_some_and(|m| m.reachable)
-            || (self.pod(node).is_none() && self.current[zone] > desired)
+            || self.current[zone] > desired
     }
 
     /// Zones with more replicas than desired, in order.
@@ -375,7 +379,7 @@ impl<'a> Planner<'a> {
                 let answers = self.observed.ring.members.get(&node).is_some_and(|m| m.reachable);
                 let own =
                     pod.as_ref().and_then(|p| p.ip.clone().filter(|_| answers && !p.terminating));
-                let via = match own {
+                let via = match own.clone() {
                     Some(ip) => Some(ip),
                     None => self
                         .observed
@@ -389,6 +393,7 @@ impl<'a> Planner<'a> {
                         self.plan.decommission_call = Some(DecommissionCall {
                             address: crate::render::node_address(&ip),
                             node: node.clone(),
+                            force: own.is_none(),
                         });
                         let message = format!(
                             "asked {node} to decommission ({zone}: {now} -> {desired} replicas)"
@@ -688,7 +693,11 @@ mod tests {
         assert_eq!(replicas(&p), [("a", 3), ("b", 1)], "replicas only drop once the node has left");
         assert_eq!(
             p.decommission_call,
-            Some(DecommissionCall { address: "10.0.0.3:7070".into(), node: "demo-a-2".into() })
+            Some(DecommissionCall {
+                address: "10.0.0.3:7070".into(),
+                node: "demo-a-2".into(),
+                force: false
+            })
         );
         let d = p.decommission.unwrap();
         assert_eq!(
@@ -759,7 +768,11 @@ mod tests {
         let p = w.plan();
         assert_eq!(
             p.decommission_call,
-            Some(DecommissionCall { address: "10.0.0.1:7070".into(), node: "demo-a-2".into() })
+            Some(DecommissionCall {
+                address: "10.0.0.1:7070".into(),
+                node: "demo-a-2".into(),
+                force: true
+            })
         );
     }
 
@@ -782,7 +795,9 @@ mod tests {
         };
         w.observed.ring = RingView::merge(&reports);
         let p = plan("demo", &w.spec, &w.observed);
-        assert_eq!(p.decommission_call.unwrap().address, "10.0.0.1:7070");
+        let call = p.decommission_call.unwrap();
+        assert_eq!(call.address, "10.0.0.1:7070");
+        assert!(call.force, "a node that does not answer is removed without its cooperation");
     }
 
     #[test]

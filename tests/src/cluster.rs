@@ -208,7 +208,7 @@ impl Cluster {
     /// Asks node `i` to decommission itself and waits until every running node sees it left
     /// (its partitions moved); then it can be killed.
     pub async fn decommission(&mut self, i: usize) -> anyhow::Result<()> {
-        self.client(i).decommission("").await?;
+        self.client(i).decommission("", false).await?;
         let id = self.nodes[i].id.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {

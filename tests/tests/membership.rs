@@ -175,3 +175,54 @@ async fn a_restarted_node_rejoins_with_its_data_without_a_new_transfer() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_crashed_node_is_removed_by_force_and_its_data_survives_on_the_others() {
+    let opts = ClusterOptions { nodes: 4, ..ClusterOptions::default() };
+    let mut cluster = Cluster::start(opts).await.unwrap();
+    cluster.wait_members(4).await.unwrap();
+    let keys: Vec<String> = (0..400).map(|i| format!("k{i}")).collect();
+    for key in &keys {
+        cluster.client(0).put(key.as_bytes(), b"v".to_vec(), vec![], Some(2)).await.unwrap();
+    }
+    let dead = 3;
+    let dead_id = cluster.nodes[dead].id.clone();
+    cluster.kill(dead);
+
+    // Without --force the request names the way out; nothing changes.
+    let err = cluster.client(0).decommission(&dead_id, false).await.unwrap_err().to_string();
+    assert!(err.contains("--force"), "{err}");
+    let status = cluster.status(1).await.unwrap();
+    let entry = status.nodes.iter().find(|n| n.id == dead_id).unwrap();
+    assert_eq!(entry.membership, "normal");
+
+    let answer = cluster.client(0).decommission(&dead_id, true).await.unwrap();
+    assert_eq!(answer.state, "leaving");
+    cluster.wait_members(3).await.unwrap();
+    // Every live node ends up reporting it as left.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for i in 0..3 {
+        loop {
+            let status = cluster.status(i).await.unwrap();
+            if status.nodes.iter().any(|n| n.id == dead_id && n.membership == "left") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{dead_id} never left: {status:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let ring = cluster.ring(0).await.unwrap();
+    assert!(ring.member(&dynamo_node::ring::NodeId(dead_id.clone())).is_none());
+    // With N=3 on the three remaining nodes, each holds every key: the partitions the dead node
+    // owned were pulled from the surviving replicas before ownership moved.
+    for key in &keys {
+        for i in 0..3 {
+            assert_eq!(
+                cluster.local_values(i, key.as_bytes()).await.unwrap(),
+                vec![b"v".to_vec()],
+                "{key} on {}",
+                cluster.nodes[i].id
+            );
+        }
+    }
+}

@@ -81,6 +81,11 @@ pub enum Command {
     Decommission {
         /// The node to remove (default: the endpoint node).
         node: Option<String>,
+        /// Remove the node even if it does not answer (crashed, its machine lost): the other
+        /// nodes take its partitions over from the surviving replicas. Writes that only it held
+        /// are lost (none with W >= 2). A node that answers is decommissioned normally anyway.
+        #[arg(long)]
+        force: bool,
         /// Wait until the node has left, showing progress.
         #[arg(long)]
         wait: bool,
@@ -210,10 +215,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             let out = client()?.ring().await.map_err(|e| e.to_string())?;
             print!("{}", output::ring(&out, output));
         }
-        Command::Decommission { node, wait, wait_timeout_s } => {
+        Command::Decommission { node, force, wait, wait_timeout_s } => {
             let client = client()?;
             let out = client
-                .decommission(node.as_deref().unwrap_or(""))
+                .decommission(node.as_deref().unwrap_or(""), force)
                 .await
                 .map_err(|e| e.to_string())?;
             println!("{}: {}", out.node_id, out.state);

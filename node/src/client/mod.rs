@@ -125,10 +125,15 @@ impl Client {
         c.status(StatusRequest {}).await.map(|r| r.into_inner()).map_err(|s| self.error(s))
     }
 
-    /// Starts decommissioning `node` (empty: the endpoint node).
-    pub async fn decommission(&self, node: &str) -> Result<DecommissionResponse, ClientError> {
+    /// Starts decommissioning `node` (empty: the endpoint node); with `force`, removes it even
+    /// if it does not answer.
+    pub async fn decommission(
+        &self,
+        node: &str,
+        force: bool,
+    ) -> Result<DecommissionResponse, ClientError> {
         let mut c = self.admin.clone();
-        c.decommission(DecommissionRequest { node_id: node.to_string() })
+        c.decommission(DecommissionRequest { node_id: node.to_string(), force })
             .await
             .map(|r| r.into_inner())
             .map_err(|s| self.error(s))

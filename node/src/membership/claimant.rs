@@ -170,6 +170,23 @@ pub fn own_transition(view: &View, me: &NodeId) -> Option<Status> {
     }
 }
 
+/// Nodes removed by force (see [`crate::membership::view::NodeState::removed_by`]) that are
+/// still leaving, do not answer, and are out of the layout with no change under way: they
+/// cannot say "left" themselves, so the claimant writes it for them. Every claimant writes the
+/// same entry (status left, version + 1), so two of them cannot disagree.
+pub fn removed_nodes_out(view: &View, is_up: &dyn Fn(&NodeId) -> bool) -> Vec<NodeId> {
+    let layout = &view.layout;
+    if layout.epoch == 0 || layout.next.is_some() {
+        return Vec::new();
+    }
+    view.nodes
+        .values()
+        .filter(|n| n.status == Status::Leaving && n.removed_by.is_some() && !is_up(&n.id))
+        .filter(|n| !layout.members.iter().any(|m| m.id == n.id))
+        .map(|n| n.id.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +203,7 @@ mod tests {
             version: 0,
             heartbeat: 0,
             synced_epoch: 0,
+            removed_by: None,
         }
     }
 
@@ -364,5 +382,37 @@ mod tests {
         assert_eq!(claimant(&v, &id("b"), &up), Some(id("a")));
         let a_down = |n: &NodeId| n.0 != "a";
         assert_eq!(claimant(&v, &id("b"), &a_down), Some(id("b")));
+    }
+
+    #[test]
+    fn the_claimant_writes_left_for_a_removed_node_once_it_is_out_and_down() {
+        let mut v = view_of(&[
+            ("a", "z1", Status::Normal),
+            ("b", "z2", Status::Normal),
+            ("c", "z3", Status::Leaving),
+        ]);
+        v.nodes.get_mut(&NodeId("c".into())).unwrap().removed_by = Some(NodeId("a".into()));
+        let down_c = |id: &NodeId| id.0 != "c";
+        // Still in the layout: the change has not happened yet.
+        let ring = Ring::new(64, v.nodes.values().map(|n| n.member()).collect()).unwrap();
+        v.layout = Layout {
+            epoch: 3,
+            author: NodeId("a".into()),
+            partitions: 64,
+            members: ring.members().to_vec(),
+            owners: ring.owners(),
+            next: None,
+        };
+        assert!(removed_nodes_out(&v, &down_c).is_empty());
+        // Out of the layout and down: left. Up (it will say so itself) or not forced: nothing.
+        let ring =
+            Ring::new(64, v.nodes.values().filter(|n| n.id.0 != "c").map(|n| n.member()).collect())
+                .unwrap();
+        v.layout.members = ring.members().to_vec();
+        v.layout.owners = ring.owners();
+        assert_eq!(removed_nodes_out(&v, &down_c), vec![NodeId("c".into())]);
+        assert!(removed_nodes_out(&v, &up).is_empty());
+        v.nodes.get_mut(&NodeId("c".into())).unwrap().removed_by = None;
+        assert!(removed_nodes_out(&v, &down_c).is_empty());
     }
 }

@@ -124,6 +124,7 @@ impl Membership {
                 version: 0,
                 heartbeat: 0,
                 synced_epoch: view.nodes.get(&me.id).map_or(0, |n| n.synced_epoch),
+                removed_by: None,
             },
         );
         let (placement, _) = watch::channel(Arc::new(Placement::default()));
@@ -170,7 +171,18 @@ impl Membership {
             // carry the same generation and a higher version): take the entry back with a
             // newer generation, keeping what this process knows of itself.
             if let (Some(mine), Some(seen)) = (before, view.nodes.get(self.me())) {
-                if seen.rank() > mine.rank() {
+                if seen.rank() > mine.rank()
+                    && seen.removed_by.is_some()
+                    && seen.generation == mine.generation
+                {
+                    // Another node removed this one while it did not answer (a forced
+                    // decommission): accept it as our own entry, and leave.
+                    tracing::warn!(
+                        by = ?seen.removed_by,
+                        status = seen.status.as_str(),
+                        "removed from the cluster by another node while unreachable; leaving"
+                    );
+                } else if seen.rank() > mine.rank() {
                     let generation = seen.generation + 1;
                     tracing::info!(
                         generation,
@@ -214,6 +226,38 @@ impl Membership {
             Status::Joining | Status::Normal => self.update_self(|s| s.status = Status::Leaving)?,
         }
         Ok(self.status())
+    }
+
+    /// Removes another node that does not answer (a forced decommission): writes its entry on
+    /// its behalf as leaving (left if it owns nothing), marked [`NodeState::removed_by`]. Its
+    /// partitions then move to the other nodes from the surviving replicas; writes that only
+    /// the removed node held are lost, which W >= 2 rules out for one removed node. Returns the
+    /// status it now has.
+    pub fn force_remove(&self, id: &NodeId) -> Result<Status> {
+        if id == self.me() {
+            return self.decommission();
+        }
+        let status = {
+            let mut view = lock(&self.view);
+            let layout = &view.layout;
+            let member = layout.members.iter().any(|m| m.id == *id)
+                || layout.next.as_ref().is_some_and(|t| t.members.iter().any(|m| m.id == *id));
+            let me = self.me().clone();
+            let Some(entry) = view.nodes.get_mut(id) else {
+                return Err(Error::InvalidArgument(format!(
+                    "there is no node '{id}' in this cluster: `dynamoctl status` lists the nodes"
+                )));
+            };
+            if matches!(entry.status, Status::Joining | Status::Normal) {
+                entry.status = if member { Status::Leaving } else { Status::Left };
+                entry.version += 1;
+                entry.removed_by = Some(me);
+                tracing::warn!(node = %id, status = entry.status.as_str(), "forced removal of a node that does not answer");
+            }
+            entry.status
+        };
+        self.after_change(false)?;
+        Ok(status)
     }
 
     /// Persists the view, refreshes peer addresses and republishes the placement.
@@ -270,6 +314,15 @@ impl Membership {
                 }
             }
             let is_up = |id: &NodeId| crate::coordinator::Transport::is_up(&*self.peers, id);
+            if claimant::claimant(&view, &me, &is_up).as_ref() == Some(&me) {
+                for id in claimant::removed_nodes_out(&view, &is_up) {
+                    tracing::info!(node = %id, "a removed node is out of the ring: it has left");
+                    if let Some(entry) = view.nodes.get_mut(&id) {
+                        entry.status = Status::Left;
+                        entry.version += 1;
+                    }
+                }
+            }
             match claimant::decide(&view, &me, self.config.n, may_bootstrap, &is_up) {
                 Ok(Some(layout)) => view.layout = layout,
                 Ok(None) => {}
@@ -401,5 +454,50 @@ mod tests {
             Status::Joining,
             "gossip spreads it"
         );
+    }
+
+    #[test]
+    fn a_forced_removal_is_accepted_by_the_same_incarnation_and_undone_by_a_restart() {
+        // Node b removes a (which it cannot reach) on its behalf.
+        let a = start(Arc::new(Store::open(Arc::new(MemoryEngine::default()), 8).unwrap()));
+        let mut theirs = a.view();
+        let entry = theirs.nodes.get_mut(&NodeId("a".into())).unwrap();
+        entry.status = Status::Leaving;
+        entry.version += 1;
+        entry.removed_by = Some(NodeId("b".into()));
+        let generation = entry.generation;
+        // a was alive after all, in the same generation: it accepts and leaves.
+        let merged = a.receive(&theirs).unwrap();
+        let mine = &merged.nodes[&NodeId("a".into())];
+        assert_eq!((mine.status, mine.generation), (Status::Leaving, generation));
+        assert_eq!(a.status(), Status::Leaving);
+
+        // A restarted a (newer generation) is not bound by it.
+        let b = start(Arc::new(Store::open(Arc::new(MemoryEngine::default()), 8).unwrap()));
+        let mut old = b.view();
+        let entry = old.nodes.get_mut(&NodeId("a".into())).unwrap();
+        entry.generation = 0;
+        entry.version = 9;
+        entry.status = Status::Left;
+        entry.removed_by = Some(NodeId("b".into()));
+        let merged = b.receive(&old).unwrap();
+        assert_ne!(merged.nodes[&NodeId("a".into())].status, Status::Left);
+    }
+
+    #[tokio::test]
+    async fn force_remove_marks_another_node_leaving_on_its_behalf() {
+        let m = start(Arc::new(Store::open(Arc::new(MemoryEngine::default()), 8).unwrap()));
+        let mut theirs = m.view();
+        let mut other = theirs.nodes[&NodeId("a".into())].clone();
+        other.id = NodeId("z".into());
+        other.status = Status::Normal;
+        theirs.nodes.insert(other.id.clone(), other);
+        m.receive(&theirs).unwrap();
+        // z is not in the layout: it owns nothing, so it is left at once.
+        assert_eq!(m.force_remove(&NodeId("z".into())).unwrap(), Status::Left);
+        let z = &m.view().nodes[&NodeId("z".into())];
+        assert_eq!(z.removed_by, Some(NodeId("a".into())));
+        let err = m.force_remove(&NodeId("nope".into())).unwrap_err().to_string();
+        assert!(err.contains("no node 'nope'"), "{err}");
     }
 }

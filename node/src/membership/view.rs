@@ -41,7 +41,7 @@ impl Status {
     }
 }
 
-/// One node's entry, written only by that node.
+/// One node's entry, written only by that node (but see [`NodeState::removed_by`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeState {
     pub id: NodeId,
@@ -58,6 +58,12 @@ pub struct NodeState {
     pub heartbeat: u64,
     /// The layout epoch for which this node has received every partition it gains (0: none).
     pub synced_epoch: u64,
+    /// Set when another node wrote this entry on the node's behalf, because the node did not
+    /// answer: a forced removal (`decommission --force`), the one exception to "written only by
+    /// that node". The node, if it is alive in the same generation, accepts it and leaves; a
+    /// restart (a newer generation) overrides it and the node joins again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_by: Option<NodeId>,
 }
 
 impl NodeState {
@@ -185,6 +191,7 @@ mod tests {
             version,
             heartbeat,
             synced_epoch: 0,
+            removed_by: None,
         }
     }
 

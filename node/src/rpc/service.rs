@@ -369,7 +369,7 @@ impl Admin for AdminService {
         req: Request<admin::DecommissionRequest>,
     ) -> Result<Response<admin::DecommissionResponse>, Status> {
         let shared = &self.0;
-        let target = req.into_inner().node_id;
+        let admin::DecommissionRequest { node_id: target, force } = req.into_inner();
         let me = shared.coordinator.me();
         if target.is_empty() || target == me.0 {
             let state = shared.membership.decommission()?;
@@ -389,16 +389,37 @@ impl Admin for AdminService {
         };
         let channel = super::peers::channel(&node.address, STATUS_PING_TIMEOUT * 5)
             .map_err(|e| Status::from(Error::Internal(e)))?;
-        let reply = admin::admin_client::AdminClient::new(channel)
-            .decommission(admin::DecommissionRequest { node_id: target.clone() })
-            .await
-            .map_err(|e| {
-                Status::from(Error::Unavailable {
-                    op: crate::error::Op::Put,
-                    errors: vec![format!("{target} at {}: {}", node.address, e.message())],
-                })
-            })?;
-        Ok(reply)
+        let forwarded = admin::admin_client::AdminClient::new(channel)
+            .decommission(admin::DecommissionRequest { node_id: target.clone(), force: false })
+            .await;
+        match forwarded {
+            Ok(reply) => Ok(reply),
+            // It does not answer: remove it on its behalf.
+            Err(e)
+                if force
+                    && matches!(
+                        e.code(),
+                        tonic::Code::Unavailable
+                            | tonic::Code::DeadlineExceeded
+                            | tonic::Code::Cancelled
+                    ) =>
+            {
+                let state = shared.membership.force_remove(&NodeId(target.clone()))?;
+                Ok(Response::new(admin::DecommissionResponse {
+                    node_id: target,
+                    state: state.as_str().into(),
+                }))
+            }
+            Err(e) => Err(Status::from(Error::Unavailable {
+                op: crate::error::Op::Put,
+                errors: vec![format!(
+                    "{target} at {}: {}; if it is gone for good, remove it with \
+                     `dynamoctl decommission {target} --force`",
+                    node.address,
+                    e.message()
+                )],
+            })),
+        }
     }
 
     async fn repair(
