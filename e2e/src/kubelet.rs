@@ -49,6 +49,9 @@ pub const STORAGE_CLASS: &str = "standard";
 pub const PROVISIONER: &str = "e2e.dynamokv.io/hostpath";
 /// Longest a pod's process is given to exit on SIGTERM.
 const MAX_GRACE: Duration = Duration::from_secs(10);
+/// A pod annotated with this (value "true") has its process killed and not restarted: a
+/// crash-looping pod, for tests of what the operator does with a dead node.
+pub const CRASH_ANNOTATION: &str = "e2e.dynamokv.io/crash";
 
 /// What the kubelet serves and how it runs images.
 pub struct KubeletConfig {
@@ -73,6 +76,8 @@ struct RunningPod {
     process: Option<Process>,
     /// When the process last exited (a restart waits a little, like CrashLoopBackOff).
     exited_at: Option<Instant>,
+    /// Killed on purpose ([`CRASH_ANNOTATION`]) and kept down.
+    crashed: bool,
     restarts: i32,
     started_at: Time,
     container: String,
@@ -269,6 +274,16 @@ impl Kubelet {
             }
         }
         let running = self.pods.get_mut(uid).expect("inserted above");
+        if pod.annotations().get(CRASH_ANNOTATION).map(String::as_str) == Some("true")
+            && !running.crashed
+        {
+            eprintln!("kubelet: crashing {namespace}/{name} on request ({CRASH_ANNOTATION})");
+            running.crashed = true;
+            if let Some(mut p) = running.process.take() {
+                tokio::task::spawn_blocking(move || p.stop(Duration::ZERO)).await?;
+            }
+            running.exited_at = Some(Instant::now());
+        }
         running.supervise()?;
         let ready = match (&running.probe, running.process.is_some()) {
             (Some((port, service)), true) => probe(running.net.ip, *port, service).await,
@@ -383,6 +398,7 @@ impl Kubelet {
             env,
             process: None,
             exited_at: None,
+            crashed: false,
             restarts: 0,
             started_at: now.clone(),
             container: container.name.clone(),
@@ -521,6 +537,7 @@ impl RunningPod {
             }
         }
         if self.process.is_none()
+            && !self.crashed
             && self.exited_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(2))
         {
             self.restarts += 1;

@@ -11,6 +11,8 @@
 //!      the history checker then checks;
 //!   4. the operator is killed during a decommission and a new one finishes it;
 //!   5. a deleted pod comes back with its data;
+//!   8. lowering a zone whose highest node has crashed removes that node by force (the others
+//!      take its partitions over from the surviving replicas) instead of waiting forever;
 //!   6. deleting the DynamoCluster garbage-collects its children and keeps the volumes.
 //!
 //! Run it with `scripts/e2e` (root, Go-built tools, release of the workspace's binaries).
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use dynamo_e2e::environment::Environment;
+use dynamo_e2e::kubelet::CRASH_ANNOTATION;
 use dynamo_e2e::operator::{self, Operator};
 use dynamo_e2e::process::run;
 use dynamo_node::client::Client;
@@ -272,6 +275,7 @@ async fn scenarios(s: &mut Suite) -> anyhow::Result<()> {
     step("3 lower a zone's replicas under writes", scale_down(s)).await?;
     step("4 restart the operator during a decommission", operator_restart(s)).await?;
     step("5 delete a pod", delete_pod(s)).await?;
+    step("8 lower a zone whose node has crashed", remove_crashed_node(s)).await?;
     step("6 delete the DynamoCluster", delete_cluster(s)).await?;
     Ok(())
 }
@@ -588,6 +592,50 @@ async fn delete_pod(s: &mut Suite) -> anyhow::Result<()> {
     );
     s.wait(SETTLE, "3 nodes Ready", |s| s.cluster_ready(3)).await?;
     s.check_written(&address).await
+}
+
+async fn remove_crashed_node(s: &mut Suite) -> anyhow::Result<()> {
+    s.scale(0, 2)?;
+    s.wait(SETTLE, "4 nodes Ready", |s| s.cluster_ready(4)).await?;
+    s.kubectl(&[
+        "annotate",
+        "pod",
+        "demo-zone-a-1",
+        "-n",
+        NS,
+        &format!("{CRASH_ANNOTATION}=true"),
+    ])?;
+    s.wait(Duration::from_secs(60), "demo-zone-a-1 down", |s| {
+        s.pod("demo-zone-a-1").is_ok_and(|p| !p.ready)
+    })
+    .await?;
+    s.scale(0, 1)?;
+    s.wait(SETTLE, "3 nodes Ready without the crashed node", |s| {
+        s.cluster_ready(3) && s.pod("demo-zone-a-1").is_err()
+    })
+    .await?;
+    let observer = s.pod("demo-zone-b-0")?.address()?;
+    let m = Suite::membership(&observer, "demo-zone-a-1").await?;
+    ensure!(m == "left", "the crashed node is {m:?}, not left");
+    let ring = client(&observer).ring().await?;
+    ensure!(ring.members.iter().all(|m| m.id != "demo-zone-a-1"), "it still owns partitions");
+    s.wait(Duration::from_secs(60), "its PVC deleted", |s| {
+        !s.exists("pvc", "data-demo-zone-a-1", NS)
+    })
+    .await?;
+    // N=3 on the three nodes left: each holds every key, copied from the survivors.
+    for p in s.pods()? {
+        let address = p.address()?;
+        for key in s.written.keys() {
+            ensure!(
+                !local_replica_at(&address, key.as_bytes()).await?.live_values().is_empty(),
+                "{key} is missing on {}",
+                p.name
+            );
+        }
+        s.check_written(&address).await?;
+    }
+    Ok(())
 }
 
 async fn delete_cluster(s: &mut Suite) -> anyhow::Result<()> {
