@@ -19,5 +19,7 @@ pub mod ring;
 pub mod rpc;
 pub mod server;
 pub mod storage;
+#[cfg(test)]
+mod testing;
 pub mod throttle;
 pub mod version;

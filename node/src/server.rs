@@ -125,9 +125,27 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         progress,
         shutdown.clone(),
     ));
+    let router: crate::handoff::Router = {
+        let membership = membership.clone();
+        let n = quorum.n;
+        Arc::new(move |target: &NodeId| {
+            // A target that left never comes back: its hints go to the current replicas, once
+            // no layout change is under way (so "current" is where the data lives).
+            let left = membership.view().status(target) == Some(Status::Left);
+            let placement = membership.placement().borrow().clone();
+            match (&placement.current, &placement.next) {
+                (Some(ring), None) if left => {
+                    crate::handoff::Route::Replicas { ring: Arc::new(ring.clone()), n }
+                }
+                _ => crate::handoff::Route::Target,
+            }
+        })
+    };
     workers.spawn(crate::handoff::run(
         store.clone(),
         shared.peers.clone(),
+        membership.me().clone(),
+        router,
         Duration::from_millis(bg.handoff_interval_ms),
         bg.handoff_keys_per_sec,
         shutdown.clone(),

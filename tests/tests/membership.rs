@@ -188,6 +188,21 @@ async fn a_crashed_node_is_removed_by_force_and_its_data_survives_on_the_others(
     let dead = 3;
     let dead_id = cluster.nodes[dead].id.clone();
     cluster.kill(dead);
+    // Writes while it is down: stand-ins keep hints for it.
+    let mut keys = keys;
+    for i in 0..200 {
+        let key = format!("during-{i}");
+        cluster.client(i % 3).put(key.as_bytes(), b"v".to_vec(), vec![], Some(2)).await.unwrap();
+        keys.push(key);
+    }
+    let hinted: u64 = {
+        let mut total = 0;
+        for i in 0..3 {
+            total += cluster.status(i).await.unwrap().hints.iter().map(|h| h.count).sum::<u64>();
+        }
+        total
+    };
+    assert!(hinted > 0, "no write was hinted for the dead node");
 
     // Without --force the request names the way out; nothing changes.
     let err = cluster.client(0).decommission(&dead_id, false).await.unwrap_err().to_string();
@@ -213,6 +228,18 @@ async fn a_crashed_node_is_removed_by_force_and_its_data_survives_on_the_others(
     }
     let ring = cluster.ring(0).await.unwrap();
     assert!(ring.member(&dynamo_node::ring::NodeId(dead_id.clone())).is_none());
+    // The hints held for it went to the current replicas instead, and are gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for i in 0..3 {
+        loop {
+            let status = cluster.status(i).await.unwrap();
+            if status.hints.iter().all(|h| h.count == 0) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "hints remain: {:?}", status.hints);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     // With N=3 on the three remaining nodes, each holds every key: the partitions the dead node
     // owned were pulled from the surviving replicas before ownership moved.
     for key in &keys {

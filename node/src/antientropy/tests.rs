@@ -4,67 +4,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::*;
-use crate::coordinator::{ForwardedPut, PeerError, PutOutcome};
-use crate::merkle::Hash;
 use crate::ring::{key_hash, partition_of_hash};
 use crate::storage::MemoryEngine;
 use crate::version::{Clock, Value, VersionVector};
 
 const Q: u32 = 8;
 
-struct Direct {
-    stores: HashMap<NodeId, Arc<Store>>,
-}
-
-fn err(e: crate::error::Error) -> PeerError {
-    PeerError::Remote { code: 2, message: e.to_string() }
-}
+use crate::testing::Direct;
 
 fn partition(key: &[u8]) -> PartitionId {
     partition_of_hash(key_hash(key), Q)
-}
-
-impl Transport for Direct {
-    fn is_up(&self, _: &NodeId) -> bool {
-        true
-    }
-
-    async fn replicate(
-        &self,
-        to: &NodeId,
-        key: &[u8],
-        clock: &Clock,
-        _: Option<&NodeId>,
-    ) -> Result<(), PeerError> {
-        self.stores[to].merge(partition(key), key, clock).map(|_| ()).map_err(err)
-    }
-
-    async fn fetch(&self, to: &NodeId, key: &[u8], _: Option<&NodeId>) -> Result<Clock, PeerError> {
-        self.stores[to].get(partition(key), key).map_err(err)
-    }
-
-    async fn coordinate_put(&self, _: &NodeId, _: ForwardedPut) -> Result<PutOutcome, PeerError> {
-        Err(PeerError::Unreachable("not used".into()))
-    }
-
-    async fn merkle_hashes(
-        &self,
-        to: &NodeId,
-        p: PartitionId,
-        level: u32,
-        indices: Vec<u32>,
-    ) -> Result<Vec<Hash>, PeerError> {
-        self.stores[to].with_tree(p, |t| t.level_hashes(level, &indices)).map_err(err)
-    }
-
-    async fn merkle_items(
-        &self,
-        to: &NodeId,
-        p: PartitionId,
-        leaves: Vec<u32>,
-    ) -> Result<Vec<(Vec<u8>, Hash)>, PeerError> {
-        self.stores[to].items_in_leaves(p, &leaves).map_err(err)
-    }
 }
 
 fn value(v: &str, actor: u64) -> Clock {
@@ -92,8 +41,7 @@ async fn exchange_moves_only_the_differing_keys_and_both_sides_end_equal() {
         put(&b, &format!("k{i}"), &value("other", 2));
     }
     let (ida, idb) = (NodeId("a".into()), NodeId("b".into()));
-    let net =
-        Direct { stores: HashMap::from([(ida.clone(), a.clone()), (idb.clone(), b.clone())]) };
+    let net = Direct::new(HashMap::from([(ida.clone(), a.clone()), (idb.clone(), b.clone())]), Q);
     let mut throttle = Throttle::new(0);
     let mut total = ExchangeStats::default();
     for p in 0..Q {

@@ -2,6 +2,10 @@
 //! hands each one to the node it was meant for once that node answers; a hint is deleted only
 //! after the owner acknowledged it (and only if no newer write was hinted meanwhile). Paced by
 //! a throttle so a node coming back is not flooded (no hinted-handoff storms).
+//!
+//! A node that has left the cluster (decommissioned, or removed by force after a crash) never
+//! comes back for its hints: they are re-routed to the key's replicas in the current ring
+//! ([`Route::Replicas`]) and deleted once every one of them has it.
 
 pub mod transfer;
 
@@ -11,8 +15,20 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::coordinator::Transport;
+use crate::ring::{NodeId, PartitionId, Ring};
 use crate::storage::Store;
 use crate::throttle::Throttle;
+
+/// Where the hints held for a target go.
+pub enum Route {
+    /// To the target itself (it is a member, maybe down for now).
+    Target,
+    /// The target has left: to the first `n` nodes of each key's preference list in this ring.
+    Replicas { ring: Arc<Ring>, n: usize },
+}
+
+/// Decides, once per target and pass, where its hints go.
+pub type Router = Arc<dyn Fn(&NodeId) -> Route + Send + Sync>;
 
 /// Hints per page read from storage.
 const PAGE: usize = 128;
@@ -25,14 +41,18 @@ pub struct DeliveryStats {
     pub unreachable: Vec<String>,
 }
 
-/// One pass over every target's hints.
+/// One pass over every target's hints. `me` is this node (a re-routed hint for which it is a
+/// replica is merged locally).
 pub async fn deliver_once<T: Transport>(
     store: &Store,
     transport: &T,
     throttle: &mut Throttle,
+    me: &NodeId,
+    router: &Router,
 ) -> DeliveryStats {
     let mut stats = DeliveryStats::default();
     for target in store.hint_stats().into_keys() {
+        let route = router(&target);
         let mut after: Option<(u32, Vec<u8>)> = None;
         'target: loop {
             let page = match store.hints_for(
@@ -50,7 +70,16 @@ pub async fn deliver_once<T: Transport>(
             after = Some((last.0, last.1.clone()));
             for (partition, key, clock) in page {
                 throttle.acquire().await;
-                match transport.replicate(&target, &key, &clock, None).await {
+                let sent = match &route {
+                    Route::Target => transport
+                        .replicate(&target, &key, &clock, None)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Route::Replicas { ring, n } => {
+                        reroute(store, transport, me, ring, *n, partition, &key, &clock).await
+                    }
+                };
+                match sent {
                     Ok(()) => {
                         match store.remove_hint_if_unchanged(&target, partition, &key, &clock) {
                             Ok(true) => stats.delivered += 1,
@@ -75,10 +104,37 @@ pub async fn deliver_once<T: Transport>(
     stats
 }
 
+/// Hands a hint whose target left to every current replica of its key.
+#[allow(clippy::too_many_arguments)]
+async fn reroute<T: Transport>(
+    store: &Store,
+    transport: &T,
+    me: &NodeId,
+    ring: &Ring,
+    n: usize,
+    partition: PartitionId,
+    key: &[u8],
+    clock: &crate::version::Clock,
+) -> Result<(), String> {
+    for m in ring.preference_list(partition).iter().take(n) {
+        if m.id == *me {
+            store.merge(partition, key, clock).map_err(|e| e.to_string())?;
+        } else {
+            transport
+                .replicate(&m.id, key, clock, None)
+                .await
+                .map_err(|e| format!("{}: {e}", m.id))?;
+        }
+    }
+    Ok(())
+}
+
 /// Delivers hints every `interval` until `shutdown`.
 pub async fn run<T: Transport>(
     store: Arc<Store>,
     transport: Arc<T>,
+    me: NodeId,
+    router: Router,
     interval: Duration,
     per_second: u32,
     shutdown: CancellationToken,
@@ -91,7 +147,80 @@ pub async fn run<T: Transport>(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = deliver_once(&store, &*transport, &mut throttle) => {}
+            _ = deliver_once(&store, &*transport, &mut throttle, &me, &router) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::ring::{key_hash, partition_of_hash, Member};
+    use crate::storage::MemoryEngine;
+    use crate::testing::Direct;
+    use crate::version::{Clock, Value, VersionVector};
+
+    const Q: u32 = 8;
+
+    fn store() -> Arc<Store> {
+        Arc::new(Store::open(Arc::new(MemoryEngine::default()), Q).unwrap())
+    }
+
+    fn id(s: &str) -> NodeId {
+        NodeId(s.into())
+    }
+
+    #[tokio::test]
+    async fn hints_for_a_node_that_left_go_to_the_current_replicas() {
+        let (a, b, c) = (store(), store(), store());
+        let net = Direct::new(
+            HashMap::from([(id("a"), a.clone()), (id("b"), b.clone()), (id("c"), c.clone())]),
+            Q,
+        );
+        let members: Vec<Member> = ["a", "b", "c"]
+            .iter()
+            .map(|n| Member { id: id(n), zone: (*n).into(), weight: 1 })
+            .collect();
+        let ring = Arc::new(Ring::new(Q, members).unwrap());
+        let mut keys = Vec::new();
+        for i in 0..50 {
+            let key = format!("k{i}");
+            let clock =
+                Clock::new().update(&VersionVector::default(), Value::Data(b"v".to_vec()), 7);
+            let p = partition_of_hash(key_hash(key.as_bytes()), Q);
+            a.store_hint(&id("x"), p, key.as_bytes(), &clock).unwrap();
+            keys.push((p, key));
+        }
+        let mut throttle = Throttle::new(0);
+
+        // While x is a member (down), its hints wait for it.
+        let to_target: Router = Arc::new(|_: &NodeId| Route::Target);
+        let s = deliver_once(&a, &net, &mut throttle, &id("a"), &to_target).await;
+        assert_eq!((s.delivered, s.unreachable.clone()), (0, vec!["x".to_string()]));
+        assert_eq!(a.hint_stats()[&id("x")].count, 50);
+
+        // Once x has left, every hint lands on all three current replicas, then goes.
+        let r = ring.clone();
+        let left: Router = Arc::new(move |t: &NodeId| {
+            if t.0 == "x" {
+                Route::Replicas { ring: r.clone(), n: 3 }
+            } else {
+                Route::Target
+            }
+        });
+        net.down.lock().unwrap().insert(id("c"));
+        let s = deliver_once(&a, &net, &mut throttle, &id("a"), &left).await;
+        assert_eq!(s.delivered, 0, "c is down: nothing is deleted yet");
+        net.down.lock().unwrap().clear();
+        let s = deliver_once(&a, &net, &mut throttle, &id("a"), &left).await;
+        assert_eq!(s.delivered, 50);
+        assert!(a.hint_stats().get(&id("x")).is_none_or(|h| h.count == 0));
+        for (p, key) in &keys {
+            for node in [&a, &b, &c] {
+                assert_eq!(node.get(*p, key.as_bytes()).unwrap().live_values().len(), 1, "{key}");
+            }
         }
     }
 }
