@@ -155,6 +155,9 @@ pub struct BackgroundConfig {
     /// Most keys a partition transfer (join, decommission) moves per second (0: unlimited).
     /// Default 5000.
     pub transfer_keys_per_sec: u32,
+    /// How long the ring must be settled before a node deletes its copies of the partitions it
+    /// no longer replicates (after joins and decommissions), ms; 0 keeps them. Default 300000.
+    pub cleanup_after_ms: u64,
 }
 
 impl Default for BackgroundConfig {
@@ -165,6 +168,7 @@ impl Default for BackgroundConfig {
             anti_entropy_interval_ms: 2000,
             anti_entropy_keys_per_sec: 2000,
             transfer_keys_per_sec: 5000,
+            cleanup_after_ms: 300_000,
         }
     }
 }

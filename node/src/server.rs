@@ -150,6 +150,15 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         bg.handoff_keys_per_sec,
         shutdown.clone(),
     ));
+    if bg.cleanup_after_ms > 0 {
+        workers.spawn(crate::handoff::cleanup::run(
+            membership.clone(),
+            store.clone(),
+            quorum.n,
+            Duration::from_millis(bg.cleanup_after_ms),
+            shutdown.clone(),
+        ));
+    }
     if bg.anti_entropy_interval_ms > 0 {
         workers.spawn(crate::antientropy::run(
             shared.coordinator.clone(),

@@ -43,6 +43,9 @@ pub struct ClusterOptions {
     pub handoff_interval_ms: u64,
     /// Pace of partition transfers (keys per second; 0: unlimited).
     pub transfer_keys_per_sec: u32,
+    /// Settled time before a node deletes partitions it no longer replicates (0: never, the
+    /// default here, so tests can inspect every copy).
+    pub cleanup_after_ms: u64,
 }
 
 impl Default for ClusterOptions {
@@ -58,6 +61,7 @@ impl Default for ClusterOptions {
             anti_entropy_interval_ms: 0,
             handoff_interval_ms: 200,
             transfer_keys_per_sec: 0,
+            cleanup_after_ms: 0,
         }
     }
 }
@@ -172,6 +176,7 @@ impl Cluster {
                 anti_entropy_interval_ms: opts.anti_entropy_interval_ms,
                 handoff_interval_ms: opts.handoff_interval_ms,
                 transfer_keys_per_sec: opts.transfer_keys_per_sec,
+                cleanup_after_ms: opts.cleanup_after_ms,
                 ..BackgroundConfig::default()
             },
             ..NodeConfig::default()

@@ -253,3 +253,44 @@ async fn a_crashed_node_is_removed_by_force_and_its_data_survives_on_the_others(
         }
     }
 }
+
+#[tokio::test]
+async fn after_a_join_settles_old_replicas_delete_the_partitions_they_gave_away() {
+    let opts = ClusterOptions { cleanup_after_ms: 1000, ..ClusterOptions::default() };
+    let mut cluster = Cluster::start(opts).await.unwrap();
+    let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+    for key in &keys {
+        cluster.client(0).put(key.as_bytes(), b"v".to_vec(), vec![], Some(3)).await.unwrap();
+    }
+    cluster.add_node().await.unwrap();
+    cluster.add_node().await.unwrap();
+    cluster.wait_members(5).await.unwrap();
+    // Every key ends up on exactly its 3 replicas of the 5: the others deleted their copies.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut extra = Vec::new();
+        for key in keys.iter().step_by(3) {
+            let replicas = cluster.replicas_of(key.as_bytes(), 3).await.unwrap();
+            for i in 0..5 {
+                let held = !cluster.local_values(i, key.as_bytes()).await.unwrap().is_empty();
+                assert!(held || !replicas.contains(&i), "{key} missing on its replica {i}");
+                if held && !replicas.contains(&i) {
+                    extra.push((key.clone(), i));
+                }
+            }
+        }
+        if extra.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stale copies remain, e.g. {:?}",
+            &extra[..extra.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for key in &keys {
+        let got = cluster.client(4).get(key.as_bytes(), Some(3)).await.unwrap();
+        assert_eq!(got.values, vec![b"v".to_vec()], "{key}");
+    }
+}

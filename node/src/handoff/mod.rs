@@ -7,6 +7,7 @@
 //! comes back for its hints: they are re-routed to the key's replicas in the current ring
 //! ([`Route::Replicas`]) and deleted once every one of them has it.
 
+pub mod cleanup;
 pub mod transfer;
 
 use std::sync::Arc;

@@ -428,6 +428,39 @@ impl Store {
         Ok(page.into_iter().map(|(k, v)| (k[4..].to_vec(), v)).collect())
     }
 
+    /// Deletes this node's copy of every key of `partition` (one it no longer replicates),
+    /// keeping its Merkle tree in step; returns how many keys went. Hints are not touched.
+    pub fn drop_partition(&self, partition: PartitionId) -> Result<u64> {
+        let mut removed = 0;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.scan_partition(partition, after.as_deref(), 256)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (key, _) in page {
+                let _guard = lock(self.stripe(&key))?;
+                let Some(bytes) = self.read_raw(partition, &key)? else { continue };
+                self.engine
+                    .write(vec![WriteOp::Delete {
+                        space: Keyspace::Data,
+                        key: data_key(partition, &key),
+                    }])
+                    .map_err(storage)?;
+                if let Some(tree) = self.trees.get(partition as usize) {
+                    let old = merkle::version_digest(&bytes);
+                    lock(tree)?.update(&key, Some(&old[..]), None);
+                }
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Whether this node holds any key of `partition`.
+    pub fn holds(&self, partition: PartitionId) -> Result<bool> {
+        Ok(!self.scan_partition(partition, None, 1)?.is_empty())
+    }
+
     /// Estimated number of keys held (replicas only, not hints).
     pub fn approximate_keys(&self) -> u64 {
         self.engine.approximate_len(Keyspace::Data)
@@ -447,6 +480,29 @@ mod tests {
         assert_eq!(Store::open(engine.clone(), 64).unwrap().actor(), a);
         let err = Store::open(engine, 128).err().unwrap().to_string();
         assert!(err.contains("created for 64 partitions"), "{err}");
+    }
+
+    #[test]
+    fn drop_partition_removes_its_keys_and_leaves_the_tree_as_if_empty() {
+        let store = Store::open(Arc::new(MemoryEngine::default()), 8).unwrap();
+        let empty_root = store.with_tree(2, |t| t.root()).unwrap();
+        let kept_root_before = {
+            let v = Clock::new().update(&VersionVector::default(), Value::Data(b"v".to_vec()), 7);
+            for i in 0..600 {
+                store.merge(2, format!("k{i}").as_bytes(), &v).unwrap();
+                store.merge(3, format!("k{i}").as_bytes(), &v).unwrap();
+            }
+            store.with_tree(3, |t| t.root()).unwrap()
+        };
+        assert!(store.holds(2).unwrap());
+        assert_eq!(store.drop_partition(2).unwrap(), 600);
+        assert!(!store.holds(2).unwrap());
+        assert!(store.get(2, b"k1").unwrap().is_empty());
+        assert_eq!(store.with_tree(2, |t| t.root()).unwrap(), empty_root);
+        // Other partitions are untouched.
+        assert_eq!(store.get(3, b"k1").unwrap().live_values().len(), 1);
+        assert_eq!(store.with_tree(3, |t| t.root()).unwrap(), kept_root_before);
+        assert_eq!(store.drop_partition(2).unwrap(), 0);
     }
 
     #[test]
