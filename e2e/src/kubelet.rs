@@ -12,9 +12,10 @@
 //!
 //! The pod is reported Running with its IP once the process runs, and Ready exactly when the
 //! container's gRPC readiness probe answers SERVING (checked every [`TICK`]). A process that
-//! exits is restarted (restartPolicy Always) and its restart count reported. When the pod is
-//! deleted, the process gets SIGTERM (SIGKILL after the grace period, at most 10 s), the
-//! namespace is removed, and the pod object is removed from the API.
+//! exits is restarted (restartPolicy Always) and its restart count reported; a pod annotated
+//! [`CRASH_ANNOTATION`] has its process killed and kept down, like a crash-looping container.
+//! When the pod is deleted, the process gets SIGTERM (SIGKILL after the grace period, at most
+//! 10 s), the namespace is removed, and the pod object is removed from the API.
 //!
 //! It also provisions volumes: a PersistentVolumeClaim of [`STORAGE_CLASS`] gets a hostPath
 //! PersistentVolume (a directory of the run) pre-bound to it; a volume whose claim is deleted is
