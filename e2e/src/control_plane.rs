@@ -66,12 +66,17 @@ fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     run(Command::new("openssl").current_dir(dir).args(args)).map(drop)
 }
 
-/// CA, API server certificate, admin client certificate, service-account keys.
-fn make_certificates(dir: &Path) -> anyhow::Result<()> {
+/// A new 2048-bit RSA key (PKCS#8) in `dir/file`.
+fn rsa_key(dir: &Path, file: &str) -> anyhow::Result<()> {
     openssl(
         dir,
-        &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "ca.key"],
-    )?;
+        &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", file],
+    )
+}
+
+/// CA, API server certificate, admin client certificate, service-account keys.
+fn make_certificates(dir: &Path) -> anyhow::Result<()> {
+    rsa_key(dir, "ca.key")?;
     openssl(
         dir,
         &[
@@ -102,10 +107,7 @@ fn make_certificates(dir: &Path) -> anyhow::Result<()> {
         let key = format!("{name}.key");
         let csr = format!("{name}.csr");
         let crt = format!("{name}.crt");
-        openssl(
-            dir,
-            &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", &key],
-        )?;
+        rsa_key(dir, &key)?;
         openssl(dir, &["req", "-new", "-key", &key, "-subj", subject, "-out", &csr])?;
         openssl(
             dir,
@@ -128,25 +130,15 @@ fn make_certificates(dir: &Path) -> anyhow::Result<()> {
             ],
         )?;
     }
-    openssl(
-        dir,
-        &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key"],
-    )?;
+    rsa_key(dir, "sa.key")?;
     openssl(dir, &["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
     Ok(())
 }
 
 fn b64_file(path: &Path) -> anyhow::Result<String> {
-    use std::io::Write;
+    use base64::Engine as _;
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut child = Command::new("base64")
-        .arg("-w0")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    child.stdin.take().expect("stdin").write_all(&data)?;
-    let out = child.wait_with_output()?;
-    Ok(String::from_utf8(out.stdout)?)
+    Ok(base64::engine::general_purpose::STANDARD.encode(data))
 }
 
 /// A kubeconfig for `server` with the CA and either the admin certificate or a bearer token.
@@ -182,12 +174,12 @@ impl ControlPlane {
         make_certificates(&dir)?;
         let api_port = free_port()?;
         let server = format!("https://127.0.0.1:{api_port}");
-        let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_text(&dir, &server)?)?;
+        let admin_kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&admin_kubeconfig, kubeconfig(&dir, &server, None)?)?;
         let mut cp = ControlPlane {
             dir: dir.clone(),
             tools: tools.clone(),
-            kubeconfig,
+            kubeconfig: admin_kubeconfig,
             server,
             processes: Vec::new(),
         };
@@ -391,8 +383,4 @@ impl Drop for ControlPlane {
             p.stop(Duration::from_secs(5));
         }
     }
-}
-
-fn kubeconfig_text(dir: &Path, server: &str) -> anyhow::Result<String> {
-    kubeconfig(dir, server, None)
 }

@@ -445,11 +445,12 @@ async fn scale_up(s: &mut Suite) -> anyhow::Result<()> {
 }
 
 /// Scales zone-a from 2 to 1 and waits until it is done, checking that the node had left the
-/// ring by the time its pod was being deleted. Returns the membership seen then.
-async fn scale_down_and_watch(s: &mut Suite, before_kill: bool) -> anyhow::Result<()> {
+/// ring by the time its pod was being deleted. With `restart_operator`, kills the operator once it
+/// records the decommission and starts a new one.
+async fn scale_down_and_watch(s: &mut Suite, restart_operator: bool) -> anyhow::Result<()> {
     let observer = s.pod("demo-zone-b-0")?.address()?;
     s.scale(0, 1)?;
-    let mut killed = !before_kill;
+    let mut killed = !restart_operator;
     let start = Instant::now();
     loop {
         s.env.control_plane.check_alive()?;

@@ -131,7 +131,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         Arc::new(move |target: &NodeId| {
             // A target that left never comes back: its hints go to the current replicas, once
             // no layout change is under way (so "current" is where the data lives).
-            let left = membership.view().status(target) == Some(Status::Left);
+            let left = membership.status_of(target) == Some(Status::Left);
             let placement = membership.placement().borrow().clone();
             match (&placement.current, &placement.next) {
                 (Some(ring), None) if left => {

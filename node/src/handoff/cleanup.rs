@@ -51,14 +51,13 @@ pub async fn run(
             settled = None;
             continue;
         };
-        match settled {
-            Some((epoch, _)) if epoch == placement.epoch => {}
+        let since = match settled {
+            Some((epoch, since)) if epoch == placement.epoch => since,
             _ => {
                 settled = Some((placement.epoch, Instant::now()));
                 continue;
             }
-        }
-        let since = settled.map_or_else(Instant::now, |(_, t)| t);
+        };
         if since.elapsed() < after || cleaned == Some(placement.epoch) {
             continue;
         }

@@ -159,6 +159,11 @@ impl Membership {
         lock(&self.view).status(self.me()).unwrap_or(Status::Joining)
     }
 
+    /// Another node's status, if it is known.
+    pub fn status_of(&self, id: &NodeId) -> Option<Status> {
+        lock(&self.view).status(id)
+    }
+
     /// Merges a view received from a peer; returns ours (push-pull gossip).
     pub fn receive(&self, theirs: &View) -> Result<View> {
         let changed = {
@@ -171,10 +176,9 @@ impl Membership {
             // carry the same generation and a higher version): take the entry back with a
             // newer generation, keeping what this process knows of itself.
             if let (Some(mine), Some(seen)) = (before, view.nodes.get(self.me())) {
-                if seen.rank() > mine.rank()
-                    && seen.removed_by.is_some()
-                    && seen.generation == mine.generation
-                {
+                if seen.rank() <= mine.rank() {
+                    // Ours is the newest copy: nothing to do.
+                } else if seen.removed_by.is_some() && seen.generation == mine.generation {
                     // Another node removed this one while it did not answer (a forced
                     // decommission): accept it as our own entry, and leave.
                     tracing::warn!(
@@ -182,7 +186,7 @@ impl Membership {
                         status = seen.status.as_str(),
                         "removed from the cluster by another node while unreachable; leaving"
                     );
-                } else if seen.rank() > mine.rank() {
+                } else {
                     let generation = seen.generation + 1;
                     tracing::info!(
                         generation,
