@@ -11,7 +11,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p dynamo-node --bin dynamo-node --bin dynamoctl
+RUN cargo build --release --locked -p dynamo-node -p dynamoctl --bin dynamo-node --bin dynamoctl
 
 FROM debian:bookworm-slim
 RUN groupadd --gid 10001 dynamo \

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use dynamo_tests::cluster::free_port;
+use dynamo_local::free_port;
 
 use crate::process::{run, Process};
 

@@ -66,7 +66,7 @@ impl Operator {
             "--kubeconfig",
             &self.kubeconfig.display().to_string(),
             "--metrics-addr",
-            &format!("127.0.0.1:{}", dynamo_tests::cluster::free_port()?),
+            &format!("127.0.0.1:{}", dynamo_local::free_port()?),
             "--lease-namespace",
             NAMESPACE,
             "--log-level",

@@ -25,11 +25,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
+use dynamo_client::{Client, MemberState};
 use dynamo_e2e::environment::Environment;
 use dynamo_e2e::kubelet::CRASH_ANNOTATION;
 use dynamo_e2e::operator::{self, Operator};
 use dynamo_e2e::process::run;
-use dynamo_node::client::Client;
 use dynamo_operator::crd::messages;
 use dynamo_tests::cluster::{local_replica_at, target_binary, Placement};
 use dynamo_tests::history;
@@ -217,16 +217,9 @@ impl Suite {
             .map(drop)
     }
 
-    /// Node `id`'s membership ("joining", "normal", "leaving", "left") as the node at
-    /// `address` sees it.
-    async fn membership(address: &str, id: &str) -> anyhow::Result<String> {
-        let status = client(address).status().await?;
-        Ok(status
-            .nodes
-            .iter()
-            .find(|n| n.id == id)
-            .map(|n| n.membership.clone())
-            .unwrap_or_default())
+    /// Node `id`'s membership as the node at `address` sees it (`None`: not a member).
+    async fn membership(address: &str, id: &str) -> anyhow::Result<Option<MemberState>> {
+        Ok(client(address).status().await?.membership_of(id))
     }
 
     /// Every key of scenario 1 reads back its value through `address`.
@@ -431,7 +424,7 @@ async fn scale_up(s: &mut Suite) -> anyhow::Result<()> {
     let status = client(&new.address()?).status().await?;
     ensure!(status.nodes.len() == 4, "the new node sees {} members", status.nodes.len());
     ensure!(
-        status.nodes.iter().all(|n| n.membership == "normal"),
+        status.nodes.iter().all(|n| n.membership == MemberState::Normal),
         "memberships: {:?}",
         status.nodes.iter().map(|n| (&n.id, &n.membership)).collect::<Vec<_>>()
     );
@@ -460,7 +453,10 @@ async fn scale_down_and_watch(s: &mut Suite, restart_operator: bool) -> anyhow::
         };
         if gone_or_going {
             let m = Suite::membership(&observer, "demo-zone-a-1").await?;
-            ensure!(m == "left", "the pod of demo-zone-a-1 was deleted while the node was {m:?}");
+            ensure!(
+                m == Some(MemberState::Left),
+                "the pod of demo-zone-a-1 was deleted while the node was {m:?}"
+            );
             break;
         }
         if !killed {
@@ -617,7 +613,7 @@ async fn remove_crashed_node(s: &mut Suite) -> anyhow::Result<()> {
     .await?;
     let observer = s.pod("demo-zone-b-0")?.address()?;
     let m = Suite::membership(&observer, "demo-zone-a-1").await?;
-    ensure!(m == "left", "the crashed node is {m:?}, not left");
+    ensure!(m == Some(MemberState::Left), "the crashed node is {m:?}, not left");
     let ring = client(&observer).ring().await?;
     ensure!(ring.members.iter().all(|m| m.id != "demo-zone-a-1"), "it still owns partitions");
     s.wait(Duration::from_secs(60), "its PVC deleted", |s| {

@@ -111,4 +111,10 @@ fn quorum_advice(op: Op) -> &'static str {
     }
 }
 
+impl From<crate::ring::NotJoined> for Error {
+    fn from(e: crate::ring::NotJoined) -> Error {
+        Error::NotReady(e.to_string())
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

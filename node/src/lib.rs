@@ -3,19 +3,18 @@
 //! quorum with hinted handoff, and Merkle-tree anti-entropy.
 //!
 //! Modules follow the protocol concerns: `ring`, `version`, `merkle` (pure), `membership`,
-//! `storage`, `coordinator`, `handoff`, `antientropy`, `rpc`, `server`, plus `client` (the
-//! client library) and `cli` (dynamoctl).
+//! `storage`, `coordinator`, `handoff`, `antientropy`, `rpc`, `server`. The ring and the
+//! configuration schema live in `dynamo-api` (shared with the client and the operator) and are
+//! re-exported here under their old names.
 
 pub mod antientropy;
-pub mod cli;
-pub mod client;
-pub mod config;
+pub use dynamo_api::config;
 pub mod coordinator;
 pub mod error;
 pub mod handoff;
 pub mod membership;
 pub mod merkle;
-pub mod ring;
+pub use dynamo_api::ring;
 pub mod rpc;
 pub mod server;
 pub mod storage;

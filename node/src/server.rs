@@ -28,8 +28,7 @@ use crate::version::ContextSealer;
 /// key mix-ups, but anyone who reads this source could forge one.
 const DEFAULT_SECRET: &str = "dynamo-default-context-secret";
 
-/// gRPC health service name that is SERVING once the node has joined the ring (readiness).
-pub const READY_SERVICE: &str = "dynamo.ready";
+pub use dynamo_api::contract::READY_SERVICE;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
 //! The nodes' admin API as the operator uses it: a [`NodeAdmin`] trait (status and
-//! decommission), its real implementation over gRPC (a tonic client generated from the node's
-//! `admin.proto`), and the merge of what several nodes report into one view of the ring.
+//! decommission), its real implementation over gRPC (the tonic client of `dynamo-api`, the
+//! node's own contract), and the merge of what several nodes report into one view of the ring.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,11 +8,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tonic::transport::Endpoint;
 
-/// Code generated from `node/proto/admin.proto` (the client; the server serves fakes in tests).
-#[allow(missing_docs, clippy::all)]
-pub mod proto {
-    tonic::include_proto!("dynamo.admin.v1");
-}
+/// The node's admin API (generated in `dynamo-api`; tests serve fakes with its server half).
+pub use dynamo_api::pb::admin as proto;
 
 pub use proto::{DecommissionResponse, NodeStatus, StatusResponse, Transfer};
 
@@ -133,7 +130,28 @@ pub enum Membership {
 }
 
 impl Membership {
-    /// Parses the admin API's spelling; `None` for anything else.
+    /// The admin API's value; `None` for unspecified or unknown values.
+    pub fn from_proto(value: i32) -> Option<Membership> {
+        match proto::MemberState::try_from(value).ok()? {
+            proto::MemberState::Joining => Some(Membership::Joining),
+            proto::MemberState::Normal => Some(Membership::Normal),
+            proto::MemberState::Leaving => Some(Membership::Leaving),
+            proto::MemberState::Left => Some(Membership::Left),
+            proto::MemberState::Unspecified => None,
+        }
+    }
+
+    /// The admin API's value.
+    pub fn to_proto(self) -> proto::MemberState {
+        match self {
+            Membership::Joining => proto::MemberState::Joining,
+            Membership::Normal => proto::MemberState::Normal,
+            Membership::Leaving => proto::MemberState::Leaving,
+            Membership::Left => proto::MemberState::Left,
+        }
+    }
+
+    /// Parses the lowercase name ("joining", ...); `None` for anything else.
     pub fn parse(s: &str) -> Option<Membership> {
         match s {
             "joining" => Some(Membership::Joining),
@@ -144,7 +162,7 @@ impl Membership {
         }
     }
 
-    /// The admin API's spelling.
+    /// The lowercase name, as `dynamoctl status` prints it.
     pub fn as_str(self) -> &'static str {
         match self {
             Membership::Joining => "joining",
@@ -189,7 +207,7 @@ impl RingView {
     /// Merges the reports of the nodes that answered. A node's report about itself wins (it is
     /// the authority on its own state); for a node that did not answer, the most advanced state
     /// any other node reports is taken (gossip only moves a node forward: joining, normal,
-    /// leaving, left). Unknown membership strings are ignored.
+    /// leaving, left). Unknown membership values are ignored.
     pub fn merge(reports: &[StatusResponse]) -> RingView {
         let mut view = RingView { answered: reports.len(), ..RingView::default() };
         let mut own: BTreeMap<String, MemberView> = BTreeMap::new();
@@ -197,7 +215,7 @@ impl RingView {
         for report in reports {
             view.pending_partitions = view.pending_partitions.max(report.pending_partitions);
             for node in &report.nodes {
-                let Some(membership) = Membership::parse(&node.membership) else { continue };
+                let Some(membership) = Membership::from_proto(node.membership) else { continue };
                 let is_self = node.is_self || node.id == report.node_id;
                 let member = MemberView { zone: node.zone.clone(), membership, reachable: is_self };
                 if is_self {
@@ -217,14 +235,14 @@ impl RingView {
                 let key = (t.partition, t.from.clone(), t.to.clone());
                 // Both ends report a transfer; keep the one further along.
                 let entry = transfers.entry(key).or_insert(t);
-                if t.keys_sent > entry.keys_sent || (t.state == "done" && entry.state != "done") {
+                if t.keys_sent > entry.keys_sent || (is_done(t) && !is_done(entry)) {
                     *entry = t;
                 }
             }
         }
         view.members.extend(own);
         for t in transfers.values() {
-            if t.state == "done" {
+            if is_done(t) {
                 view.done_transfers += 1;
             } else {
                 view.active_transfers += 1;
@@ -250,6 +268,10 @@ impl RingView {
     }
 }
 
+fn is_done(t: &Transfer) -> bool {
+    t.state() == proto::TransferState::Done
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -272,7 +294,7 @@ pub(crate) mod tests {
                     weight: 1,
                     reachable: true,
                     is_self: *id == self_id,
-                    membership: (*membership).into(),
+                    membership: Membership::parse(membership).map_or(0, |m| m.to_proto() as i32),
                     ..NodeStatus::default()
                 })
                 .collect(),
@@ -309,13 +331,13 @@ pub(crate) mod tests {
             to: "b".into(),
             keys_sent: keys,
             bytes_sent: keys * 10,
-            state: state.into(),
+            state: proto::TransferState::from_str_name(state).map_or(0, |s| s as i32),
         };
         let mut a = report("a", &[("a", "z", "leaving")]);
-        a.transfers = vec![t(1, "streaming", 5), t(2, "done", 7)];
+        a.transfers = vec![t(1, "TRANSFER_STATE_STREAMING", 5), t(2, "TRANSFER_STATE_DONE", 7)];
         a.pending_partitions = 3;
         let mut b = report("b", &[("b", "z", "normal")]);
-        b.transfers = vec![t(1, "streaming", 6)];
+        b.transfers = vec![t(1, "TRANSFER_STATE_STREAMING", 6)];
         b.pending_partitions = 2;
         let view = RingView::merge(&[a, b]);
         assert_eq!(view.pending_partitions, 3);
@@ -324,8 +346,11 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn unknown_membership_strings_are_ignored() {
-        let view = RingView::merge(&[report("a", &[("a", "z", "exploded")])]);
+    fn unknown_membership_values_are_ignored() {
+        let mut a = report("a", &[("a", "z", "normal"), ("b", "z", "normal")]);
+        a.nodes[0].membership = 0;
+        a.nodes[1].membership = 99;
+        let view = RingView::merge(&[a]);
         assert!(view.members.is_empty());
         assert_eq!(view.answered, 1);
     }
@@ -360,7 +385,8 @@ pub(crate) mod tests {
             if node_id != "n2" {
                 return Err(tonic::Status::not_found(format!("no member {node_id}")));
             }
-            Ok(tonic::Response::new(DecommissionResponse { node_id, state: "leaving".into() }))
+            let state = proto::MemberState::Leaving as i32;
+            Ok(tonic::Response::new(DecommissionResponse { node_id, state }))
         }
     }
 
@@ -382,7 +408,7 @@ pub(crate) mod tests {
         assert_eq!(status.node_id, "n1");
         assert_eq!(RingView::merge(&[status]).membership("n2"), Some(Membership::Joining));
         let answer = admin.decommission(&address, "n2", false).await.unwrap();
-        assert_eq!(answer.state, "leaving");
+        assert_eq!(answer.state(), proto::MemberState::Leaving);
         let err = admin.decommission(&address, "n9", false).await.unwrap_err();
         assert!(err.to_string().contains("admin call Decommission to"), "{err}");
         assert!(err.to_string().contains("no member n9"), "{err}");

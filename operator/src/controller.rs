@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{NodeAdmin, RingView};
+use crate::admin::{Membership, NodeAdmin, RingView};
 use crate::crd::{display_name, DynamoCluster, DynamoClusterStatus};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Metrics};
@@ -173,13 +173,16 @@ async fn reconcile_inner(cluster: &DynamoCluster, ctx: &Context) -> Result<Actio
         match ctx.admin.decommission(&call.address, &call.node, call.force).await {
             Ok(response) => {
                 ctx.metrics.count(metrics::Action::Decommission);
-                tracing::info!(cluster = %display_name(cluster), node = %call.node, state = %response.state, "decommission requested");
-                if let Some(d) = plan.decommission.as_mut().filter(|_| !response.state.is_empty()) {
-                    d.state = response.state.clone();
+                let state = Membership::from_proto(response.state).map(Membership::as_str);
+                tracing::info!(cluster = %display_name(cluster), node = %call.node, state = ?state, "decommission requested");
+                if let (Some(d), Some(state)) = (plan.decommission.as_mut(), state) {
+                    d.state = state.to_string();
                 }
                 let note = format!(
                     "asked {} (via {}) to decommission: it is {}",
-                    call.node, call.address, response.state
+                    call.node,
+                    call.address,
+                    state.unwrap_or("in an unknown state")
                 );
                 publish(ctx, cluster, EventType::Normal, "Decommissioning", "Decommission", note)
                     .await;

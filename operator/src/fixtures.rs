@@ -15,7 +15,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::admin::{AdminError, DecommissionResponse, NodeAdmin, NodeStatus, StatusResponse};
+use crate::admin::{
+    AdminError, DecommissionResponse, Membership, NodeAdmin, NodeStatus, StatusResponse,
+};
 
 /// One request the fake API server received.
 #[derive(Debug, Clone)]
@@ -524,7 +526,7 @@ impl NodeAdmin for FakeNodes {
                     weight: 1,
                     reachable: n.address.is_some(),
                     is_self: *id == me,
-                    membership: n.membership.clone(),
+                    membership: Membership::parse(&n.membership).map_or(0, |m| m.to_proto() as i32),
                     ..NodeStatus::default()
                 })
                 .collect(),
@@ -551,7 +553,8 @@ impl NodeAdmin for FakeNodes {
             if !lose && (node.membership == "normal" || node.membership == "joining") {
                 node.membership = "leaving".into();
             }
-            let state = if lose { "leaving".to_string() } else { node.membership.clone() };
+            let state = if lose { "leaving" } else { node.membership.as_str() };
+            let state = Membership::parse(state).map_or(0, |m| m.to_proto() as i32);
             Ok(DecommissionResponse { node_id: node_id.into(), state })
         });
         Box::pin(async move { result })

@@ -13,17 +13,17 @@
 //! isolated node sees what a client on that side of a real partition would see.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use dynamo_node::client::Client;
-use dynamo_node::config::{BackgroundConfig, ClusterConfig, EngineKind, NodeConfig};
-use dynamo_node::ring::{Member, NodeId, Ring};
-use dynamo_node::rpc::pb::admin::StatusResponse;
-use dynamo_node::rpc::pb::admin::{admin_client::AdminClient, SetFaultsRequest};
-use dynamo_node::rpc::pb::internode::{internode_client::InternodeClient, FetchRequest};
+use dynamo_api::config::{BackgroundConfig, ClusterConfig, EngineKind, NodeConfig};
+use dynamo_api::pb::admin::{admin_client::AdminClient, SetFaultsRequest};
+use dynamo_api::pb::internode::{internode_client::InternodeClient, FetchRequest};
+use dynamo_api::ring::Ring;
+use dynamo_client::{Client, ClusterStatus, MemberState};
 use dynamo_node::version::Clock;
+
+pub use dynamo_local::free_port;
 
 /// Shape of a test cluster.
 #[derive(Debug, Clone)]
@@ -66,17 +66,20 @@ impl Default for ClusterOptions {
     }
 }
 
-/// One node process.
+/// One node process, with the faults the harness applied to it.
 pub struct NodeProcess {
-    pub id: String,
-    pub address: String,
-    pub config_path: PathBuf,
-    pub data_dir: PathBuf,
-    pub log: PathBuf,
-    child: Option<Child>,
+    /// The process and its folder (id, address, config, data, log).
+    process: dynamo_local::NodeProcess,
     paused: bool,
     /// Peers this node is currently partitioned from (re-applied after a restart).
     blocked: Vec<String>,
+}
+
+impl std::ops::Deref for NodeProcess {
+    type Target = dynamo_local::NodeProcess;
+    fn deref(&self) -> &dynamo_local::NodeProcess {
+        &self.process
+    }
 }
 
 /// See the module docs.
@@ -90,34 +93,14 @@ pub struct Cluster {
 
 /// The dynamo-node binary: $DYNAMO_NODE_BIN, or the one cargo built next to the test binary.
 pub fn node_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("DYNAMO_NODE_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    target_binary("dynamo-node")
+    Ok(dynamo_local::node_binary(None)?)
 }
 
 /// A binary of this workspace that cargo built next to the running test binary.
 pub fn target_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> or target/<profile>/<binary> -> target/<profile>/<name>
-    let mut dir = exe.parent().context("cannot locate the target directory")?;
-    if dir.ends_with("deps") {
-        dir = dir.parent().context("cannot locate the target directory")?;
-    }
-    let bin = dir.join(name);
-    if !bin.is_file() {
-        bail!(
-            "{} does not exist: run `cargo build --bins` first (scripts/test does)",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
-/// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
-pub fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    dynamo_local::sibling_binary(name).with_context(|| {
+        format!("{name} was not built next to this test: run `cargo build --bins` first (scripts/test does)")
+    })
 }
 
 impl Cluster {
@@ -181,19 +164,8 @@ impl Cluster {
             },
             ..NodeConfig::default()
         };
-        config.validate()?;
-        let config_path = node_dir.join("node.toml");
-        std::fs::write(&config_path, config.to_toml())?;
-        Ok(NodeProcess {
-            id,
-            address: address.to_string(),
-            config_path,
-            data_dir: node_dir.join("data"),
-            log: node_dir.join("node.log"),
-            child: None,
-            paused: false,
-            blocked: Vec::new(),
-        })
+        let process = dynamo_local::NodeProcess::prepare(&config, &node_dir)?;
+        Ok(NodeProcess { process, paused: false, blocked: Vec::new() })
     }
 
     /// Starts one more node that joins through the running nodes as seeds; returns its index.
@@ -215,39 +187,12 @@ impl Cluster {
     pub async fn decommission(&mut self, i: usize) -> anyhow::Result<()> {
         self.client(i).decommission("", false).await?;
         let id = self.nodes[i].id.clone();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let status = self.client(i).status().await?;
-            let state = status
-                .nodes
-                .iter()
-                .find(|n| n.id == id)
-                .map(|n| n.membership.clone())
-                .unwrap_or_default();
-            if state == "left" {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("{id} did not leave within 120 s (it is {state}):\n{}", self.log(i));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let waited = self.client(i).wait_until_left(&id, Duration::from_secs(120), |_| {}).await;
+        waited.with_context(|| format!("{id} did not leave:\n{}", self.log(i)))
     }
 
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
-        let node = &mut self.nodes[i];
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
-        let child = Command::new(&self.bin)
-            .arg("--config")
-            .arg(&node.config_path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {}", self.bin.display()))?;
-        node.child = Some(child);
-        Ok(())
+        Ok(self.nodes[i].process.start(&self.bin)?)
     }
 
     /// Polls until every running node's ring has `count` members, all seen as normal, and no
@@ -262,9 +207,9 @@ impl Cluster {
                     (Ok(r), Ok(s)) => {
                         r.members.len() == count
                             && s.pending_partitions == 0
-                            && r.members.iter().all(|m| {
-                                s.nodes.iter().any(|n| n.id == m.id && n.membership == "normal")
-                            })
+                            && r.members
+                                .iter()
+                                .all(|m| s.membership_of(&m.id) == Some(MemberState::Normal))
                     }
                     _ => false,
                 };
@@ -282,22 +227,7 @@ impl Cluster {
 
     /// Polls node `i` until it answers, failing early if its process exits.
     pub async fn wait_serving(&mut self, i: usize) -> anyhow::Result<()> {
-        let client = self.client(i);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) =
-                self.nodes[i].child.as_mut().and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!("{} exited during start-up ({status}):\n{}", self.nodes[i].id, self.log(i));
-            }
-            if client.status().await.is_ok() {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("{} did not serve within 30 s:\n{}", self.nodes[i].id, self.log(i));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        Ok(self.nodes[i].process.wait_serving(Duration::from_secs(30)).await?)
     }
 
     /// A client talking to node `i`.
@@ -323,10 +253,7 @@ impl Cluster {
 
     /// kill -9.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.nodes[i].process.kill();
         self.nodes[i].paused = false;
     }
 
@@ -383,12 +310,11 @@ impl Cluster {
     }
 
     async fn apply_faults(&self, i: usize) -> anyhow::Result<()> {
-        if self.nodes[i].child.is_none() || self.nodes[i].paused {
+        if !self.nodes[i].is_started() || self.nodes[i].paused {
             return Ok(());
         }
-        let channel =
-            dynamo_node::rpc::peers::channel(&self.nodes[i].address, Duration::from_secs(5))
-                .map_err(anyhow::Error::msg)?;
+        let channel = dynamo_api::contract::channel(&self.nodes[i].address, Duration::from_secs(5))
+            .map_err(anyhow::Error::msg)?;
         AdminClient::new(channel)
             .set_faults(SetFaultsRequest { blocked_peers: self.nodes[i].blocked.clone() })
             .await
@@ -398,7 +324,7 @@ impl Cluster {
 
     /// Whether node `i` runs (not killed; it may be paused).
     pub fn is_running(&self, i: usize) -> bool {
-        self.nodes[i].child.is_some()
+        self.nodes[i].is_started()
     }
 
     /// Whether node `i` is paused (SIGSTOP without SIGCONT yet).
@@ -425,17 +351,12 @@ impl Cluster {
     }
 
     fn signal(&self, i: usize, sig: libc::c_int) {
-        if let Some(child) = &self.nodes[i].child {
-            // SAFETY: kill(2) on a child we spawned and have not reaped.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, sig);
-            }
-        }
+        self.nodes[i].process.signal(sig);
     }
 
     /// Deletes node `i`'s data directory (kill it first).
     pub fn wipe(&mut self, i: usize) -> anyhow::Result<()> {
-        if self.nodes[i].child.is_some() {
+        if self.nodes[i].is_started() {
             bail!("kill {} before wiping its data", self.nodes[i].id);
         }
         if self.nodes[i].data_dir.exists() {
@@ -463,20 +384,13 @@ impl Cluster {
     }
 
     /// Node `i`'s status (its view of the cluster, hints it holds).
-    pub async fn status(&self, i: usize) -> anyhow::Result<StatusResponse> {
+    pub async fn status(&self, i: usize) -> anyhow::Result<ClusterStatus> {
         Ok(self.client(i).status().await?)
     }
 
     /// The ring as node `i` has it.
     pub async fn ring(&self, i: usize) -> anyhow::Result<Ring> {
-        let r = self.client(i).ring().await?;
-        let members: Vec<Member> = r
-            .members
-            .iter()
-            .map(|m| Member { id: NodeId(m.id.clone()), zone: m.zone.clone(), weight: m.weight })
-            .collect();
-        let owners = r.owners.iter().map(|o| members[*o as usize].id.clone()).collect();
-        Ok(Ring::from_parts(r.partitions, members, owners)?)
+        Ok(self.client(i).ring().await?.to_ring()?)
     }
 
     /// Indices of the N replicas of `key` (by the ring of node 0).
@@ -492,9 +406,7 @@ impl Cluster {
 
     /// The last lines of node `i`'s log, for failure messages.
     pub fn log(&self, i: usize) -> String {
-        let text = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        self.nodes[i].log_tail(30)
     }
 }
 
@@ -508,7 +420,7 @@ pub struct Placement {
 
 /// The replica of `key` the node at `address` holds, read directly (no quorum, no repair).
 pub async fn local_replica_at(address: &str, key: &[u8]) -> anyhow::Result<Clock> {
-    let channel = dynamo_node::rpc::peers::channel(address, Duration::from_secs(5))
+    let channel = dynamo_api::contract::channel(address, Duration::from_secs(5))
         .map_err(anyhow::Error::msg)?;
     let reply = InternodeClient::new(channel)
         .fetch(FetchRequest { key: key.to_vec(), ..FetchRequest::default() })
@@ -523,28 +435,9 @@ pub async fn local_replica_at(address: &str, key: &[u8]) -> anyhow::Result<Clock
 impl Placement {
     /// The ring as the node behind `client` reports it; `ids[i]` names node `i`.
     pub async fn of(client: &Client, ids: &[String]) -> anyhow::Result<Placement> {
-        let ring = client.ring().await?;
-        let members: Vec<Member> = ring
-            .members
-            .iter()
-            .map(|m| Member { id: NodeId(m.id.clone()), zone: m.zone.clone(), weight: m.weight })
-            .collect();
-        let owners = ring
-            .owners
-            .iter()
-            .map(|&o| {
-                members
-                    .get(o as usize)
-                    .map(|m| m.id.clone())
-                    .context("ring owner index out of range")
-            })
-            .collect::<anyhow::Result<Vec<NodeId>>>()?;
+        let layout = client.ring().await?;
         let index = ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect();
-        Ok(Placement {
-            ring: Ring::from_parts(ring.partitions, members, owners)?,
-            n: ring.n as usize,
-            index,
-        })
+        Ok(Placement { ring: layout.to_ring()?, n: layout.n as usize, index })
     }
 
     /// The replication factor N.

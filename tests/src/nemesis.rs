@@ -24,7 +24,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use dynamo_node::client::Client;
+use dynamo_client::Client;
 
 use crate::cluster::{local_replica_at, Cluster, Placement};
 use crate::history::{FinalState, ReplicaState};

@@ -10,8 +10,8 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use dynamo_node::client::{Client, ClientError};
-use dynamo_node::rpc::pb::client::GetResponse;
+use dynamo_client::{Client, ClientError, Versions};
+
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -245,7 +245,7 @@ impl ClientLoop {
         self.endpoints.choose(&mut self.rng).cloned().expect("a workload needs at least one node")
     }
 
-    async fn get(&mut self, key: &str) -> (OpId, Option<GetResponse>) {
+    async fn get(&mut self, key: &str) -> (OpId, Option<Versions>) {
         let e = self.endpoint();
         recorded_get(&self.recorder, &self.name, &e, key, None).await
     }
@@ -326,7 +326,7 @@ pub async fn recorded_get(
     e: &Endpoint,
     key: &str,
     r: Option<u32>,
-) -> (OpId, Option<GetResponse>) {
+) -> (OpId, Option<Versions>) {
     let start = recorder.now();
     let result = e.client.get(key.as_bytes(), r).await;
     let end = recorder.now();

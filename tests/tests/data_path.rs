@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use dynamo_node::client::ClientError;
+use dynamo_client::ClientError;
 use dynamo_tests::{Cluster, ClusterOptions};
 use tonic::Code;
 
@@ -159,7 +159,7 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
     }
 
     // No node at the endpoint.
-    let dead = dynamo_node::client::Client::new("127.0.0.1:1", Duration::from_secs(2)).unwrap();
+    let dead = dynamo_client::Client::new("127.0.0.1:1", Duration::from_secs(2)).unwrap();
     let err = dead.get(b"k", None).await.unwrap_err();
     assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
     assert!(err.to_string().contains("cannot reach a dynamo node at 127.0.0.1:1"), "{err}");

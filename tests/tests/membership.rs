@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dynamo_client::MemberState;
 use dynamo_tests::{Cluster, ClusterOptions};
 
 /// Writes unique keys through every node in turn until stopped; returns the acknowledged ones.
@@ -83,7 +84,7 @@ async fn grow_from_three_to_five_and_shrink_back_while_writing() {
     let e = cluster.add_node().await.unwrap();
     cluster.wait_members(5).await.unwrap();
     let status = cluster.status(0).await.unwrap();
-    assert!(status.nodes.iter().all(|n| n.membership == "normal"), "{:?}", status.nodes);
+    assert!(status.nodes.iter().all(|n| n.membership == MemberState::Normal), "{:?}", status.nodes);
 
     cluster.decommission(e).await.unwrap();
     cluster.wait_members(4).await.unwrap();
@@ -105,7 +106,7 @@ async fn grow_from_three_to_five_and_shrink_back_while_writing() {
     let ring = cluster.ring(0).await.unwrap();
     assert_eq!(ring.members().len(), 3);
     for gone in [d, e] {
-        assert!(ring.member(&dynamo_node::ring::NodeId(cluster.nodes[gone].id.clone())).is_none());
+        assert!(ring.member(&dynamo_api::ring::NodeId(cluster.nodes[gone].id.clone())).is_none());
         cluster.kill(gone);
     }
     assert_all_readable(&cluster, 0, &acked).await;
@@ -165,7 +166,7 @@ async fn a_restarted_node_rejoins_with_its_data_without_a_new_transfer() {
     cluster.wait_members(3).await.unwrap();
     let status = cluster.status(1).await.unwrap();
     let me = status.nodes.iter().find(|n| n.is_self).unwrap();
-    assert_eq!(me.membership, "normal");
+    assert_eq!(me.membership, MemberState::Normal);
     assert_eq!(cluster.client(1).ring().await.unwrap().epoch, epoch, "no layout change");
     assert!(status.transfers.is_empty());
     for i in 0..100 {
@@ -209,17 +210,17 @@ async fn a_crashed_node_is_removed_by_force_and_its_data_survives_on_the_others(
     assert!(err.contains("--force"), "{err}");
     let status = cluster.status(1).await.unwrap();
     let entry = status.nodes.iter().find(|n| n.id == dead_id).unwrap();
-    assert_eq!(entry.membership, "normal");
+    assert_eq!(entry.membership, MemberState::Normal);
 
     let answer = cluster.client(0).decommission(&dead_id, true).await.unwrap();
-    assert_eq!(answer.state, "leaving");
+    assert_eq!(answer.state, MemberState::Leaving);
     cluster.wait_members(3).await.unwrap();
     // Every live node ends up reporting it as left.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     for i in 0..3 {
         loop {
             let status = cluster.status(i).await.unwrap();
-            if status.nodes.iter().any(|n| n.id == dead_id && n.membership == "left") {
+            if status.nodes.iter().any(|n| n.id == dead_id && n.membership == MemberState::Left) {
                 break;
             }
             assert!(tokio::time::Instant::now() < deadline, "{dead_id} never left: {status:?}");
@@ -227,7 +228,7 @@ async fn a_crashed_node_is_removed_by_force_and_its_data_survives_on_the_others(
         }
     }
     let ring = cluster.ring(0).await.unwrap();
-    assert!(ring.member(&dynamo_node::ring::NodeId(dead_id.clone())).is_none());
+    assert!(ring.member(&dynamo_api::ring::NodeId(dead_id.clone())).is_none());
     // The hints held for it went to the current replicas instead, and are gone.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     for i in 0..3 {

@@ -16,40 +16,13 @@ use tokio_util::sync::CancellationToken;
 use super::claimant;
 use super::view::{NodeState, Status, View};
 use crate::error::{Error, Result};
-use crate::ring::{Member, NodeId, Ring};
+pub use crate::ring::Placement;
+use crate::ring::{Member, NodeId};
 use crate::rpc::peers::Peers;
 use crate::storage::Store;
 
 const META_VIEW: &[u8] = b"view";
 const META_GENERATION: &[u8] = b"generation";
-
-/// Where keys live now, and where they are moving to during a layout change.
-#[derive(Debug, Clone, Default)]
-pub struct Placement {
-    pub epoch: u64,
-    /// The committed ring; `None` until this node has joined a cluster.
-    pub current: Option<Ring>,
-    /// The ring being moved to while partitions are transferred.
-    pub next: Option<Ring>,
-}
-
-impl Placement {
-    /// A fixed placement (tests, and nodes that need no membership changes).
-    pub fn fixed(ring: Ring) -> Placement {
-        Placement { epoch: 1, current: Some(ring), next: None }
-    }
-
-    /// The committed ring, or a clear error while there is none.
-    pub fn ring(&self) -> Result<&Ring> {
-        self.current.as_ref().ok_or_else(|| {
-            Error::NotReady(
-                "this node has not joined a cluster yet: it is waiting for the ring from its \
-                 seeds (check --seeds and that the seed nodes run)"
-                    .into(),
-            )
-        })
-    }
-}
 
 /// Settings of the membership driver.
 #[derive(Debug, Clone)]

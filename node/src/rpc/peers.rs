@@ -6,7 +6,7 @@ use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 use std::time::Instant;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use super::pb::internode::{
@@ -24,20 +24,7 @@ use crate::ring::{NodeId, PartitionId};
 use crate::storage::TREE_SHAPE;
 use crate::version::Clock;
 
-/// How long a new TCP connection may take before the peer counts as unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Opens a lazily connected channel to `address` (HOST:PORT).
-pub fn channel(address: &str, request_timeout: Duration) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| format!("'{address}' is not a valid address: {e}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(request_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
-}
+pub use dynamo_api::contract::channel;
 
 /// See the module docs.
 pub struct Peers {
@@ -63,8 +50,7 @@ pub struct PartitionPage {
 /// How long after a failure a down peer is probed again.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Metadata key naming the calling node on every internode request.
-pub const FROM_KEY: &str = "dynamo-from";
+pub use dynamo_api::contract::FROM_KEY;
 
 impl Peers {
     /// No peers yet: membership adds them with [`Peers::set_addresses`].
@@ -253,25 +239,10 @@ pub fn peer_error(status: Status) -> PeerError {
     match status.code() {
         Code::DeadlineExceeded | Code::Cancelled => PeerError::Timeout,
         Code::Unavailable | Code::Unknown | Code::Internal => {
-            PeerError::Unreachable(describe_transport_error(&status))
+            PeerError::Unreachable(dynamo_api::contract::transport_cause(&status))
         }
         code => PeerError::Remote { code: code as i32, message: status.message().to_string() },
     }
-}
-
-/// The most specific cause of a transport failure ("Connection refused" rather than
-/// "transport error").
-fn describe_transport_error(status: &Status) -> String {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    let mut last = status.message().to_string();
-    while let Some(e) = cause {
-        last = e.to_string();
-        cause = e.source();
-    }
-    if last.contains("timed out") {
-        return "connect timed out".into();
-    }
-    last
 }
 
 impl Transport for Peers {

@@ -79,6 +79,17 @@ pub struct InternodeService(pub Arc<Shared>);
 #[derive(Clone)]
 pub struct AdminService(pub Arc<Shared>);
 
+impl ClientService {
+    /// A client API response carrying this node's layout epoch, so a partition-aware client
+    /// learns when its ring is stale.
+    fn answer<T>(&self, body: T) -> Response<T> {
+        let mut response = Response::new(body);
+        let epoch = self.0.coordinator.placement().epoch;
+        response.metadata_mut().insert(dynamo_api::contract::EPOCH_KEY, epoch.into());
+        response
+    }
+}
+
 #[tonic::async_trait]
 impl Client for ClientService {
     async fn get(
@@ -87,7 +98,7 @@ impl Client for ClientService {
     ) -> Result<Response<client::GetResponse>, Status> {
         let req = req.into_inner();
         let out = self.0.coordinator.get(&req.key, req.r).await?;
-        Ok(Response::new(client::GetResponse {
+        Ok(self.answer(client::GetResponse {
             values: out.values,
             context: out.context,
             replies: out.replies as u32,
@@ -100,7 +111,7 @@ impl Client for ClientService {
     ) -> Result<Response<client::PutResponse>, Status> {
         let req = req.into_inner();
         let out = self.0.coordinator.put(&req.key, Some(req.value), &req.context, req.w, 0).await?;
-        Ok(Response::new(client::PutResponse { context: out.context, acks: out.acks as u32 }))
+        Ok(self.answer(client::PutResponse { context: out.context, acks: out.acks as u32 }))
     }
 
     async fn delete(
@@ -109,7 +120,7 @@ impl Client for ClientService {
     ) -> Result<Response<client::PutResponse>, Status> {
         let req = req.into_inner();
         let out = self.0.coordinator.put(&req.key, None, &req.context, req.w, 0).await?;
-        Ok(Response::new(client::PutResponse { context: out.context, acks: out.acks as u32 }))
+        Ok(self.answer(client::PutResponse { context: out.context, acks: out.acks as u32 }))
     }
 }
 
@@ -278,7 +289,7 @@ impl Admin for AdminService {
                 is_self: node.id == me,
                 primary_partitions: count(&|r| r.primary_partitions(&node.id).len()),
                 replica_partitions: count(&|r| r.replica_partitions(&node.id, n).len()),
-                membership: node.status.as_str().into(),
+                membership: member_state(node.status) as i32,
                 address: node.address,
                 id: node.id.0,
                 zone: node.zone,
@@ -302,7 +313,7 @@ impl Admin for AdminService {
                         to: t.to.clone(),
                         keys_sent: t.keys,
                         bytes_sent: t.bytes,
-                        state: t.state.into(),
+                        state: transfer_state(t.state) as i32,
                     })
                     .collect()
             })
@@ -338,7 +349,7 @@ impl Admin for AdminService {
     ) -> Result<Response<admin::RingResponse>, Status> {
         let shared = &self.0;
         let placement = shared.coordinator.placement();
-        let ring = placement.ring()?;
+        let ring = placement.ring().map_err(Error::from)?;
         let view = shared.membership.view();
         let members: Vec<admin::RingMember> = ring
             .members()
@@ -376,7 +387,7 @@ impl Admin for AdminService {
             tracing::info!(node = %me, "decommission requested");
             return Ok(Response::new(admin::DecommissionResponse {
                 node_id: me.0.clone(),
-                state: state.as_str().into(),
+                state: member_state(state) as i32,
             }));
         }
         // Another node: ask it, since only a node changes its own membership entry.
@@ -407,7 +418,7 @@ impl Admin for AdminService {
                 let state = shared.membership.force_remove(&NodeId(target.clone()))?;
                 Ok(Response::new(admin::DecommissionResponse {
                     node_id: target,
-                    state: state.as_str().into(),
+                    state: member_state(state) as i32,
                 }))
             }
             Err(e) => Err(Status::from(Error::Unavailable {
@@ -462,5 +473,26 @@ impl Admin for AdminService {
         let blocked = req.into_inner().blocked_peers.into_iter().map(crate::ring::NodeId).collect();
         self.0.peers.set_blocked(blocked);
         Ok(Response::new(admin::SetFaultsResponse {}))
+    }
+}
+
+/// A membership status as the admin API reports it.
+fn member_state(status: crate::membership::view::Status) -> admin::MemberState {
+    use crate::membership::view::Status;
+    match status {
+        Status::Joining => admin::MemberState::Joining,
+        Status::Normal => admin::MemberState::Normal,
+        Status::Leaving => admin::MemberState::Leaving,
+        Status::Left => admin::MemberState::Left,
+    }
+}
+
+/// A transfer's progress as the admin API reports it.
+fn transfer_state(state: &str) -> admin::TransferState {
+    match state {
+        "pending" => admin::TransferState::Pending,
+        "streaming" => admin::TransferState::Streaming,
+        "done" => admin::TransferState::Done,
+        _ => admin::TransferState::Unspecified,
     }
 }

@@ -6,8 +6,7 @@ use tonic::{Code, Status};
 
 use crate::error::Error;
 
-/// Metadata key set on every error status produced by a node (value: the error kind).
-pub const ERROR_KIND_KEY: &str = "dynamo-error";
+pub use dynamo_api::contract::{is_node_error, ERROR_KIND_KEY};
 
 fn kind_and_code(e: &Error) -> (&'static str, Code) {
     match e {
@@ -32,11 +31,6 @@ impl From<Error> for Status {
         status.metadata_mut().insert(ERROR_KIND_KEY, kind.parse().expect("ascii error kind"));
         status
     }
-}
-
-/// True when the status was produced by a dynamo node (not by the transport).
-pub fn is_node_error(status: &Status) -> bool {
-    status.metadata().contains_key(ERROR_KIND_KEY)
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use dynamo_api::config::{ClusterConfig, EngineKind, Limits, NodeConfig};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
-use serde::Serialize;
 
 use super::{child_meta, common_labels, config_map_name};
 use crate::crd::{DynamoCluster, Engine};
@@ -16,40 +16,12 @@ pub const CONFIG_KEY: &str = "node.toml";
 /// Where the pod sees the file (passed as `--config`).
 pub const CONFIG_FILE: &str = "/etc/dynamo/node.toml";
 
-/// The part of the node's TOML the operator writes. Only keys the node knows: it rejects
-/// unknown ones.
-#[derive(Serialize)]
-struct NodeToml {
-    engine: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request_timeout_ms: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sync_writes: Option<bool>,
-    cluster: ClusterToml,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    limits: Option<LimitsToml>,
-}
-
-#[derive(Serialize)]
-struct ClusterToml {
-    name: String,
-    partitions: i32,
-    n: i32,
-    r: i32,
-    w: i32,
-}
-
-#[derive(Serialize)]
-struct LimitsToml {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_key_bytes: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_value_bytes: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_siblings: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_object_bytes: Option<i64>,
-}
+/// Settings the operator always writes, even when they equal the node's defaults: they are
+/// fixed at creation (a later change of a node default must not change them), and readers of
+/// the ConfigMap see the cluster's shape at a glance. Other settings are written only when the
+/// spec sets them to something other than the node's default.
+const PINNED: &[&str] =
+    &["engine", "cluster.name", "cluster.partitions", "cluster.n", "cluster.r", "cluster.w"];
 
 /// The node's cluster name: `<name>.<namespace>`, unique in the Kubernetes cluster, so nodes
 /// of two DynamoClusters never accept each other.
@@ -57,37 +29,78 @@ pub fn dynamo_cluster_name(cluster: &DynamoCluster) -> String {
     format!("{}.{}", cluster.name_any(), cluster.namespace().unwrap_or_else(|| "default".into()))
 }
 
-/// The `node.toml` every pod of the cluster reads.
-pub fn node_toml(cluster: &DynamoCluster) -> String {
+/// The node configuration every pod of the cluster shares, in the node's own types. Per-pod
+/// settings (id, addresses, zone, data directory, seeds) and the secret stay at their defaults
+/// here: the pod's environment sets them.
+pub fn node_config(cluster: &DynamoCluster) -> NodeConfig {
     let spec = &cluster.spec;
     let overrides = &spec.node_config;
+    let defaults = NodeConfig::default();
+    // The CRD's schema keeps these positive; a negative value would only reach the node's own
+    // validation, which names the setting.
+    let unsigned = |v: i64| u64::try_from(v).unwrap_or(0);
+    let size = |v: Option<i64>, default: usize| v.map_or(default, |v| unsigned(v) as usize);
     let limits = &overrides.limits;
-    let file = NodeToml {
+    NodeConfig {
         engine: match overrides.engine.unwrap_or_default() {
-            Engine::Rocksdb => "rocksdb",
-            Engine::Memory => "memory",
+            Engine::Rocksdb => EngineKind::Rocksdb,
+            Engine::Memory => EngineKind::Memory,
         },
-        request_timeout_ms: overrides.request_timeout_ms,
-        sync_writes: overrides.sync_writes,
-        cluster: ClusterToml {
+        request_timeout_ms: overrides
+            .request_timeout_ms
+            .map_or(defaults.request_timeout_ms, unsigned),
+        sync_writes: overrides.sync_writes.unwrap_or(defaults.sync_writes),
+        cluster: ClusterConfig {
             name: dynamo_cluster_name(cluster),
-            partitions: spec.partitions,
-            n: spec.replication.n,
-            r: spec.replication.r,
-            w: spec.replication.w,
+            secret: String::new(),
+            partitions: spec.partitions as u32,
+            n: Some(spec.replication.n as usize),
+            r: Some(spec.replication.r as usize),
+            w: Some(spec.replication.w as usize),
         },
-        limits: (!limits.is_empty()).then_some(LimitsToml {
-            max_key_bytes: limits.max_key_bytes,
-            max_value_bytes: limits.max_value_bytes,
-            max_siblings: limits.max_siblings,
-            max_object_bytes: limits.max_object_bytes,
-        }),
+        limits: Limits {
+            max_key_bytes: size(limits.max_key_bytes, defaults.limits.max_key_bytes),
+            max_value_bytes: size(limits.max_value_bytes, defaults.limits.max_value_bytes),
+            max_siblings: size(limits.max_siblings, defaults.limits.max_siblings),
+            max_object_bytes: size(limits.max_object_bytes, defaults.limits.max_object_bytes),
+        },
+        ..defaults
+    }
+}
+
+/// The `node.toml` every pod of the cluster reads: [`node_config`] without the settings left at
+/// the node's defaults (except the [`PINNED`] ones).
+pub fn node_toml(cluster: &DynamoCluster) -> String {
+    let table = |c: &NodeConfig| {
+        toml::Table::try_from(c).expect("the node configuration always serializes to TOML")
     };
-    let body = toml::to_string(&file).expect("the node configuration always serializes to TOML");
+    let mut file = table(&node_config(cluster));
+    prune(&mut file, &table(&NodeConfig::default()), "");
+    let body = toml::to_string(&file).expect("a TOML table always serializes");
     format!(
         "# Written by dynamo-operator from DynamoCluster {}; edits are overwritten.\n{body}",
         cluster.name_any()
     )
+}
+
+/// Removes from `table` the values equal to `defaults` (unless pinned) and tables left empty.
+fn prune(table: &mut toml::Table, defaults: &toml::Table, prefix: &str) {
+    let keys: Vec<String> = table.keys().cloned().collect();
+    for key in keys {
+        let path = format!("{prefix}{key}");
+        let default = defaults.get(&key);
+        let remove = match (table.get_mut(&key), default) {
+            (Some(toml::Value::Table(inner)), Some(toml::Value::Table(d))) => {
+                prune(inner, d, &format!("{path}."));
+                inner.is_empty()
+            }
+            (Some(value), default) => !PINNED.contains(&path.as_str()) && default == Some(value),
+            (None, _) => false,
+        };
+        if remove {
+            table.remove(&key);
+        }
+    }
 }
 
 /// The ConfigMap `<cluster>-config` with `node.toml`.
@@ -111,18 +124,25 @@ mod tests {
     #[test]
     fn default_spec_renders_the_shared_settings_only() {
         let c = cluster(&[("zone-a", 1), ("zone-b", 1), ("zone-c", 1)]);
-        assert_eq!(
-            node_toml(&c),
-            "# Written by dynamo-operator from DynamoCluster demo; edits are overwritten.\n\
-             engine = \"rocksdb\"\n\
-             \n\
+        let text = node_toml(&c);
+        assert!(
+            text.starts_with(
+                "# Written by dynamo-operator from DynamoCluster demo; edits are overwritten.\n"
+            ),
+            "{text}"
+        );
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
+        let expected: toml::Table = toml::from_str(
+            "engine = \"rocksdb\"\n\
              [cluster]\n\
              name = \"demo.default\"\n\
              partitions = 256\n\
              n = 3\n\
              r = 2\n\
-             w = 2\n"
-        );
+             w = 2\n",
+        )
+        .unwrap();
+        assert_eq!(parsed, expected);
     }
 
     #[test]

@@ -22,26 +22,11 @@ pub use services::{client_service, headless_service};
 pub use statefulset::{seeds, statefulset, DATA_DIR, READY_SERVICE};
 
 /// The node's one gRPC port (client, internode and admin APIs, gRPC health).
-pub const NODE_PORT: i32 = 7070;
+pub const NODE_PORT: i32 = dynamo_api::contract::DEFAULT_PORT as i32;
 
-/// The environment variables `dynamo-node` reads (its flags' `env` names): the contract the
-/// rendered pods may use. Tests check rendered pods and images against it.
-pub const NODE_ENV: &[&str] = &[
-    "DYNAMO_CONFIG",
-    "DYNAMO_ID",
-    "DYNAMO_LISTEN",
-    "DYNAMO_ADVERTISE",
-    "DYNAMO_ZONE",
-    "DYNAMO_WEIGHT",
-    "DYNAMO_DATA_DIR",
-    "DYNAMO_SEEDS",
-    "DYNAMO_CLUSTER_NAME",
-    "DYNAMO_CLUSTER_SECRET",
-    "DYNAMO_PARTITIONS",
-    "DYNAMO_N",
-    "DYNAMO_R",
-    "DYNAMO_W",
-];
+/// The environment variables `dynamo-node` reads (its flags' `env` names, from the node's
+/// contract in `dynamo-api`). Tests check rendered pods and images against it.
+pub const NODE_ENV: &[&str] = dynamo_api::contract::env::ALL;
 /// Name of the operator as a field manager and in `app.kubernetes.io/managed-by`.
 pub const MANAGER: &str = "dynamo-operator";
 

@@ -30,11 +30,11 @@ use super::{
     TOPOLOGY_ZONE_LABEL,
 };
 use crate::crd::{DynamoCluster, ZoneSpec};
+use dynamo_api::contract::env as node_env;
 
 /// Where the node's volume is mounted; the node's data directory.
 pub const DATA_DIR: &str = "/var/lib/dynamo";
-/// gRPC health service that is SERVING only once the node has joined the ring.
-pub const READY_SERVICE: &str = "dynamo.ready";
+pub use dynamo_api::contract::READY_SERVICE;
 /// Name of the volume claim template (PVCs are `<this>-<pod>`).
 pub(super) const VOLUME_NAME: &str = "data";
 /// User and group the node runs as (the image's non-root user).
@@ -117,14 +117,14 @@ fn node_container(cluster: &DynamoCluster, zone: &ZoneSpec, options: &RenderOpti
         }]),
         env: Some(vec![
             env_field("POD_IP", "status.podIP"),
-            env_field("DYNAMO_ID", "metadata.name"),
-            env("DYNAMO_LISTEN", format!("0.0.0.0:{NODE_PORT}")),
-            env("DYNAMO_ADVERTISE", format!("$(POD_IP):{NODE_PORT}")),
-            env("DYNAMO_ZONE", zone.name.clone()),
-            env("DYNAMO_DATA_DIR", DATA_DIR),
-            env("DYNAMO_SEEDS", seeds(cluster, options)),
+            env_field(node_env::ID, "metadata.name"),
+            env(node_env::LISTEN, format!("0.0.0.0:{NODE_PORT}")),
+            env(node_env::ADVERTISE, format!("$(POD_IP):{NODE_PORT}")),
+            env(node_env::ZONE, zone.name.clone()),
+            env(node_env::DATA_DIR, DATA_DIR),
+            env(node_env::SEEDS, seeds(cluster, options)),
             EnvVar {
-                name: "DYNAMO_CLUSTER_SECRET".into(),
+                name: node_env::CLUSTER_SECRET.into(),
                 value_from: Some(EnvVarSource {
                     secret_key_ref: Some(SecretKeySelector {
                         name: secret_name(&name),

@@ -29,8 +29,9 @@ use rand::{Rng, RngCore, SeedableRng};
 use serde_json::{json, Value as Json};
 use tonic::Code;
 
-use super::Format;
-use crate::client::{Client, ClientError};
+use dynamo_client::{Client, ClientError};
+
+use crate::Format;
 
 /// Arguments of `dynamoctl bench`.
 #[derive(Debug, Clone, clap::Args)]

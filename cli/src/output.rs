@@ -6,13 +6,14 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 use serde_json::json;
 
-use super::{encode_context, Format};
-use crate::rpc::pb::admin::{RepairResponse, RingResponse, StatusResponse};
-use crate::rpc::pb::client::GetResponse;
+use dynamo_client::{ClusterStatus, RepairReport, RingLayout, Versions};
+
+use crate::data::encode_context;
+use crate::Format;
 
 /// `get`: values as UTF-8 strings when every value is valid UTF-8, otherwise every value in
 /// base64; `encoding` says which.
-pub fn get(key: &str, out: &GetResponse, format: Format) -> String {
+pub fn get(key: &str, out: &Versions, format: Format) -> String {
     let texts: Option<Vec<&str>> = out.values.iter().map(|v| std::str::from_utf8(v).ok()).collect();
     let (encoding, values): (&str, Vec<String>) = match texts {
         Some(t) => ("utf-8", t.into_iter().map(str::to_string).collect()),
@@ -54,8 +55,21 @@ pub fn get(key: &str, out: &GetResponse, format: Format) -> String {
     }
 }
 
+/// `get -o raw`: the value's bytes, when there is exactly one value.
+pub fn raw<'a>(key: &str, out: &'a Versions) -> Result<&'a [u8], String> {
+    match out.values.as_slice() {
+        [one] => Ok(one),
+        [] => Err(format!("{key}: not found")),
+        many => Err(format!(
+            "{key} has {} concurrent values (siblings) and -o raw writes exactly one: read them \
+             with -o json, resolve them, and write one value back with the context",
+            many.len()
+        )),
+    }
+}
+
 /// `status`.
-pub fn status(out: &StatusResponse, format: Format) -> String {
+pub fn status(out: &ClusterStatus, format: Format) -> String {
     match format {
         Format::Json => {
             let nodes: Vec<_> = out
@@ -65,7 +79,7 @@ pub fn status(out: &StatusResponse, format: Format) -> String {
                     json!({
                         "id": n.id, "zone": n.zone, "address": n.address, "weight": n.weight,
                         "reachable": n.reachable, "error": n.error, "self": n.is_self,
-                        "membership": n.membership,
+                        "membership": n.membership.as_str(),
                         "primary_partitions": n.primary_partitions,
                         "replica_partitions": n.replica_partitions,
                     })
@@ -81,7 +95,7 @@ pub fn status(out: &StatusResponse, format: Format) -> String {
                 .iter()
                 .map(|t| {
                     json!({ "partition": t.partition, "from": t.from, "to": t.to, "keys": t.keys_sent,
-                            "bytes": t.bytes_sent, "state": t.state })
+                            "bytes": t.bytes_sent, "state": t.state.as_str() })
                 })
                 .collect();
             let doc = json!({
@@ -150,7 +164,7 @@ pub fn progress_bar(done: u32, total: u32, label: &str) -> String {
 }
 
 /// `repair`.
-pub fn repair(out: &RepairResponse, format: Format) -> String {
+pub fn repair(out: &RepairReport, format: Format) -> String {
     match format {
         Format::Json => format!(
             "{}\n",
@@ -174,7 +188,7 @@ pub fn repair(out: &RepairResponse, format: Format) -> String {
 }
 
 /// `ring`: partitions per node.
-pub fn ring(out: &RingResponse, format: Format) -> String {
+pub fn ring(out: &RingLayout, format: Format) -> String {
     let owned = |i: usize| -> Vec<u32> {
         out.owners
             .iter()
@@ -217,11 +231,11 @@ pub fn ring(out: &RingResponse, format: Format) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rpc::pb::admin::RingMember;
+    use dynamo_client::RingMember;
 
     #[test]
     fn get_json_has_the_documented_shape() {
-        let out = GetResponse {
+        let out = Versions {
             values: vec![b"a".to_vec(), b"b".to_vec()],
             context: vec![1, 2],
             replies: 2,
@@ -231,14 +245,14 @@ mod tests {
             v,
             json!({"key": "k", "values": ["a", "b"], "encoding": "utf-8", "context": "AQI="})
         );
-        let missing = GetResponse::default();
+        let missing = Versions::default();
         let v: serde_json::Value = serde_json::from_str(&get("k", &missing, Format::Json)).unwrap();
         assert_eq!(v["values"], json!([]));
     }
 
     #[test]
     fn binary_values_are_base64_and_say_so() {
-        let out = GetResponse { values: vec![vec![0xff, 0x00]], context: vec![], replies: 1 };
+        let out = Versions { values: vec![vec![0xff, 0x00]], context: vec![], replies: 1 };
         let v: serde_json::Value = serde_json::from_str(&get("k", &out, Format::Json)).unwrap();
         assert_eq!(v["encoding"], "base64");
         assert_eq!(v["values"], json!(["/wA="]));
@@ -247,11 +261,8 @@ mod tests {
 
     #[test]
     fn text_get_lists_siblings_and_context() {
-        let out = GetResponse {
-            values: vec![b"a".to_vec(), b"b".to_vec()],
-            context: vec![7],
-            replies: 2,
-        };
+        let out =
+            Versions { values: vec![b"a".to_vec(), b"b".to_vec()], context: vec![7], replies: 2 };
         let text = get("k", &out, Format::Text);
         assert!(
             text.contains("2 concurrent values")
@@ -259,7 +270,16 @@ mod tests {
                 && text.contains("context: Bw=="),
             "{text}"
         );
-        assert_eq!(get("k", &GetResponse::default(), Format::Text), "k: not found\n");
+        assert_eq!(get("k", &Versions::default(), Format::Text), "k: not found\n");
+    }
+
+    #[test]
+    fn raw_is_the_one_value_or_an_error_saying_why() {
+        let one = Versions { values: vec![vec![0, 159, 255]], context: vec![1], replies: 2 };
+        assert_eq!(raw("k", &one).unwrap(), &[0, 159, 255]);
+        assert_eq!(raw("k", &Versions::default()).unwrap_err(), "k: not found");
+        let two = Versions { values: vec![b"a".to_vec(), b"b".to_vec()], ..one };
+        assert!(raw("k", &two).unwrap_err().contains("2 concurrent values"));
     }
 
     #[test]
@@ -284,7 +304,7 @@ mod tests {
             zone: "z".into(),
             weight: 1,
         };
-        let out = RingResponse {
+        let out = RingLayout {
             partitions: 4,
             n: 1,
             members: vec![m("a"), m("b")],

@@ -11,8 +11,11 @@
 //! [`Ring::from_parts`]. How partitions are claimed is explained in [`claim`].
 
 mod claim;
+mod placement;
 #[cfg(test)]
 mod tests;
+
+pub use placement::{NotJoined, Placement};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -123,6 +126,16 @@ pub enum RingError {
         partitions: u32,
         /// The number of owners received.
         owners: usize,
+    },
+    /// A received ring whose owner index points past its member list.
+    #[error("partition {partition} is owned by member #{index}, but the ring has {members} members: send the members and owners of the same ring")]
+    OwnerIndexOutOfRange {
+        /// The partition.
+        partition: PartitionId,
+        /// The index received.
+        index: u32,
+        /// The number of members.
+        members: usize,
     },
     /// A received ring naming an owner that is not among its members.
     #[error("partition {partition} is owned by {owner}, which is not a member: send the members and owners of the same ring")]

@@ -3,14 +3,12 @@
 //! every node cleanly; starting again with the same folder brings the same data back.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
+use dynamo_api::config::{ClusterConfig, EngineKind, NodeConfig};
+use dynamo_local::{LaunchError, NodeProcess};
 use serde::{Deserialize, Serialize};
-use tokio::process::{Child, Command};
-
-use crate::client::Client;
-use crate::config::{ClusterConfig, EngineKind, NodeConfig};
+use tokio_util::sync::CancellationToken;
 
 /// Arguments of `dynamoctl dev up`.
 #[derive(Debug, Clone, clap::Args)]
@@ -92,31 +90,6 @@ pub fn plan(
     Ok(configs)
 }
 
-/// Finds the dynamo-node binary: the flag/env, next to this executable, or on $PATH.
-pub fn node_binary(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
-    if let Some(p) = explicit {
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("dynamo-node binary {} does not exist", p.display()))
-        };
-    }
-    if let Ok(me) = std::env::current_exe() {
-        let sibling = me.with_file_name("dynamo-node");
-        if sibling.is_file() {
-            return Ok(sibling);
-        }
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("dynamo-node"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            "cannot find the dynamo-node binary: build it (cargo build) or pass --node-bin".into()
-        })
-}
-
 fn load_or_create_state(args: &DevUpArgs, zones: usize) -> Result<DevState, String> {
     let path = args.data_dir.join("dev.toml");
     if let Ok(text) = std::fs::read_to_string(&path) {
@@ -147,57 +120,26 @@ fn load_or_create_state(args: &DevUpArgs, zones: usize) -> Result<DevState, Stri
     Ok(state)
 }
 
-struct Running {
-    id: String,
-    log: PathBuf,
-    child: Child,
-}
-
-fn signal(child: &Child, sig: libc::c_int) {
-    if let Some(pid) = child.id() {
-        // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
-        unsafe {
-            libc::kill(pid as libc::pid_t, sig);
-        }
-    }
-}
-
 /// Runs `dynamoctl dev up`.
 pub async fn up(args: DevUpArgs) -> Result<(), String> {
     let zones = args.zones.unwrap_or(args.nodes.min(3));
     let state = load_or_create_state(&args, zones)?;
     let configs = plan(args.nodes, zones, args.base_port, &args.data_dir, &state.secret)?;
-    let bin = node_binary(args.node_bin.clone())?;
-    let shutdown = crate::server::shutdown_on_signals();
+    let bin = dynamo_local::node_binary(args.node_bin.clone()).map_err(|e| e.to_string())?;
+    let shutdown = crate::shutdown_on_signals();
 
     let mut running = Vec::new();
     for config in &configs {
-        let dir = args.data_dir.join(&config.id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let config_path = dir.join("node.toml");
-        std::fs::write(&config_path, config.to_toml())
-            .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
-        let log = dir.join("node.log");
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
-        let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(&bin)
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(err_file)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        running.push(Running { id: config.id.clone(), log, child });
+        let mut node = NodeProcess::prepare(config, &args.data_dir.join(&config.id))
+            .map_err(|e| e.to_string())?;
+        node.start(&bin).map_err(|e| e.to_string())?;
+        running.push(node);
     }
-
-    let result = wait_until_serving(&configs, &mut running, &shutdown).await;
+    let result = tokio::select! {
+        _ = shutdown.cancelled() => Err(LaunchError::Interrupted),
+        r = wait_until_formed(&mut running) => r,
+    }
+    .map_err(|e| e.to_string());
     if result.is_ok() {
         let q = configs[0].quorum();
         println!(
@@ -215,91 +157,41 @@ pub async fn up(args: DevUpArgs) -> Result<(), String> {
         println!("press Ctrl-C to stop the cluster");
         supervise(&mut running, &shutdown).await;
     }
-    stop_all(&mut running).await;
+    let mut stopped = 0;
+    for node in running.iter_mut().filter(|n| n.is_started()) {
+        if !node.stop(Duration::from_secs(10)).await {
+            eprintln!("{} did not stop within 10 s; killed it", node.id);
+        }
+        stopped += 1;
+    }
+    if stopped > 0 {
+        println!("stopped {stopped} node(s)");
+    }
     result
 }
 
-async fn wait_until_serving(
-    configs: &[NodeConfig],
-    running: &mut [Running],
-    shutdown: &tokio_util::sync::CancellationToken,
-) -> Result<(), String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    for (config, node) in configs.iter().zip(running.iter_mut()) {
-        let client =
-            Client::new(&config.listen, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-        loop {
-            if shutdown.is_cancelled() {
-                return Err("interrupted while starting".into());
-            }
-            if let Ok(Some(status)) = node.child.try_wait() {
-                return Err(format!(
-                    "{} exited during start-up ({status}); its log {} says:\n{}",
-                    node.id,
-                    node.log.display(),
-                    tail(&node.log)
-                ));
-            }
-            if client.status().await.is_ok() {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(format!(
-                    "{} did not start within 60 s; see {}",
-                    node.id,
-                    node.log.display()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+/// Waits until every node serves, then until they share one ring with every node in it.
+async fn wait_until_formed(running: &mut [NodeProcess]) -> Result<(), LaunchError> {
+    for node in running.iter_mut() {
+        node.wait_serving(Duration::from_secs(60)).await?;
     }
-    // Every node serves; wait until each one has the same ring with every node in it.
-    let clients = configs
-        .iter()
-        .map(|c| Client::new(&c.listen, Duration::from_secs(2)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    loop {
-        let mut rings = Vec::new();
-        for client in &clients {
-            rings.push(
-                client
-                    .ring()
-                    .await
-                    .ok()
-                    .filter(|r| r.members.len() == configs.len())
-                    .map(|r| r.epoch),
-            );
-        }
-        if rings.iter().all(|r| r.is_some() && *r == rings[0]) {
-            return Ok(());
-        }
-        if shutdown.is_cancelled() {
-            return Err("interrupted while starting".into());
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!(
-                "the nodes did not form one ring within 60 s; see the logs in {}",
-                running[0].log.display()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    dynamo_local::wait_for_one_ring(running, running.len(), Duration::from_secs(60)).await
 }
 
 /// Waits for the shutdown signal, reporting nodes that exit on their own meanwhile.
-async fn supervise(running: &mut Vec<Running>, shutdown: &tokio_util::sync::CancellationToken) {
+async fn supervise(running: &mut Vec<NodeProcess>, shutdown: &CancellationToken) {
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {
-                for node in running.iter_mut() {
-                    if let Ok(Some(status)) = node.child.try_wait() {
+                running.retain_mut(|node| match node.exited() {
+                    Some(status) => {
                         eprintln!("warning: {} exited ({status}); see {}", node.id, node.log.display());
+                        false
                     }
-                }
-                running.retain_mut(|n| !matches!(n.child.try_wait(), Ok(Some(_))));
+                    None => true,
+                });
                 if running.is_empty() {
                     eprintln!("every node has exited");
                     return;
@@ -307,31 +199,6 @@ async fn supervise(running: &mut Vec<Running>, shutdown: &tokio_util::sync::Canc
             }
         }
     }
-}
-
-/// SIGTERM to every node, then SIGKILL to any still running after 10 s.
-async fn stop_all(running: &mut [Running]) {
-    for node in running.iter() {
-        signal(&node.child, libc::SIGTERM);
-    }
-    for node in running.iter_mut() {
-        match tokio::time::timeout(Duration::from_secs(10), node.child.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                eprintln!("{} did not stop within 10 s; killing it", node.id);
-                let _ = node.child.kill().await;
-            }
-        }
-    }
-    if !running.is_empty() {
-        println!("stopped {} node(s)", running.len());
-    }
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::contract::env;
 use crate::ring::{Member, NodeId, Ring};
 
 /// Command-line flags of `dynamo-node`. Every flag overrides the same setting of `--config`.
@@ -14,64 +15,64 @@ use crate::ring::{Member, NodeId, Ring};
 #[command(name = "dynamo-node", version, about = "A Dynamo storage node")]
 pub struct NodeArgs {
     /// TOML configuration file; flags override its settings.
-    #[arg(long, env = "DYNAMO_CONFIG")]
+    #[arg(long, env = env::CONFIG)]
     pub config: Option<PathBuf>,
     /// This node's unique, stable id (letters, digits, '.', '_', '-').
-    #[arg(long, env = "DYNAMO_ID")]
+    #[arg(long, env = env::ID)]
     pub id: Option<String>,
     /// Address to serve gRPC on (client, internode and admin APIs), HOST:PORT. Default 127.0.0.1:7070.
-    #[arg(long, env = "DYNAMO_LISTEN")]
+    #[arg(long, env = env::LISTEN)]
     pub listen: Option<String>,
     /// Address other nodes and clients use to reach this node; default: --listen.
-    #[arg(long, env = "DYNAMO_ADVERTISE")]
+    #[arg(long, env = env::ADVERTISE)]
     pub advertise: Option<String>,
     /// Zone (data center) of this node; preference lists spread replicas over zones. Default "default".
-    #[arg(long, env = "DYNAMO_ZONE")]
+    #[arg(long, env = env::ZONE)]
     pub zone: Option<String>,
     /// Relative capacity: a node of weight 2 owns twice the partitions of a node of weight 1. Default 1.
-    #[arg(long, env = "DYNAMO_WEIGHT")]
+    #[arg(long, env = env::WEIGHT)]
     pub weight: Option<u32>,
     /// Directory for the RocksDB data; created if missing. Required with --engine rocksdb.
-    #[arg(long, env = "DYNAMO_DATA_DIR")]
+    #[arg(long, env = env::DATA_DIR)]
     pub data_dir: Option<PathBuf>,
     /// Storage engine: rocksdb (durable, default) or memory (lost on exit; tests and caches).
-    #[arg(long, env = "DYNAMO_ENGINE")]
+    #[arg(long, env = env::ENGINE)]
     pub engine: Option<EngineKind>,
     /// Seed nodes to join through, HOST:PORT, comma-separated or repeated; DNS names are
     /// resolved again on every use. This node may be listed too. A node with no seeds starts a
     /// cluster of its own.
-    #[arg(long, env = "DYNAMO_SEEDS", value_delimiter = ',')]
+    #[arg(long, env = env::SEEDS, value_delimiter = ',')]
     pub seeds: Vec<String>,
     /// Gossip round interval in milliseconds. Default 1000.
-    #[arg(long, env = "DYNAMO_GOSSIP_INTERVAL_MS")]
+    #[arg(long, env = env::GOSSIP_INTERVAL_MS)]
     pub gossip_interval_ms: Option<u64>,
     /// Cluster name; nodes refuse to talk to nodes of another cluster. Default "dynamo".
-    #[arg(long, env = "DYNAMO_CLUSTER_NAME")]
+    #[arg(long, env = env::CLUSTER_NAME)]
     pub cluster_name: Option<String>,
     /// Secret that seals client contexts; identical on every node of a cluster.
-    #[arg(long, env = "DYNAMO_CLUSTER_SECRET", hide_env_values = true)]
+    #[arg(long, env = env::CLUSTER_SECRET, hide_env_values = true)]
     pub cluster_secret: Option<String>,
     /// Number of partitions Q (a power of two, fixed when the cluster is created). Default 256.
-    #[arg(long, env = "DYNAMO_PARTITIONS")]
+    #[arg(long, env = env::PARTITIONS)]
     pub partitions: Option<u32>,
     /// Replicas per key, N. Default 3 (or the number of nodes when fewer).
-    #[arg(long, env = "DYNAMO_N")]
+    #[arg(long, env = env::N)]
     pub n: Option<usize>,
     /// Replies a get waits for, R (1..=N). Default 2 (1 when N is 1).
-    #[arg(long, env = "DYNAMO_R")]
+    #[arg(long, env = env::R)]
     pub r: Option<usize>,
     /// Acknowledgements a put waits for, W (1..=N). Default 2 (1 when N is 1).
-    #[arg(long, env = "DYNAMO_W")]
+    #[arg(long, env = env::W)]
     pub w: Option<usize>,
     /// Time a coordinator waits for its quorum, in milliseconds. Default 2000.
-    #[arg(long, env = "DYNAMO_REQUEST_TIMEOUT_MS")]
+    #[arg(long, env = env::REQUEST_TIMEOUT_MS)]
     pub request_timeout_ms: Option<u64>,
     /// fsync the write-ahead log on every write (survives power loss, slower). Default false:
     /// writes survive a process crash but may lose the last moments on power loss.
-    #[arg(long, env = "DYNAMO_SYNC_WRITES")]
+    #[arg(long, env = env::SYNC_WRITES)]
     pub sync_writes: Option<bool>,
     /// Accept the admin SetFaults call (simulated network partitions). Tests only.
-    #[arg(long, env = "DYNAMO_FAULT_INJECTION")]
+    #[arg(long, env = env::FAULT_INJECTION)]
     pub fault_injection: Option<bool>,
 }
 

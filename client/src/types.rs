@@ -1,0 +1,343 @@
+//! What the client returns: plain Rust types, so an application never handles generated
+//! protobuf types (the wire format can change without breaking it).
+
+use std::fmt;
+
+use dynamo_api::pb::admin;
+use dynamo_api::pb::client as wire;
+use dynamo_api::ring::{Member, NodeId, Ring, RingError};
+
+/// What a get returns: every concurrent value and one context covering them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Versions {
+    /// Every live concurrent value (siblings); empty when the key is absent or deleted.
+    pub values: Vec<Vec<u8>>,
+    /// Opaque; pass it to the next put or delete of this key. Empty when nothing was stored.
+    pub context: Vec<u8>,
+    /// How many replicas answered.
+    pub replies: u32,
+}
+
+/// What a put or delete returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    /// The context of the version just written.
+    pub context: Vec<u8>,
+    /// How many replicas acknowledged before the answer.
+    pub acks: u32,
+}
+
+/// Ring membership of a node, in the order a node goes through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MemberState {
+    /// Announced itself; not in the committed layout yet.
+    Joining,
+    /// In the committed layout, serving.
+    Normal,
+    /// Decommissioning: its partitions are being moved away.
+    Leaving,
+    /// Decommissioned: out of the layout; can be stopped.
+    Left,
+    /// A state this client does not know (a newer node).
+    Unknown,
+}
+
+impl MemberState {
+    /// The lowercase name printed by `dynamoctl` ("joining", "normal", ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Joining => "joining",
+            MemberState::Normal => "normal",
+            MemberState::Leaving => "leaving",
+            MemberState::Left => "left",
+            MemberState::Unknown => "unknown",
+        }
+    }
+
+    fn from_wire(v: i32) -> MemberState {
+        match admin::MemberState::try_from(v) {
+            Ok(admin::MemberState::Joining) => MemberState::Joining,
+            Ok(admin::MemberState::Normal) => MemberState::Normal,
+            Ok(admin::MemberState::Leaving) => MemberState::Leaving,
+            Ok(admin::MemberState::Left) => MemberState::Left,
+            _ => MemberState::Unknown,
+        }
+    }
+}
+
+impl fmt::Display for MemberState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Progress of one partition transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransferState {
+    Pending,
+    Streaming,
+    Done,
+    Unknown,
+}
+
+impl TransferState {
+    /// The lowercase name printed by `dynamoctl`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferState::Pending => "pending",
+            TransferState::Streaming => "streaming",
+            TransferState::Done => "done",
+            TransferState::Unknown => "unknown",
+        }
+    }
+
+    fn from_wire(v: i32) -> TransferState {
+        match admin::TransferState::try_from(v) {
+            Ok(admin::TransferState::Pending) => TransferState::Pending,
+            Ok(admin::TransferState::Streaming) => TransferState::Streaming,
+            Ok(admin::TransferState::Done) => TransferState::Done,
+            _ => TransferState::Unknown,
+        }
+    }
+}
+
+impl fmt::Display for TransferState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One node as another node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: String,
+    pub zone: String,
+    pub address: String,
+    pub weight: u32,
+    /// Whether the answering node reached it just now.
+    pub reachable: bool,
+    /// Why it is unreachable, when it is not.
+    pub error: String,
+    /// Whether this is the node that answered.
+    pub is_self: bool,
+    /// Partitions it owns as the first of the preference list.
+    pub primary_partitions: u32,
+    /// Partitions for which it is one of the N replicas.
+    pub replica_partitions: u32,
+    pub membership: MemberState,
+}
+
+/// One partition moving between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub partition: u32,
+    pub from: String,
+    pub to: String,
+    pub keys_sent: u64,
+    pub bytes_sent: u64,
+    pub state: TransferState,
+}
+
+/// Hints a node holds for one unreachable node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hints {
+    pub target: String,
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// One node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node_id: String,
+    pub cluster: String,
+    pub n: u32,
+    pub r: u32,
+    pub w: u32,
+    pub partitions: u32,
+    pub nodes: Vec<NodeInfo>,
+    /// Keys stored on the answering node (an estimate).
+    pub local_keys: u64,
+    /// Partition transfers the answering node takes part in.
+    pub transfers: Vec<Transfer>,
+    /// Partitions still to move before the ring is balanced (0 when settled).
+    pub pending_partitions: u32,
+    /// Hints held for other nodes, per target.
+    pub hints: Vec<Hints>,
+}
+
+impl ClusterStatus {
+    /// The membership of `node` as the answering node sees it.
+    pub fn membership_of(&self, node: &str) -> Option<MemberState> {
+        self.nodes.iter().find(|n| n.id == node).map(|n| n.membership)
+    }
+}
+
+/// A member of the ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingMember {
+    pub id: String,
+    pub address: String,
+    pub zone: String,
+    pub weight: u32,
+}
+
+/// The partition layout: enough to compute every key's preference list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingLayout {
+    pub partitions: u32,
+    pub n: u32,
+    pub members: Vec<RingMember>,
+    /// `owners[p]` is the index in `members` of partition `p`'s owner.
+    pub owners: Vec<u32>,
+    /// Grows with every layout change.
+    pub epoch: u64,
+}
+
+impl RingLayout {
+    /// The ring itself, rebuilt and checked: the same [`Ring`] the node computes preference
+    /// lists with.
+    pub fn to_ring(&self) -> Result<Ring, RingError> {
+        let members: Vec<Member> = self
+            .members
+            .iter()
+            .map(|m| Member { id: NodeId(m.id.clone()), zone: m.zone.clone(), weight: m.weight })
+            .collect();
+        let owners = self
+            .owners
+            .iter()
+            .enumerate()
+            .map(|(p, &o)| {
+                members.get(o as usize).map(|m| m.id.clone()).ok_or(
+                    RingError::OwnerIndexOutOfRange {
+                        partition: p as u32,
+                        index: o,
+                        members: members.len(),
+                    },
+                )
+            })
+            .collect::<Result<Vec<NodeId>, RingError>>()?;
+        Ring::from_parts(self.partitions, members, owners)
+    }
+}
+
+/// What an anti-entropy run compared and moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairReport {
+    pub partitions: u32,
+    pub exchanges: u32,
+    pub keys_compared: u64,
+    pub keys_pulled: u64,
+    pub keys_pushed: u64,
+    /// Exchanges that failed.
+    pub errors: Vec<String>,
+}
+
+/// The answer to a decommission request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decommissioned {
+    pub node_id: String,
+    /// Leaving (transfer under way) or left (done).
+    pub state: MemberState,
+}
+
+impl From<wire::GetResponse> for Versions {
+    fn from(r: wire::GetResponse) -> Versions {
+        Versions { values: r.values, context: r.context, replies: r.replies }
+    }
+}
+
+impl From<wire::PutResponse> for Written {
+    fn from(r: wire::PutResponse) -> Written {
+        Written { context: r.context, acks: r.acks }
+    }
+}
+
+impl From<admin::StatusResponse> for ClusterStatus {
+    fn from(r: admin::StatusResponse) -> ClusterStatus {
+        ClusterStatus {
+            node_id: r.node_id,
+            cluster: r.cluster,
+            n: r.n,
+            r: r.r,
+            w: r.w,
+            partitions: r.partitions,
+            nodes: r
+                .nodes
+                .into_iter()
+                .map(|n| NodeInfo {
+                    membership: MemberState::from_wire(n.membership),
+                    id: n.id,
+                    zone: n.zone,
+                    address: n.address,
+                    weight: n.weight,
+                    reachable: n.reachable,
+                    error: n.error,
+                    is_self: n.is_self,
+                    primary_partitions: n.primary_partitions,
+                    replica_partitions: n.replica_partitions,
+                })
+                .collect(),
+            local_keys: r.local_keys,
+            transfers: r
+                .transfers
+                .into_iter()
+                .map(|t| Transfer {
+                    state: TransferState::from_wire(t.state),
+                    partition: t.partition,
+                    from: t.from,
+                    to: t.to,
+                    keys_sent: t.keys_sent,
+                    bytes_sent: t.bytes_sent,
+                })
+                .collect(),
+            pending_partitions: r.pending_partitions,
+            hints: r
+                .hints
+                .into_iter()
+                .map(|h| Hints { target: h.target, count: h.count, bytes: h.bytes })
+                .collect(),
+        }
+    }
+}
+
+impl From<admin::RingResponse> for RingLayout {
+    fn from(r: admin::RingResponse) -> RingLayout {
+        RingLayout {
+            partitions: r.partitions,
+            n: r.n,
+            members: r
+                .members
+                .into_iter()
+                .map(|m| RingMember {
+                    id: m.id,
+                    address: m.address,
+                    zone: m.zone,
+                    weight: m.weight,
+                })
+                .collect(),
+            owners: r.owners,
+            epoch: r.epoch,
+        }
+    }
+}
+
+impl From<admin::RepairResponse> for RepairReport {
+    fn from(r: admin::RepairResponse) -> RepairReport {
+        RepairReport {
+            partitions: r.partitions,
+            exchanges: r.exchanges,
+            keys_compared: r.keys_compared,
+            keys_pulled: r.keys_pulled,
+            keys_pushed: r.keys_pushed,
+            errors: r.errors,
+        }
+    }
+}
+
+impl From<admin::DecommissionResponse> for Decommissioned {
+    fn from(r: admin::DecommissionResponse) -> Decommissioned {
+        Decommissioned { node_id: r.node_id, state: MemberState::from_wire(r.state) }
+    }
+}
