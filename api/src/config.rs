@@ -492,6 +492,20 @@ mod tests {
     }
 
     #[test]
+    fn every_flag_reads_exactly_the_contracts_environment_variables() {
+        use clap::CommandFactory as _;
+        let mut read: Vec<String> = NodeArgs::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        read.sort();
+        let mut contract: Vec<String> = env::ALL.iter().map(|e| e.to_string()).collect();
+        contract.sort();
+        assert_eq!(read, contract, "contract::env::ALL and NodeArgs' env names differ");
+    }
+
+    #[test]
     fn flags_override_file_and_toml_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
