@@ -2,10 +2,13 @@
 //! fixed partitions, dotted version vectors, quorum reads and writes with read repair, sloppy
 //! quorum with hinted handoff, and Merkle-tree anti-entropy.
 //!
-//! Modules follow the protocol concerns: `ring`, `version`, `merkle` (pure), `membership`,
-//! `storage`, `coordinator`, `handoff`, `antientropy`, `rpc`, `server`. The ring and the
-//! configuration schema live in `dynamo-api` (shared with the client and the operator) and are
-//! re-exported here under their old names.
+//! Modules follow the protocol concerns, in layers where a module imports only from layers
+//! below it: `ring`, `version`, `merkle` (pure); `storage`, `throttle`, `worker`; `net` (the
+//! traits the protocol needs from the network, and the simulator unit tests run on);
+//! `membership`, `coordinator`, `handoff`, `antientropy` (on `net` and `storage`); `rpc` (gRPC
+//! peers and services); `node` (the context owning storage, ring view and peers, and the
+//! background workers); `server` (wiring). The ring and the configuration schema live in
+//! `dynamo-api` (shared with the client and the operator) and are re-exported here.
 
 pub mod antientropy;
 pub use dynamo_api::config;
@@ -14,11 +17,12 @@ pub mod error;
 pub mod handoff;
 pub mod membership;
 pub mod merkle;
+pub mod net;
+pub mod node;
 pub use dynamo_api::ring;
 pub mod rpc;
 pub mod server;
 pub mod storage;
-#[cfg(test)]
-mod testing;
 pub mod throttle;
 pub mod version;
+pub mod worker;

@@ -8,13 +8,15 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use futures::future::BoxFuture;
+use tokio::sync::watch;
 
-use crate::coordinator::{Coordinator, Transport};
 use crate::merkle::{diff_items, DiffWalk};
-use crate::ring::{NodeId, PartitionId};
+use crate::net::{Merkle, Replicas};
+use crate::ring::{NodeId, PartitionId, Placement};
 use crate::storage::{Store, TREE_SHAPE};
 use crate::throttle::Throttle;
+use crate::worker::{Worker, WorkerState};
 
 /// What one or more exchanges did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -41,7 +43,7 @@ impl ExchangeStats {
 }
 
 /// Synchronises this node's replica of `partition` with `peer`'s.
-pub async fn exchange<T: Transport>(
+pub async fn exchange<T: Replicas + Merkle>(
     store: &Store,
     transport: &T,
     partition: PartitionId,
@@ -89,88 +91,122 @@ pub async fn exchange<T: Transport>(
     Ok(stats)
 }
 
-/// The other replicas of `partition` this node should synchronise with (those it finds up).
-fn peers_of<T: Transport>(coordinator: &Coordinator<T>, partition: PartitionId) -> Vec<NodeId> {
-    let placement = coordinator.placement();
-    let Some(ring) = placement.current.as_ref() else { return Vec::new() };
-    ring.preference_list(partition)
-        .iter()
-        .take(coordinator.settings().n)
-        .map(|m| m.id.clone())
-        .filter(|id| id != coordinator.me())
-        .collect()
+/// This node's side of anti-entropy: its store, the network, and where partitions live.
+pub struct AntiEntropy<N> {
+    me: NodeId,
+    /// Replicas per key.
+    n: usize,
+    store: Arc<Store>,
+    net: Arc<N>,
+    /// Where keys live; only the current ring's replicas are synchronised.
+    placement: watch::Receiver<Arc<Placement>>,
 }
 
-/// Runs exchanges now with every other replica of `partition`, or of every partition this node
-/// replicates.
-pub async fn repair<T: Transport>(
-    coordinator: &Coordinator<T>,
-    partition: Option<PartitionId>,
-) -> ExchangeStats {
-    let placement = coordinator.placement();
-    let partitions = match (partition, placement.current.as_ref()) {
-        (Some(p), _) => vec![p],
-        (None, Some(ring)) => ring.replica_partitions(coordinator.me(), coordinator.settings().n),
-        (None, None) => Vec::new(),
-    };
-    let mut total =
-        ExchangeStats { partitions: partitions.len() as u32, ..ExchangeStats::default() };
-    let mut throttle = Throttle::new(0);
-    for p in partitions {
-        for peer in peers_of(coordinator, p) {
-            match exchange(coordinator.store(), &**coordinator.transport(), p, &peer, &mut throttle)
-                .await
-            {
-                Ok(stats) => total.add(stats),
-                Err(e) => total.errors.push(format!("partition {p}: {e}")),
+impl<N: Replicas + Merkle> AntiEntropy<N> {
+    pub fn new(
+        me: NodeId,
+        n: usize,
+        store: Arc<Store>,
+        net: Arc<N>,
+        placement: watch::Receiver<Arc<Placement>>,
+    ) -> AntiEntropy<N> {
+        AntiEntropy { me, n, store, net, placement }
+    }
+
+    /// The other replicas of `partition` in the current ring.
+    fn peers_of(&self, partition: PartitionId) -> Vec<NodeId> {
+        let placement = self.placement.borrow().clone();
+        let Some(ring) = placement.current.as_ref() else { return Vec::new() };
+        ring.preference_list(partition)
+            .iter()
+            .take(self.n)
+            .map(|m| m.id.clone())
+            .filter(|id| *id != self.me)
+            .collect()
+    }
+
+    /// The partitions this node replicates in the current ring.
+    fn replicated(&self) -> Vec<PartitionId> {
+        let placement = self.placement.borrow().clone();
+        placement.current.as_ref().map_or_else(Vec::new, |r| r.replica_partitions(&self.me, self.n))
+    }
+
+    /// Runs exchanges now with every other replica of `partition`, or of every partition this
+    /// node replicates.
+    pub async fn repair(&self, partition: Option<PartitionId>) -> ExchangeStats {
+        let partitions = match partition {
+            Some(p) => vec![p],
+            None => self.replicated(),
+        };
+        let mut total =
+            ExchangeStats { partitions: partitions.len() as u32, ..ExchangeStats::default() };
+        let mut throttle = Throttle::new(0);
+        for p in partitions {
+            for peer in self.peers_of(p) {
+                match exchange(&self.store, &*self.net, p, &peer, &mut throttle).await {
+                    Ok(stats) => total.add(stats),
+                    Err(e) => total.errors.push(format!("partition {p}: {e}")),
+                }
             }
         }
+        total
     }
-    total
 }
 
 /// Every `interval`, synchronises the next partition (round robin over those this node
 /// replicates) with each of its other replicas that is up, paced to `per_second` keys.
-pub async fn run<T: Transport>(
-    coordinator: Arc<Coordinator<T>>,
+pub struct AntiEntropyWorker<N> {
+    ae: Arc<AntiEntropy<N>>,
     interval: Duration,
-    per_second: u32,
-    shutdown: CancellationToken,
-) {
-    let mut throttle = Throttle::new(per_second);
-    let mut next = 0usize;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-        let placement = coordinator.placement();
-        let Some(ring) = placement.current.as_ref() else { continue };
-        let partitions = ring.replica_partitions(coordinator.me(), coordinator.settings().n);
-        if partitions.is_empty() {
-            continue;
-        }
-        let p = partitions[next % partitions.len()];
-        next = next.wrapping_add(1);
-        for peer in peers_of(&coordinator, p) {
-            if !coordinator.transport().is_up(&peer) {
-                continue;
+    throttle: Throttle,
+    /// Round-robin position.
+    next: usize,
+}
+
+impl<N> AntiEntropyWorker<N> {
+    pub fn new(ae: Arc<AntiEntropy<N>>, interval: Duration, per_second: u32) -> Self {
+        AntiEntropyWorker { ae, interval, throttle: Throttle::new(per_second), next: 0 }
+    }
+}
+
+impl<N: Replicas + Merkle> Worker for AntiEntropyWorker<N> {
+    fn name(&self) -> &'static str {
+        "anti-entropy"
+    }
+
+    fn wait(&self) -> Duration {
+        self.interval
+    }
+
+    fn step(&mut self) -> BoxFuture<'_, WorkerState> {
+        Box::pin(async move {
+            let partitions = self.ae.replicated();
+            if partitions.is_empty() {
+                return WorkerState::Idle;
             }
-            let result = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = exchange(coordinator.store(), &**coordinator.transport(), p, &peer, &mut throttle) => r,
-            };
-            match result {
-                Ok(s) if s.keys_pulled + s.keys_pushed > 0 => tracing::info!(
-                    partition = p, %peer, pulled = s.keys_pulled, pushed = s.keys_pushed,
-                    "anti-entropy repaired keys"
-                ),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(partition = p, %peer, error = %e, "anti-entropy exchange failed")
+            let p = partitions[self.next % partitions.len()];
+            self.next = self.next.wrapping_add(1);
+            let mut state = WorkerState::Idle;
+            for peer in self.ae.peers_of(p) {
+                if !self.ae.net.is_up(&peer) {
+                    continue;
+                }
+                match exchange(&self.ae.store, &*self.ae.net, p, &peer, &mut self.throttle).await {
+                    Ok(s) if s.keys_pulled + s.keys_pushed > 0 => {
+                        state = WorkerState::Busy;
+                        tracing::info!(
+                            partition = p, %peer, pulled = s.keys_pulled, pushed = s.keys_pushed,
+                            "anti-entropy repaired keys"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(partition = p, %peer, error = %e, "anti-entropy exchange failed")
+                    }
                 }
             }
-        }
+            state
+        })
     }
 }
 

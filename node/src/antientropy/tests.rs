@@ -1,6 +1,5 @@
-//! Exchanges between two in-memory stores over a direct "network".
+//! Exchanges between two in-memory stores over the simulated network.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::*;
@@ -10,7 +9,7 @@ use crate::version::{Clock, Value, VersionVector};
 
 const Q: u32 = 8;
 
-use crate::testing::Direct;
+use crate::net::sim::SimNet;
 
 fn partition(key: &[u8]) -> PartitionId {
     partition_of_hash(key_hash(key), Q)
@@ -41,7 +40,9 @@ async fn exchange_moves_only_the_differing_keys_and_both_sides_end_equal() {
         put(&b, &format!("k{i}"), &value("other", 2));
     }
     let (ida, idb) = (NodeId("a".into()), NodeId("b".into()));
-    let net = Direct::new(HashMap::from([(ida.clone(), a.clone()), (idb.clone(), b.clone())]), Q);
+    let net = SimNet::new(Q);
+    net.add(&ida, a.clone());
+    net.add(&idb, b.clone());
     let mut throttle = Throttle::new(0);
     let mut total = ExchangeStats::default();
     for p in 0..Q {

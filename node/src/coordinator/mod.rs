@@ -14,7 +14,6 @@
 pub mod quorum;
 pub mod repair;
 pub mod targets;
-pub mod transport;
 
 #[cfg(test)]
 mod tests;
@@ -27,11 +26,11 @@ use tokio::time::Instant;
 
 use crate::config::Limits;
 use crate::error::{Error, Op, Result};
-use crate::membership::gossip::Placement;
-use crate::ring::{key_hash, partition_of_hash, NodeId, PartitionId, Ring};
+use crate::net::{ForwardedPut, PeerError, PutOutcome, Replicas};
+use crate::ring::{key_hash, partition_of_hash, NodeId, PartitionId, Placement, Ring};
 use crate::storage::Store;
 use crate::version::{Clock, ContextSealer, Value};
-use quorum::{QuorumState, QuorumTracker};
+use quorum::{ManySets, QuorumState, QuorumTracker};
 use targets::Target;
 
 /// How often a write may be forwarded before it is refused (rings can disagree briefly while a
@@ -48,7 +47,6 @@ fn needs_stand_in(e: &PeerError) -> bool {
 type Reply = (Target, std::result::Result<Clock, PeerError>);
 /// A replica's answer to a replicate.
 type Ack = (Target, std::result::Result<(), PeerError>);
-pub use transport::{ForwardedPut, PeerError, PutOutcome, Transport};
 
 /// Replication settings and limits a coordinator applies.
 #[derive(Debug, Clone)]
@@ -81,20 +79,21 @@ pub struct Coordinator<T> {
     /// Where keys live; replaced as a whole when membership changes.
     placement: watch::Receiver<Arc<Placement>>,
     store: Arc<Store>,
-    transport: Arc<T>,
+    /// Calls to the other replicas.
+    net: Arc<T>,
     sealer: ContextSealer,
 }
 
-impl<T: Transport> Coordinator<T> {
+impl<T: Replicas> Coordinator<T> {
     pub fn new(
         me: NodeId,
         settings: Settings,
         placement: watch::Receiver<Arc<Placement>>,
         store: Arc<Store>,
-        transport: Arc<T>,
+        net: Arc<T>,
         sealer: ContextSealer,
     ) -> Self {
-        Coordinator { me, settings, placement, store, transport, sealer }
+        Coordinator { me, settings, placement, store, net, sealer }
     }
 
     pub fn settings(&self) -> &Settings {
@@ -109,10 +108,6 @@ impl<T: Transport> Coordinator<T> {
     /// The partition of a key (independent of the ring).
     pub fn partition_of(&self, key: &[u8]) -> PartitionId {
         partition_of_hash(key_hash(key), self.settings.partitions)
-    }
-
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
     }
 
     pub fn me(&self) -> &NodeId {
@@ -160,7 +155,7 @@ impl<T: Transport> Coordinator<T> {
         let partition = self.partition_of(key);
         let preference = self.preference(ring, partition);
         let (targets, mut spares) =
-            targets::select(&preference, self.settings.n, &self.me, |n| self.transport.is_up(n));
+            targets::select(&preference, self.settings.n, &self.me, |n| self.net.is_up(n));
         let deadline = Instant::now() + self.settings.timeout;
 
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -218,7 +213,7 @@ impl<T: Transport> Coordinator<T> {
             let _ = tx.send((target, reply));
             return;
         }
-        let (tx, transport, key) = (tx.clone(), self.transport.clone(), key.to_vec());
+        let (tx, transport, key) = (tx.clone(), self.net.clone(), key.to_vec());
         // Detached on purpose: a slow replica's reply still feeds read repair after the
         // client has its answer; the task ends when the transport's own timeout fires.
         tokio::spawn(async move {
@@ -237,7 +232,7 @@ impl<T: Transport> Coordinator<T> {
         mut rx: mpsc::UnboundedReceiver<Reply>,
         deadline: Instant,
     ) {
-        let (me, store, transport) = (self.me.clone(), self.store.clone(), self.transport.clone());
+        let (me, store, transport) = (self.me.clone(), self.store.clone(), self.net.clone());
         // Detached on purpose: repair must not delay the client's answer; it is bounded by the
         // request deadline plus one replicate call per stale replica.
         tokio::spawn(async move {
@@ -351,11 +346,6 @@ impl<T: Transport> Coordinator<T> {
             Ok(next)
         })?;
 
-        let (targets, mut spares) =
-            targets::select(&preference, self.settings.n, &self.me, |n| self.transport.is_up(n));
-        let mut tracker = QuorumTracker::new(w, targets.len());
-        tracker.succeeded(self.me.clone());
-        let mut asked: Vec<NodeId> = targets.iter().map(|t| t.node.clone()).collect();
         // During a layout change the write must also reach W of the replicas it moves to, so
         // that nothing acknowledged is left behind when ownership flips.
         let next_replicas: Vec<NodeId> = match &placement.next {
@@ -367,65 +357,62 @@ impl<T: Transport> Coordinator<T> {
                 .collect(),
             None => Vec::new(),
         };
-        let mut next_tracker =
-            (!next_replicas.is_empty()).then(|| QuorumTracker::new(w, next_replicas.len()));
-        if let Some(t) = next_tracker.as_mut() {
-            if next_replicas.contains(&self.me) {
-                t.succeeded(self.me.clone());
+        let sets = if next_replicas.is_empty() { Vec::new() } else { vec![next_replicas] };
+        let acks = self.write_many_sets(op, key, &clock, &preference, w, sets).await?;
+        Ok(PutOutcome { context: self.sealer.seal(key, &clock.context()), acks })
+    }
+
+    /// Sends a version this node just wrote to the key's first N healthy nodes (stand-ins
+    /// replace those that do not answer) and to every node of `sets`, and waits until W of
+    /// the nodes sent to acknowledged AND W of each set did (Garage's `try_write_many_sets`;
+    /// during a layout change the one extra set is the next layout's replicas). This node's
+    /// own write counts wherever it belongs. Returns the acknowledgements among the nodes
+    /// sent to, or the quorum error of the first requirement missed.
+    async fn write_many_sets(
+        &self,
+        op: Op,
+        key: &[u8],
+        clock: &Clock,
+        preference: &[NodeId],
+        w: usize,
+        sets: Vec<Vec<NodeId>>,
+    ) -> Result<usize> {
+        let (targets, mut spares) =
+            targets::select(preference, self.settings.n, &self.me, |n| self.net.is_up(n));
+        let mut asked: Vec<NodeId> = targets.iter().map(|t| t.node.clone()).collect();
+        let mut extra: Vec<NodeId> = Vec::new();
+        for node in sets.iter().flatten() {
+            if *node != self.me && !asked.contains(node) && !extra.contains(node) {
+                extra.push(node.clone());
             }
         }
+        let mut quorum = ManySets::new(w, targets.len(), sets);
+        quorum.succeeded(&self.me);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let extra: Vec<NodeId> = next_replicas
-            .iter()
-            .filter(|n| **n != self.me && !asked.contains(n))
-            .cloned()
-            .collect();
-        for node in &extra {
+        for node in extra {
             asked.push(node.clone());
-            self.spawn_replicate(Target { node: node.clone(), hint_for: None }, key, &clock, &tx);
+            self.spawn_replicate(Target { node, hint_for: None }, key, clock, &tx);
         }
         for target in targets.into_iter().filter(|t| t.node != self.me) {
-            self.spawn_replicate(target, key, &clock, &tx);
+            self.spawn_replicate(target, key, clock, &tx);
         }
         let deadline = Instant::now() + self.settings.timeout;
-        let state = |t: &QuorumTracker, n: &Option<QuorumTracker>| match (
-            t.state(),
-            n.as_ref().map(|n| n.state()),
-        ) {
-            (QuorumState::Impossible, _) | (_, Some(QuorumState::Impossible)) => {
-                QuorumState::Impossible
-            }
-            (QuorumState::Reached, None | Some(QuorumState::Reached)) => QuorumState::Reached,
-            _ => QuorumState::Waiting,
-        };
-        while state(&tracker, &next_tracker) == QuorumState::Waiting {
+        while quorum.state() == QuorumState::Waiting {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((target, Ok(())))) => {
-                    if let Some(t) =
-                        next_tracker.as_mut().filter(|_| next_replicas.contains(&target.node))
-                    {
-                        t.succeeded(target.node.clone());
-                    }
-                    tracker.succeeded(target.node);
-                }
+                Ok(Some((target, Ok(())))) => quorum.succeeded(&target.node),
                 Ok(Some((target, Err(e)))) => {
-                    if let Some(t) =
-                        next_tracker.as_mut().filter(|_| next_replicas.contains(&target.node))
-                    {
-                        t.failed(target.node.clone(), e.to_string());
-                    }
-                    tracker.failed(target.node.clone(), e.to_string());
+                    quorum.failed(&target.node, &e.to_string());
                     // Sloppy quorum: a replica that cannot be reached is replaced at once by
                     // the next healthy node, which keeps the write as a hint.
                     let stand_in = if needs_stand_in(&e) { spares.pop_front() } else { None };
                     if let Some(stand_in) = stand_in {
                         let hint_for = target.hint_for.unwrap_or(target.node);
-                        tracker.add_target();
+                        quorum.add_target();
                         asked.push(stand_in.clone());
                         self.spawn_replicate(
                             Target { node: stand_in, hint_for: Some(hint_for) },
                             key,
-                            &clock,
+                            clock,
                             &tx,
                         );
                     }
@@ -434,18 +421,11 @@ impl<T: Transport> Coordinator<T> {
             }
         }
         drop(tx);
-        self.spawn_hint_tail(rx, spares, key, &clock);
-        if state(&tracker, &next_tracker) != QuorumState::Reached {
-            let failed = match &next_tracker {
-                Some(t) if tracker.state() == QuorumState::Reached => t,
-                _ => &tracker,
-            };
-            return Err(self.quorum_error(op, failed, &asked));
+        self.spawn_hint_tail(rx, spares, key, clock);
+        if quorum.state() != QuorumState::Reached {
+            return Err(self.quorum_error(op, quorum.missed(), &asked));
         }
-        Ok(PutOutcome {
-            context: self.sealer.seal(key, &clock.context()),
-            acks: tracker.successes(),
-        })
+        Ok(quorum.sent().successes())
     }
 
     /// After the answer, replicas that fail late (the quorum was already reached without
@@ -458,7 +438,7 @@ impl<T: Transport> Coordinator<T> {
         key: &[u8],
         clock: &Clock,
     ) {
-        let (transport, key, clock) = (self.transport.clone(), key.to_vec(), clock.clone());
+        let (transport, key, clock) = (self.net.clone(), key.to_vec(), clock.clone());
         let deadline = Instant::now() + self.settings.timeout * 3;
         // Detached on purpose: bounded by the deadline and one replicate per late failure.
         tokio::spawn(async move {
@@ -487,7 +467,7 @@ impl<T: Transport> Coordinator<T> {
         tx: &mpsc::UnboundedSender<Ack>,
     ) {
         let (tx, transport, key, clock) =
-            (tx.clone(), self.transport.clone(), key.to_vec(), clock.clone());
+            (tx.clone(), self.net.clone(), key.to_vec(), clock.clone());
         // Detached on purpose: replication to the slower replicas continues after the client
         // has its W acknowledgements; bounded by the transport's timeout.
         tokio::spawn(async move {
@@ -504,9 +484,9 @@ impl<T: Transport> Coordinator<T> {
         let mut errors = Vec::new();
         // Replicas believed up first, in preference order; then the others, just in case.
         let (up, down): (Vec<&NodeId>, Vec<&NodeId>) =
-            replicas.iter().partition(|n| self.transport.is_up(n));
+            replicas.iter().partition(|n| self.net.is_up(n));
         for node in up.into_iter().chain(down) {
-            match self.transport.coordinate_put(node, put.clone()).await {
+            match self.net.coordinate_put(node, put.clone()).await {
                 Ok(outcome) => return Ok(outcome),
                 Err(PeerError::Unreachable(e)) => errors.push(format!("{node}: unreachable: {e}")),
                 Err(PeerError::Timeout) => {
@@ -542,34 +522,13 @@ impl<T: Transport> Coordinator<T> {
         hint_for: Option<&NodeId>,
     ) -> Result<()> {
         self.check_key(key)?;
-        let partition = self.partition_of(key);
-        match hint_for {
-            Some(target) if *target != self.me => {
-                self.store.store_hint(target, partition, key, clock)?
-            }
-            _ => {
-                self.store.merge(partition, key, clock)?;
-            }
-        }
-        Ok(())
+        self.store.accept(&self.me, self.partition_of(key), key, clock, hint_for)
     }
 
     /// The local replica of a key, for another node's get; with `hint_for`, merged with the
     /// hint held for that node.
     pub fn local_replica(&self, key: &[u8], hint_for: Option<&NodeId>) -> Result<Clock> {
         self.check_key(key)?;
-        let partition = self.partition_of(key);
-        let local = self.store.get(partition, key)?;
-        match hint_for {
-            Some(target) if *target != self.me => {
-                Ok(local.sync(&self.store.hint(target, partition, key)?))
-            }
-            _ => Ok(local),
-        }
-    }
-
-    /// The transport (for background workers).
-    pub fn transport(&self) -> &Arc<T> {
-        &self.transport
+        self.store.replica(&self.me, self.partition_of(key), key, hint_for)
     }
 }

@@ -1,5 +1,7 @@
 //! Quorum bookkeeping for one request: which replicas answered, which failed, and whether the
-//! request has succeeded, can still succeed, or cannot. Pure; the driver feeds it replies.
+//! request has succeeded, can still succeed, or cannot ([`QuorumTracker`]); and the same over
+//! several replica sets at once, for writes during a layout change ([`ManySets`]). Pure; the
+//! driver feeds it replies.
 
 use crate::ring::NodeId;
 
@@ -86,6 +88,85 @@ impl QuorumTracker {
     }
 }
 
+/// A write's quorum over several replica sets (Garage's `try_write_many_sets`): W
+/// acknowledgements among the nodes it was sent to (replicas and stand-ins) AND W within each
+/// extra set (during a layout change: the replicas of the next layout, so that nothing
+/// acknowledged is left behind when ownership flips). Reached when every requirement is,
+/// impossible as soon as one is.
+#[derive(Debug, Clone)]
+pub struct ManySets {
+    sent: QuorumTracker,
+    sets: Vec<(Vec<NodeId>, QuorumTracker)>,
+}
+
+impl ManySets {
+    /// `w` of the `sent` nodes the write goes to, and `w` of each of `sets` (an empty set is
+    /// ignored).
+    pub fn new(w: usize, sent: usize, sets: Vec<Vec<NodeId>>) -> ManySets {
+        let sets = sets
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let t = QuorumTracker::new(w, s.len());
+                (s, t)
+            })
+            .collect();
+        ManySets { sent: QuorumTracker::new(w, sent), sets }
+    }
+
+    /// One more node was sent the write (a stand-in replacing one that failed).
+    pub fn add_target(&mut self) {
+        self.sent.add_target();
+    }
+
+    /// Records an acknowledgement, in every set the node belongs to.
+    pub fn succeeded(&mut self, node: &NodeId) {
+        for (members, t) in &mut self.sets {
+            if members.contains(node) {
+                t.succeeded(node.clone());
+            }
+        }
+        self.sent.succeeded(node.clone());
+    }
+
+    /// Records a failure, in every set the node belongs to.
+    pub fn failed(&mut self, node: &NodeId, reason: &str) {
+        for (members, t) in &mut self.sets {
+            if members.contains(node) {
+                t.failed(node.clone(), reason.to_string());
+            }
+        }
+        self.sent.failed(node.clone(), reason.to_string());
+    }
+
+    pub fn state(&self) -> QuorumState {
+        let states = std::iter::once(&self.sent).chain(self.sets.iter().map(|(_, t)| t));
+        let mut all = QuorumState::Reached;
+        for state in states.map(QuorumTracker::state) {
+            match state {
+                QuorumState::Impossible => return QuorumState::Impossible,
+                QuorumState::Waiting => all = QuorumState::Waiting,
+                QuorumState::Reached => {}
+            }
+        }
+        all
+    }
+
+    /// The tracker of the nodes the write was sent to.
+    pub fn sent(&self) -> &QuorumTracker {
+        &self.sent
+    }
+
+    /// The first requirement not reached (for the error message); the sent nodes' when all
+    /// were reached.
+    pub fn missed(&self) -> &QuorumTracker {
+        std::iter::once(&self.sent)
+            .chain(self.sets.iter().map(|(_, t)| t))
+            .find(|t| t.state() != QuorumState::Reached)
+            .unwrap_or(&self.sent)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +206,33 @@ mod tests {
         q.succeeded(id("b"));
         assert_eq!(q.state(), QuorumState::Waiting);
         assert_eq!(q.failed(id("c"), "x".into()), QuorumState::Impossible);
+    }
+
+    #[test]
+    fn a_write_during_a_layout_change_needs_w_in_each_set() {
+        // Sent to a, b, c (current replicas); the next layout's replicas are c, d, e.
+        let mut q = ManySets::new(2, 3, vec![vec![id("c"), id("d"), id("e")], vec![]]);
+        q.succeeded(&id("a"));
+        q.succeeded(&id("b"));
+        assert_eq!(q.state(), QuorumState::Waiting, "W of the sent nodes is not enough");
+        assert_eq!(q.missed().required(), 2);
+        assert_eq!(q.missed().successes(), 0, "the next set is the one missed");
+        q.succeeded(&id("c"));
+        assert_eq!(q.state(), QuorumState::Waiting);
+        q.failed(&id("d"), "refused");
+        assert_eq!(q.state(), QuorumState::Waiting);
+        q.failed(&id("e"), "refused");
+        assert_eq!(q.state(), QuorumState::Impossible, "the next set cannot reach W");
+        assert_eq!(q.sent().successes(), 3);
+
+        let mut q = ManySets::new(2, 3, vec![vec![id("c"), id("d"), id("e")]]);
+        for n in ["a", "c", "d"] {
+            q.succeeded(&id(n));
+        }
+        assert_eq!(q.state(), QuorumState::Reached);
+        // Without extra sets it is a plain quorum.
+        let mut q = ManySets::new(1, 1, vec![]);
+        q.succeeded(&id("a"));
+        assert_eq!(q.state(), QuorumState::Reached);
     }
 }

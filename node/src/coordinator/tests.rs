@@ -3,127 +3,18 @@
 //! (tokio's paused clock advances time only when every task waits).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::*;
 use crate::config::Limits;
-use crate::ring::{Member, PartitionId, Ring};
+use crate::net::sim::{remote, Fault, SimNet};
+use crate::ring::{Member, Ring};
 use crate::storage::MemoryEngine;
 use crate::version::ContextSealer;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
-    /// Connection refused at once.
-    Down,
-    /// Never answers; the caller's timeout fires.
-    Hang,
-}
-
-/// The simulated network: routes calls to the other nodes' coordinators.
-#[derive(Default)]
-struct SimNet {
-    nodes: OnceLock<HashMap<NodeId, Arc<Coordinator<SimNet>>>>,
-    faults: Mutex<HashMap<NodeId, Fault>>,
-    /// What a failure detector would have learnt: peers whose last call was refused.
-    known_down: Mutex<HashSet<NodeId>>,
-    /// (call, target) in the order made.
-    calls: Mutex<Vec<(&'static str, NodeId)>>,
-}
-
-impl SimNet {
-    async fn enter(
-        &self,
-        call: &'static str,
-        to: &NodeId,
-    ) -> Result<Arc<Coordinator<SimNet>>, PeerError> {
-        self.calls.lock().unwrap().push((call, to.clone()));
-        let fault = self.faults.lock().unwrap().get(to).copied();
-        match fault {
-            Some(Fault::Down) => {
-                self.known_down.lock().unwrap().insert(to.clone());
-                Err(PeerError::Unreachable("connection refused".into()))
-            }
-            Some(Fault::Hang) => {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                Err(PeerError::Timeout)
-            }
-            None => {
-                self.known_down.lock().unwrap().remove(to);
-                Ok(self.nodes.get().unwrap()[to].clone())
-            }
-        }
-    }
-}
-
-fn remote(e: Error) -> PeerError {
-    PeerError::Remote { code: 2, message: e.to_string() }
-}
-
-impl Transport for SimNet {
-    fn is_up(&self, node: &NodeId) -> bool {
-        !self.known_down.lock().unwrap().contains(node)
-    }
-
-    async fn replicate(
-        &self,
-        to: &NodeId,
-        key: &[u8],
-        clock: &Clock,
-        hint_for: Option<&NodeId>,
-    ) -> Result<(), PeerError> {
-        self.enter("replicate", to).await?.apply_replica(key, clock, hint_for).map_err(remote)
-    }
-
-    async fn fetch(
-        &self,
-        to: &NodeId,
-        key: &[u8],
-        hint_for: Option<&NodeId>,
-    ) -> Result<Clock, PeerError> {
-        self.enter("fetch", to).await?.local_replica(key, hint_for).map_err(remote)
-    }
-
-    async fn merkle_hashes(
-        &self,
-        to: &NodeId,
-        partition: PartitionId,
-        level: u32,
-        indices: Vec<u32>,
-    ) -> Result<Vec<crate::merkle::Hash>, PeerError> {
-        let node = self.enter("merkle_hashes", to).await?;
-        node.store().with_tree(partition, |t| t.level_hashes(level, &indices)).map_err(remote)
-    }
-
-    async fn merkle_items(
-        &self,
-        to: &NodeId,
-        partition: PartitionId,
-        leaves: Vec<u32>,
-    ) -> Result<Vec<(Vec<u8>, crate::merkle::Hash)>, PeerError> {
-        let node = self.enter("merkle_items", to).await?;
-        node.store().items_in_leaves(partition, &leaves).map_err(remote)
-    }
-
-    #[allow(refining_impl_trait)]
-    fn coordinate_put<'a>(
-        &'a self,
-        to: &NodeId,
-        put: ForwardedPut,
-    ) -> impl std::future::Future<Output = Result<PutOutcome, PeerError>> + Send + 'a {
-        let to = to.clone();
-        // Boxed: a forwarded put runs a put, whose future contains this one.
-        let fut: std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<PutOutcome, PeerError>> + Send + 'a>,
-        > = Box::pin(async move {
-            let node = self.enter("coordinate_put", &to).await?;
-            node.put(&put.key, put.value, &put.context, put.w, put.hops).await.map_err(remote)
-        });
-        fut
-    }
-}
 
 struct Sim {
     net: Arc<SimNet>,
@@ -141,9 +32,8 @@ impl Sim {
             .map(|i| Member { id: id(&format!("n{i}")), zone: format!("z{}", i % 3), weight: 1 })
             .collect();
         let ring = Arc::new(Ring::new(64, members.clone()).unwrap());
-        let (_tx, rx) =
-            watch::channel(Arc::new(crate::membership::gossip::Placement::fixed((*ring).clone())));
-        let net = Arc::new(SimNet::default());
+        let (_tx, rx) = watch::channel(Arc::new(Placement::fixed((*ring).clone())));
+        let net = Arc::new(SimNet::new(64));
         let settings = Settings {
             n,
             r,
@@ -156,18 +46,32 @@ impl Sim {
             .iter()
             .map(|m| {
                 let store = Arc::new(Store::open(Arc::new(MemoryEngine::default()), 64).unwrap());
-                let c = Coordinator::new(
+                net.add(&m.id, store.clone());
+                let c = Arc::new(Coordinator::new(
                     m.id.clone(),
                     settings.clone(),
                     rx.clone(),
                     store,
                     net.clone(),
                     ContextSealer::new(b"secret"),
+                ));
+                // Weak: the network must not keep the coordinators (which hold it) alive.
+                let weak = Arc::downgrade(&c);
+                net.on_forward(
+                    &m.id,
+                    Arc::new(move |put: ForwardedPut| -> BoxFuture<'static, _> {
+                        let node = weak.upgrade();
+                        Box::pin(async move {
+                            let node = node.ok_or(PeerError::Unreachable("stopped".into()))?;
+                            node.put(&put.key, put.value, &put.context, put.w, put.hops)
+                                .await
+                                .map_err(remote)
+                        })
+                    }),
                 );
-                (m.id.clone(), Arc::new(c))
+                (m.id.clone(), c)
             })
             .collect();
-        assert!(net.nodes.set(nodes.clone()).is_ok());
         Sim { net, nodes, ring }
     }
 
@@ -185,11 +89,7 @@ impl Sim {
     }
 
     fn fault(&self, node: &NodeId, fault: Option<Fault>) {
-        let mut faults = self.net.faults.lock().unwrap();
-        match fault {
-            Some(f) => faults.insert(node.clone(), f),
-            None => faults.remove(node),
-        };
+        self.net.fault(node, fault);
     }
 
     fn local_values(&self, node: &NodeId, key: &[u8]) -> Vec<Vec<u8>> {
@@ -205,7 +105,7 @@ impl Sim {
     }
 
     fn calls(&self) -> Vec<(&'static str, NodeId)> {
-        std::mem::take(&mut *self.net.calls.lock().unwrap())
+        self.net.calls()
     }
 }
 
@@ -381,7 +281,7 @@ async fn sloppy_quorum_sends_a_down_replicas_write_to_a_stand_in_as_a_hint() {
     // W=3 needs the stand-in's acknowledgement: the write succeeds only through the hint.
     let out = sim.nodes[coordinator].put(key, Some(b"v".to_vec()), b"", None, 0).await.unwrap();
     assert_eq!(out.acks, 3);
-    let store = sim.nodes[stand_in].store();
+    let store = &sim.nodes[stand_in].store;
     let partition = sim.ring.partition_of(key);
     assert!(
         store.get(partition, key).unwrap().is_empty(),

@@ -13,12 +13,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::membership::gossip::Membership;
 use crate::membership::view::Status;
 use crate::ring::{NodeId, PartitionId, Ring};
 use crate::storage::Store;
+use crate::worker::{Worker, WorkerState};
 
 /// The partitions `me` does not replicate in `ring` (not among the first `n` of their
 /// preference list): those whose copies it may delete.
@@ -30,36 +32,47 @@ pub fn not_replicated(ring: &Ring, me: &NodeId, n: usize) -> Vec<PartitionId> {
 
 /// Deletes the copies of partitions this node no longer replicates, once the layout has been
 /// settled for `after`; checks every `after / 4` (at most every 10 s).
-pub async fn run(
+pub struct CleanupWorker {
     membership: Arc<Membership>,
     store: Arc<Store>,
+    /// Replicas per key.
     n: usize,
     after: Duration,
+    /// Checked between partitions: deleting is synchronous, so shutdown cannot drop it midway.
     shutdown: CancellationToken,
-) {
-    let period = (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
-    // The epoch seen settled, and since when; and the epoch already cleaned up.
-    let mut settled: Option<(u64, Instant)> = None;
-    let mut cleaned: Option<u64> = None;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
-        }
+    /// The epoch seen settled, and since when.
+    settled: Option<(u64, Instant)>,
+    /// The epoch already cleaned up.
+    cleaned: Option<u64>,
+}
+
+impl CleanupWorker {
+    pub fn new(
+        membership: Arc<Membership>,
+        store: Arc<Store>,
+        n: usize,
+        after: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        CleanupWorker { membership, store, n, after, shutdown, settled: None, cleaned: None }
+    }
+
+    fn pass(&mut self) -> WorkerState {
+        let (membership, store) = (&self.membership, &self.store);
         let placement = membership.placement().borrow().clone();
         let (Some(ring), None) = (&placement.current, &placement.next) else {
-            settled = None;
-            continue;
+            self.settled = None;
+            return WorkerState::Idle;
         };
-        let since = match settled {
+        let since = match self.settled {
             Some((epoch, since)) if epoch == placement.epoch => since,
             _ => {
-                settled = Some((placement.epoch, Instant::now()));
-                continue;
+                self.settled = Some((placement.epoch, Instant::now()));
+                return WorkerState::Idle;
             }
         };
-        if since.elapsed() < after || cleaned == Some(placement.epoch) {
-            continue;
+        if since.elapsed() < self.after || self.cleaned == Some(placement.epoch) {
+            return WorkerState::Idle;
         }
         let me = membership.me().clone();
         let member = ring.members().iter().any(|m| m.id == me);
@@ -69,12 +82,14 @@ pub async fn run(
             Status::Joining | Status::Leaving => false,
         };
         if !ok {
-            continue;
+            return WorkerState::Idle;
         }
         let mut dropped: BTreeSet<PartitionId> = BTreeSet::new();
         let mut keys = 0;
-        for p in not_replicated(ring, &me, n) {
-            if shutdown.is_cancelled() || membership.placement().borrow().epoch != placement.epoch {
+        for p in not_replicated(ring, &me, self.n) {
+            if self.shutdown.is_cancelled()
+                || membership.placement().borrow().epoch != placement.epoch
+            {
                 break;
             }
             match store.holds(p).and_then(|held| if held { store.drop_partition(p) } else { Ok(0) })
@@ -95,7 +110,26 @@ pub async fn run(
                 "deleted copies of partitions this node no longer replicates"
             );
         }
-        cleaned = Some(placement.epoch);
+        self.cleaned = Some(placement.epoch);
+        if dropped.is_empty() {
+            WorkerState::Idle
+        } else {
+            WorkerState::Busy
+        }
+    }
+}
+
+impl Worker for CleanupWorker {
+    fn name(&self) -> &'static str {
+        "cleanup"
+    }
+
+    fn wait(&self) -> Duration {
+        (self.after / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
+    }
+
+    fn step(&mut self) -> BoxFuture<'_, WorkerState> {
+        Box::pin(async move { self.pass() })
     }
 }
 

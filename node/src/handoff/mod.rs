@@ -13,12 +13,15 @@ pub mod transfer;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use futures::future::BoxFuture;
 
-use crate::coordinator::Transport;
+use crate::membership::gossip::Membership;
+use crate::membership::view::Status;
+use crate::net::Replicas;
 use crate::ring::{NodeId, PartitionId, Ring};
 use crate::storage::Store;
 use crate::throttle::Throttle;
+use crate::worker::{Worker, WorkerState};
 
 /// Where the hints held for a target go.
 pub enum Route {
@@ -30,6 +33,20 @@ pub enum Route {
 
 /// Decides, once per target and pass, where its hints go.
 pub type Router = Arc<dyn Fn(&NodeId) -> Route + Send + Sync>;
+
+/// Routes by membership: a target that left never comes back, so its hints go to the current
+/// replicas (`n` per key), once no layout change is under way (so "current" is where the data
+/// lives); any other target gets its own hints.
+pub fn membership_router(membership: Arc<Membership>, n: usize) -> Router {
+    Arc::new(move |target: &NodeId| {
+        let left = membership.status_of(target) == Some(Status::Left);
+        let placement = membership.placement().borrow().clone();
+        match (&placement.current, &placement.next) {
+            (Some(ring), None) if left => Route::Replicas { ring: Arc::new(ring.clone()), n },
+            _ => Route::Target,
+        }
+    })
+}
 
 /// Hints per page read from storage.
 const PAGE: usize = 128;
@@ -44,7 +61,7 @@ pub struct DeliveryStats {
 
 /// One pass over every target's hints. `me` is this node (a re-routed hint for which it is a
 /// replica is merged locally).
-pub async fn deliver_once<T: Transport>(
+pub async fn deliver_once<T: Replicas>(
     store: &Store,
     transport: &T,
     throttle: &mut Throttle,
@@ -107,7 +124,7 @@ pub async fn deliver_once<T: Transport>(
 
 /// Hands a hint whose target left to every current replica of its key.
 #[allow(clippy::too_many_arguments)]
-async fn reroute<T: Transport>(
+async fn reroute<T: Replicas>(
     store: &Store,
     transport: &T,
     me: &NodeId,
@@ -130,37 +147,58 @@ async fn reroute<T: Transport>(
     Ok(())
 }
 
-/// Delivers hints every `interval` until `shutdown`.
-pub async fn run<T: Transport>(
+/// Delivers hints every `interval`, paced by a throttle.
+pub struct HintWorker<T> {
     store: Arc<Store>,
-    transport: Arc<T>,
+    net: Arc<T>,
     me: NodeId,
     router: Router,
     interval: Duration,
-    per_second: u32,
-    shutdown: CancellationToken,
-) {
-    let mut throttle = Throttle::new(per_second);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = deliver_once(&store, &*transport, &mut throttle, &me, &router) => {}
-        }
+    throttle: Throttle,
+}
+
+impl<T> HintWorker<T> {
+    pub fn new(
+        store: Arc<Store>,
+        net: Arc<T>,
+        me: NodeId,
+        router: Router,
+        interval: Duration,
+        per_second: u32,
+    ) -> Self {
+        HintWorker { store, net, me, router, interval, throttle: Throttle::new(per_second) }
+    }
+}
+
+impl<T: Replicas> Worker for HintWorker<T> {
+    fn name(&self) -> &'static str {
+        "handoff"
+    }
+
+    fn wait(&self) -> Duration {
+        self.interval
+    }
+
+    fn step(&mut self) -> BoxFuture<'_, WorkerState> {
+        Box::pin(async move {
+            let stats =
+                deliver_once(&self.store, &*self.net, &mut self.throttle, &self.me, &self.router)
+                    .await;
+            if stats.delivered > 0 {
+                WorkerState::Busy
+            } else {
+                WorkerState::Idle
+            }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
+    use crate::net::sim::{Fault, SimNet};
     use crate::ring::{key_hash, partition_of_hash, Member};
     use crate::storage::MemoryEngine;
-    use crate::testing::Direct;
     use crate::version::{Clock, Value, VersionVector};
 
     const Q: u32 = 8;
@@ -176,10 +214,10 @@ mod tests {
     #[tokio::test]
     async fn hints_for_a_node_that_left_go_to_the_current_replicas() {
         let (a, b, c) = (store(), store(), store());
-        let net = Direct::new(
-            HashMap::from([(id("a"), a.clone()), (id("b"), b.clone()), (id("c"), c.clone())]),
-            Q,
-        );
+        let net = SimNet::new(Q);
+        for (name, store) in [("a", &a), ("b", &b), ("c", &c)] {
+            net.add(&id(name), store.clone());
+        }
         let members: Vec<Member> = ["a", "b", "c"]
             .iter()
             .map(|n| Member { id: id(n), zone: (*n).into(), weight: 1 })
@@ -211,10 +249,10 @@ mod tests {
                 Route::Target
             }
         });
-        net.down.lock().unwrap().insert(id("c"));
+        net.fault(&id("c"), Some(Fault::Down));
         let s = deliver_once(&a, &net, &mut throttle, &id("a"), &left).await;
         assert_eq!(s.delivered, 0, "c is down: nothing is deleted yet");
-        net.down.lock().unwrap().clear();
+        net.fault(&id("c"), None);
         let s = deliver_once(&a, &net, &mut throttle, &id("a"), &left).await;
         assert_eq!(s.delivered, 50);
         assert!(a.hint_stats().get(&id("x")).is_none_or(|h| h.count == 0));

@@ -10,15 +10,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use futures::future::BoxFuture;
 
-use crate::coordinator::Transport;
 use crate::membership::claimant::gains;
 use crate::membership::gossip::Membership;
+use crate::net::PartitionSource;
 use crate::ring::{NodeId, PartitionId};
-use crate::rpc::peers::Peers;
 use crate::storage::Store;
 use crate::throttle::Throttle;
+use crate::worker::{Worker, WorkerState};
 
 /// Keys per page of a partition stream.
 const PAGE: u32 = 256;
@@ -41,28 +41,58 @@ pub struct Progress {
     pub partitions: BTreeMap<PartitionId, Transfer>,
 }
 
-/// Pulls every partition this node gains, until `shutdown`.
-pub async fn run(
+/// Pulls every partition this node gains, checking every 300 ms.
+pub struct TransferWorker<N> {
     membership: Arc<Membership>,
     store: Arc<Store>,
-    peers: Arc<Peers>,
+    net: Arc<N>,
+    /// Replicas per key.
     n: usize,
-    per_second: u32,
+    throttle: Throttle,
+    /// Shared with the admin service, which reports it.
     progress: Arc<Mutex<Progress>>,
-    shutdown: CancellationToken,
-) {
-    let me = membership.me().clone();
-    let mut throttle = Throttle::new(per_second);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
-        }
+}
+
+impl<N> TransferWorker<N> {
+    pub fn new(
+        membership: Arc<Membership>,
+        store: Arc<Store>,
+        net: Arc<N>,
+        n: usize,
+        per_second: u32,
+        progress: Arc<Mutex<Progress>>,
+    ) -> Self {
+        TransferWorker { membership, store, net, n, throttle: Throttle::new(per_second), progress }
+    }
+}
+
+impl<N: PartitionSource> Worker for TransferWorker<N> {
+    fn name(&self) -> &'static str {
+        "transfer"
+    }
+
+    fn wait(&self) -> Duration {
+        Duration::from_millis(300)
+    }
+
+    fn step(&mut self) -> BoxFuture<'_, WorkerState> {
+        Box::pin(self.pass())
+    }
+}
+
+impl<N: PartitionSource> TransferWorker<N> {
+    /// One pass over the partitions this node gains in the layout change under way, if any.
+    async fn pass(&mut self) -> WorkerState {
+        let TransferWorker { membership, store, net, n, throttle, progress } = self;
+        let n = *n;
+        let me = membership.me().clone();
         let placement = membership.placement().borrow().clone();
-        let (Some(current), Some(next)) = (&placement.current, &placement.next) else { continue };
+        let (Some(current), Some(next)) = (&placement.current, &placement.next) else {
+            return WorkerState::Idle;
+        };
         let synced = membership.view().nodes.get(&me).map_or(0, |s| s.synced_epoch);
         if synced >= placement.epoch {
-            continue;
+            return WorkerState::Idle;
         }
         let mine = gains(current, next, n).remove(&me).unwrap_or_default();
         {
@@ -100,13 +130,20 @@ pub async fn run(
                 .map(|m| m.id.clone())
                 .filter(|id| *id != me)
                 .collect();
-            sources.sort_by_key(|id| !peers.is_up(id));
+            sources.sort_by_key(|id| !net.is_up(id));
             let mut pulled = false;
             for source in sources {
-                let result = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    r = pull(&store, &peers, &membership, placement.epoch, partition, &source, &progress, &mut throttle) => r,
-                };
+                let result = pull(
+                    store,
+                    &**net,
+                    membership,
+                    placement.epoch,
+                    partition,
+                    &source,
+                    progress,
+                    throttle,
+                )
+                .await;
                 match result {
                     Ok(()) => {
                         pulled = true;
@@ -130,13 +167,14 @@ pub async fn run(
                 tracing::warn!(error = %e, "cannot record the transfer as done");
             }
         }
+        WorkerState::Busy
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn pull(
+async fn pull<N: PartitionSource>(
     store: &Store,
-    peers: &Peers,
+    net: &N,
     membership: &Membership,
     epoch: u64,
     partition: PartitionId,
@@ -162,7 +200,7 @@ async fn pull(
         if membership.placement().borrow().epoch != epoch {
             return Err("the layout changed during the transfer".into());
         }
-        let page = peers
+        let page = net
             .stream_partition(source, partition, after.clone(), PAGE)
             .await
             .map_err(|e| e.to_string())?;

@@ -9,17 +9,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use rand::seq::SliceRandom;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use super::claimant;
 use super::view::{NodeState, Status, View};
 use crate::error::{Error, Result};
-pub use crate::ring::Placement;
-use crate::ring::{Member, NodeId};
-use crate::rpc::peers::Peers;
+use crate::net::Gossip;
+use crate::ring::{Member, NodeId, Placement};
 use crate::storage::Store;
+use crate::worker::{Worker, WorkerState};
 
 const META_VIEW: &[u8] = b"view";
 const META_GENERATION: &[u8] = b"generation";
@@ -42,7 +42,8 @@ pub struct Membership {
     config: MembershipConfig,
     view: Mutex<View>,
     store: Arc<Store>,
-    peers: Arc<Peers>,
+    /// Gossip and failure detection (object safe: membership is not generic over the network).
+    net: Arc<dyn Gossip>,
     placement: watch::Sender<Arc<Placement>>,
     started: Instant,
 }
@@ -58,7 +59,7 @@ impl Membership {
     pub fn start(
         config: MembershipConfig,
         store: Arc<Store>,
-        peers: Arc<Peers>,
+        net: Arc<dyn Gossip>,
     ) -> Result<Arc<Membership>> {
         let mut view = match store.meta_get(META_VIEW)? {
             Some(bytes) => serde_json::from_slice::<View>(&bytes).map_err(|e| {
@@ -105,7 +106,7 @@ impl Membership {
             config,
             view: Mutex::new(view),
             store,
-            peers,
+            net,
             placement,
             started: Instant::now(),
         });
@@ -248,7 +249,7 @@ impl Membership {
             .filter(|n| n.id != *self.me())
             .map(|n| (n.id.clone(), n.address.clone()))
             .collect();
-        self.peers.set_addresses(&addresses);
+        self.net.set_addresses(&addresses);
         let old = self.placement.borrow().clone();
         if force || old.epoch != view.layout.epoch {
             let current =
@@ -290,7 +291,7 @@ impl Membership {
                     entry.version += 1;
                 }
             }
-            let is_up = |id: &NodeId| crate::coordinator::Transport::is_up(&*self.peers, id);
+            let is_up = |id: &NodeId| self.net.is_up(id);
             if claimant::claimant(&view, &me, &is_up).as_ref() == Some(&me) {
                 for id in claimant::removed_nodes_out(&view, &is_up) {
                     tracing::info!(node = %id, "a removed node is out of the ring: it has left");
@@ -310,61 +311,100 @@ impl Membership {
     }
 
     /// Picks whom to gossip with: usually a random reachable member, every third round (or
-    /// when no member is known) a seed.
-    fn pick(&self, round: u64) -> Option<String> {
+    /// when no member is known) a seed. Returns its address and, when known, its id.
+    fn pick(&self, round: u64) -> Option<(Option<NodeId>, String)> {
         let view = self.view();
         let mut candidates: Vec<&NodeState> = view
             .nodes
             .values()
             .filter(|n| n.id != *self.me() && n.status != Status::Left)
-            .filter(|n| crate::coordinator::Transport::is_up(&*self.peers, &n.id))
+            .filter(|n| self.net.is_up(&n.id))
             .collect();
         let mut rng = rand::thread_rng();
         candidates.shuffle(&mut rng);
         let seeds: Vec<&String> =
             self.config.seeds.iter().filter(|s| **s != self.config.address).collect();
         if (round.is_multiple_of(3) || candidates.is_empty()) && !seeds.is_empty() {
-            return seeds.choose(&mut rng).map(|s| s.to_string());
+            let seed = seeds.choose(&mut rng)?.to_string();
+            let id = view.nodes.values().find(|n| n.address == seed).map(|n| n.id.clone());
+            return Some((id.filter(|id| id != self.me()), seed));
         }
-        candidates.first().map(|n| n.address.clone())
+        candidates.first().map(|n| (Some(n.id.clone()), n.address.clone()))
     }
 
-    /// Gossips every interval until `shutdown`.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut round: u64 = 0;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.config.gossip_interval) => {}
+    /// One gossip round: local work, then a push-pull exchange with one peer.
+    async fn round(&self, round: u64) -> WorkerState {
+        if let Err(e) = self.tick() {
+            tracing::warn!(error = %e, "membership tick failed");
+        }
+        let Some((id, address)) = self.pick(round) else { return WorkerState::Idle };
+        let view = match serde_json::to_vec(&self.view()) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode the membership view");
+                return WorkerState::Idle;
             }
-            round += 1;
-            if let Err(e) = self.tick() {
-                tracing::warn!(error = %e, "membership tick failed");
-            }
-            let Some(address) = self.pick(round) else { continue };
-            match self
-                .peers
-                .gossip(
-                    &address,
-                    &self.view(),
-                    self.config.gossip_interval.max(Duration::from_millis(500)),
-                )
-                .await
-            {
-                Ok(theirs) => {
-                    if let Err(e) = self.receive(&theirs) {
-                        tracing::warn!(error = %e, "cannot apply gossip");
-                    }
+        };
+        let timeout = self.config.gossip_interval.max(Duration::from_millis(500));
+        let reply = self.net.gossip(id.as_ref(), &address, view, timeout).await;
+        let theirs = reply.and_then(|bytes| {
+            serde_json::from_slice::<View>(&bytes).map_err(|e| crate::net::PeerError::Remote {
+                code: 13,
+                message: format!("sent an undecodable view: {e}"),
+            })
+        });
+        match theirs {
+            Ok(theirs) => {
+                // Any answer proves the peer is up.
+                if let Some(n) = theirs.nodes.values().find(|n| n.address == address) {
+                    self.net.heard_from(&n.id);
                 }
-                Err(e) => tracing::debug!(%address, error = %e, "gossip failed"),
+                if let Err(e) = self.receive(&theirs) {
+                    tracing::warn!(error = %e, "cannot apply gossip");
+                }
+                WorkerState::Busy
+            }
+            Err(e) => {
+                tracing::debug!(%address, error = %e, "gossip failed");
+                WorkerState::Idle
             }
         }
+    }
+}
+
+/// Gossips every interval.
+pub struct GossipWorker {
+    membership: Arc<Membership>,
+    round: u64,
+}
+
+impl GossipWorker {
+    pub fn new(membership: Arc<Membership>) -> GossipWorker {
+        GossipWorker { membership, round: 0 }
+    }
+}
+
+impl Worker for GossipWorker {
+    fn name(&self) -> &'static str {
+        "gossip"
+    }
+
+    fn wait(&self) -> Duration {
+        self.membership.config.gossip_interval
+    }
+
+    fn step(&mut self) -> BoxFuture<'_, WorkerState> {
+        self.round += 1;
+        let round = self.round;
+        Box::pin(async move { self.membership.round(round).await })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::sim::{remote, Fault, SimNet};
+    use crate::net::{Liveness, PeerError};
     use crate::storage::MemoryEngine;
 
     fn start(store: Arc<Store>) -> Arc<Membership> {
@@ -377,8 +417,7 @@ mod tests {
             gossip_interval: Duration::from_millis(100),
             bootstrap_after: Duration::ZERO,
         };
-        let peers = Arc::new(Peers::new(NodeId("a".into()), Duration::from_secs(1)));
-        Membership::start(config, store, peers).unwrap()
+        Membership::start(config, store, Arc::new(SimNet::new(8))).unwrap()
     }
 
     #[test]
@@ -476,5 +515,52 @@ mod tests {
         assert_eq!(z.removed_by, Some(NodeId("a".into())));
         let err = m.force_remove(&NodeId("nope".into())).unwrap_err().to_string();
         assert!(err.contains("no node 'nope'"), "{err}");
+    }
+
+    /// A member of `net` named `name` at address "`name`:1", answering gossip.
+    fn member(net: &Arc<SimNet>, name: &str, seeds: Vec<String>) -> Arc<Membership> {
+        let id = NodeId(name.into());
+        let store = Arc::new(Store::open(Arc::new(MemoryEngine::default()), 8).unwrap());
+        net.add(&id, store.clone());
+        let address = format!("{name}:1");
+        let config = MembershipConfig {
+            me: Member { id: id.clone(), zone: "z".into(), weight: 1 },
+            address: address.clone(),
+            seeds,
+            partitions: 8,
+            n: 1,
+            gossip_interval: Duration::from_millis(100),
+            bootstrap_after: Duration::ZERO,
+        };
+        let m = Membership::start(config, store, net.clone()).unwrap();
+        // Weak: the network must not keep the membership (which holds it) alive.
+        let weak = Arc::downgrade(&m);
+        let handler = move |bytes: Vec<u8>| {
+            let m = weak.upgrade().ok_or(PeerError::Unreachable("stopped".into()))?;
+            let theirs: View = serde_json::from_slice(&bytes).unwrap();
+            Ok(serde_json::to_vec(&m.receive(&theirs).map_err(remote)?).unwrap())
+        };
+        net.on_gossip(&id, &address, Arc::new(handler));
+        m
+    }
+
+    #[tokio::test]
+    async fn a_node_learns_the_cluster_from_its_seed_and_an_unreachable_peer_is_skipped() {
+        let net = Arc::new(SimNet::new(8));
+        let a = member(&net, "a", vec![]);
+        let b = member(&net, "b", vec!["a:1".into()]);
+        let (ida, idb) = (NodeId("a".into()), NodeId("b".into()));
+        assert!(!a.view().nodes.contains_key(&idb));
+        // Knowing no member yet, b gossips with its seed: push-pull, both learn.
+        assert_eq!(b.round(1).await, WorkerState::Busy);
+        assert!(a.view().nodes.contains_key(&idb), "a learnt of b");
+        assert!(b.view().nodes.contains_key(&ida), "b learnt of a");
+        assert_eq!(net.calls(), vec![("gossip", ida.clone())]);
+        // A peer that does not answer: the round fails, and it is no longer picked.
+        net.fault(&ida, Some(Fault::Down));
+        assert_eq!(b.round(2).await, WorkerState::Idle);
+        assert!(!net.is_up(&ida));
+        let fallback = Some((Some(ida.clone()), "a:1".to_string()));
+        assert_eq!(b.pick(4), fallback, "with no reachable member, the seed (known as a)");
     }
 }

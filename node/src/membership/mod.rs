@@ -10,22 +10,39 @@ pub mod view;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use futures::future::BoxFuture;
 
-use crate::rpc::peers::{Peers, PROBE_INTERVAL};
+use crate::net::Liveness;
+use crate::worker::{Worker, WorkerState};
 
-/// Pings every down peer whose probe is due, until `shutdown`; an answer marks it up again.
-pub async fn run_prober(peers: Arc<Peers>, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(PROBE_INTERVAL / 2) => {}
-        }
-        for peer in peers.due_probes() {
-            // The outcome feeds the detector inside `ping`.
-            if peers.ping(&peer, Duration::from_millis(500)).await.is_ok() {
-                tracing::info!(%peer, "peer is reachable again");
+/// How long after a failure a down peer is probed again.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Pings every down peer whose probe is due; an answer marks it up again (the outcome feeds
+/// the failure detector inside `ping`).
+pub struct Prober<N>(pub Arc<N>);
+
+impl<N: Liveness> Worker for Prober<N> {
+    fn name(&self) -> &'static str {
+        "prober"
+    }
+
+    fn wait(&self) -> Duration {
+        PROBE_INTERVAL / 2
+    }
+
+    fn step(&mut self) -> BoxFuture<'_, WorkerState> {
+        Box::pin(async move {
+            let due = self.0.due_probes();
+            if due.is_empty() {
+                return WorkerState::Idle;
             }
-        }
+            for peer in due {
+                if self.0.ping(&peer, Duration::from_millis(500)).await.is_ok() {
+                    tracing::info!(%peer, "peer is reachable again");
+                }
+            }
+            WorkerState::Busy
+        })
     }
 }

@@ -1,7 +1,8 @@
 //! gRPC: the generated protobuf types, the three services this node serves (client,
-//! internode, admin), the internode client used as the coordinator's transport, and the one
-//! place where errors become `tonic::Status`.
+//! internode, admin), the internode client implementing the `net` traits, the test-only fault
+//! injection around both, and the one place where errors become `tonic::Status`.
 
+pub mod faults;
 pub mod peers;
 pub mod service;
 pub mod status;

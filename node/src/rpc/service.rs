@@ -1,15 +1,18 @@
 //! The gRPC services this node serves. They translate between protobuf messages and the
-//! coordinator; all decisions live in the coordinator, all error mapping in `status`.
+//! node's components; all decisions live in those components, all error mapping in `status`.
+//! Every handler goes through one envelope ([`handle`]).
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use super::faults::FaultSwitch;
 use super::pb::admin::{self, admin_server::Admin};
 use super::pb::client::{self, client_server::Client};
 use super::pb::internode::{self, internode_server::Internode};
-use super::peers::Peers;
+use crate::antientropy::AntiEntropy;
 use crate::config::Quorum;
 use crate::coordinator::Coordinator;
 use crate::error::Error;
@@ -17,26 +20,43 @@ use crate::handoff::transfer::Progress;
 use crate::membership::claimant::gains;
 use crate::membership::gossip::Membership;
 use crate::membership::view::View;
+use crate::net::Net;
 use crate::ring::NodeId;
-use crate::storage::TREE_SHAPE;
+use crate::storage::{Store, TREE_SHAPE};
 use crate::version::Clock;
+use crate::worker::Statuses;
 
 /// How long `Status` waits for each peer's ping.
 const STATUS_PING_TIMEOUT: Duration = Duration::from_millis(800);
 
-/// State shared by the three services.
-pub struct Shared {
-    pub coordinator: Arc<Coordinator<Peers>>,
-    pub peers: Arc<Peers>,
-    pub cluster: String,
-    /// This node's advertised address.
-    pub address: String,
-    pub quorum: Quorum,
-    /// Whether the test-only SetFaults call is accepted.
-    pub fault_injection: bool,
+/// What the three services need, handed out by the node context.
+pub struct Shared<N> {
+    pub me: NodeId,
+    pub store: Arc<Store>,
+    pub net: Arc<N>,
+    pub coordinator: Arc<Coordinator<N>>,
     pub membership: Arc<Membership>,
+    pub antientropy: Arc<AntiEntropy<N>>,
+    pub cluster: String,
+    pub quorum: Quorum,
+    /// Q, fixed for the cluster.
+    pub partitions: u32,
+    /// The test-only fault switch; `None` unless the node runs with `fault_injection = true`,
+    /// and then SetFaults is refused.
+    pub faults: Option<Arc<FaultSwitch>>,
     /// Partitions moving to this node in the current layout change.
-    pub progress: Arc<std::sync::Mutex<Progress>>,
+    pub progress: Arc<Mutex<Progress>>,
+    /// The background workers' states (for a future Status field).
+    pub workers: Statuses,
+}
+
+/// The envelope every handler shares: takes the message out of the request, runs the handler
+/// on it, and wraps its answer; errors become statuses in `status`.
+async fn handle<M, R, Fut>(req: Request<M>, f: impl FnOnce(M) -> Fut) -> Result<Response<R>, Status>
+where
+    Fut: Future<Output = Result<R, Error>>,
+{
+    f(req.into_inner()).await.map(Response::new).map_err(Status::from)
 }
 
 /// The node named by a request's `hint_for` field (empty means none).
@@ -45,334 +65,268 @@ fn hint_target(hint_for: &str) -> Option<NodeId> {
 }
 
 /// Both sides of an anti-entropy exchange must use the same tree shape.
-fn check_shape(fanout: u32, depth: u32) -> Result<(), Status> {
+fn check_shape(fanout: u32, depth: u32) -> Result<(), Error> {
     if fanout != TREE_SHAPE.fanout || depth != TREE_SHAPE.depth {
         return Err(Error::InvalidArgument(format!(
             "Merkle tree shape {fanout}x{depth} differs from this node's {}x{}: run the same \
              version on every node",
             TREE_SHAPE.fanout, TREE_SHAPE.depth
-        ))
-        .into());
+        )));
     }
     Ok(())
 }
 
-/// Refuses internode calls from peers cut off by the fault switch, with a status that callers
-/// classify as "unreachable" (no node-error marker), as a real partition would look.
-fn check_partition<T>(shared: &Shared, req: &Request<T>) -> Result<(), Status> {
-    let from = req.metadata().get(super::peers::FROM_KEY).and_then(|v| v.to_str().ok());
-    match from {
-        Some(peer) if shared.peers.is_blocked(peer) => {
-            Err(Status::unavailable("partitioned (fault injection)"))
+macro_rules! service {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        pub struct $name<N>(pub Arc<Shared<N>>);
+
+        impl<N> Clone for $name<N> {
+            fn clone(&self) -> Self {
+                $name(self.0.clone())
+            }
         }
-        _ => Ok(()),
-    }
+    };
 }
 
-/// The client API.
-#[derive(Clone)]
-pub struct ClientService(pub Arc<Shared>);
-/// The internode API.
-#[derive(Clone)]
-pub struct InternodeService(pub Arc<Shared>);
-/// The admin API.
-#[derive(Clone)]
-pub struct AdminService(pub Arc<Shared>);
+service!(
+    /// The client API.
+    ClientService
+);
+service!(
+    /// The internode API.
+    InternodeService
+);
+service!(
+    /// The admin API.
+    AdminService
+);
 
-impl ClientService {
+impl<N: Net> ClientService<N> {
     /// A client API response carrying this node's layout epoch, so a partition-aware client
     /// learns when its ring is stale.
-    fn answer<T>(&self, body: T) -> Response<T> {
-        let mut response = Response::new(body);
+    fn with_epoch<T>(&self, response: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+        let mut response = response?;
         let epoch = self.0.coordinator.placement().epoch;
         response.metadata_mut().insert(dynamo_api::contract::EPOCH_KEY, epoch.into());
-        response
+        Ok(response)
     }
 }
 
 #[tonic::async_trait]
-impl Client for ClientService {
+impl<N: Net> Client for ClientService<N> {
     async fn get(
         &self,
         req: Request<client::GetRequest>,
     ) -> Result<Response<client::GetResponse>, Status> {
-        let req = req.into_inner();
-        let out = self.0.coordinator.get(&req.key, req.r).await?;
-        Ok(self.answer(client::GetResponse {
-            values: out.values,
-            context: out.context,
-            replies: out.replies as u32,
-        }))
+        self.with_epoch(
+            handle(req, |req| async move {
+                let out = self.0.coordinator.get(&req.key, req.r).await?;
+                Ok(client::GetResponse {
+                    values: out.values,
+                    context: out.context,
+                    replies: out.replies as u32,
+                })
+            })
+            .await,
+        )
     }
 
     async fn put(
         &self,
         req: Request<client::PutRequest>,
     ) -> Result<Response<client::PutResponse>, Status> {
-        let req = req.into_inner();
-        let out = self.0.coordinator.put(&req.key, Some(req.value), &req.context, req.w, 0).await?;
-        Ok(self.answer(client::PutResponse { context: out.context, acks: out.acks as u32 }))
+        self.with_epoch(
+            handle(req, |req| async move {
+                let out = self
+                    .0
+                    .coordinator
+                    .put(&req.key, Some(req.value), &req.context, req.w, 0)
+                    .await?;
+                Ok(client::PutResponse { context: out.context, acks: out.acks as u32 })
+            })
+            .await,
+        )
     }
 
     async fn delete(
         &self,
         req: Request<client::DeleteRequest>,
     ) -> Result<Response<client::PutResponse>, Status> {
-        let req = req.into_inner();
-        let out = self.0.coordinator.put(&req.key, None, &req.context, req.w, 0).await?;
-        Ok(self.answer(client::PutResponse { context: out.context, acks: out.acks as u32 }))
+        self.with_epoch(
+            handle(req, |req| async move {
+                let out = self.0.coordinator.put(&req.key, None, &req.context, req.w, 0).await?;
+                Ok(client::PutResponse { context: out.context, acks: out.acks as u32 })
+            })
+            .await,
+        )
     }
 }
 
 #[tonic::async_trait]
-impl Internode for InternodeService {
+impl<N: Net> Internode for InternodeService<N> {
     async fn replicate(
         &self,
         req: Request<internode::ReplicateRequest>,
     ) -> Result<Response<internode::ReplicateResponse>, Status> {
-        check_partition(&self.0, &req)?;
-        let req = req.into_inner();
-        let clock = Clock::decode(&req.clock).map_err(Error::Corrupt)?;
-        self.0.coordinator.apply_replica(&req.key, &clock, hint_target(&req.hint_for).as_ref())?;
-        Ok(Response::new(internode::ReplicateResponse {}))
+        handle(req, |req| async move {
+            let clock = Clock::decode(&req.clock)?;
+            let hint_for = hint_target(&req.hint_for);
+            self.0.coordinator.apply_replica(&req.key, &clock, hint_for.as_ref())?;
+            Ok(internode::ReplicateResponse {})
+        })
+        .await
     }
 
     async fn fetch(
         &self,
         req: Request<internode::FetchRequest>,
     ) -> Result<Response<internode::FetchResponse>, Status> {
-        check_partition(&self.0, &req)?;
-        let req = req.into_inner();
-        let clock =
-            self.0.coordinator.local_replica(&req.key, hint_target(&req.hint_for).as_ref())?;
-        let clock = if clock.is_empty() { Vec::new() } else { clock.encode() };
-        Ok(Response::new(internode::FetchResponse { clock }))
+        handle(req, |req| async move {
+            let hint_for = hint_target(&req.hint_for);
+            let clock = self.0.coordinator.local_replica(&req.key, hint_for.as_ref())?;
+            let clock = if clock.is_empty() { Vec::new() } else { clock.encode() };
+            Ok(internode::FetchResponse { clock })
+        })
+        .await
     }
 
     async fn coordinate_put(
         &self,
         req: Request<internode::CoordinatePutRequest>,
     ) -> Result<Response<internode::CoordinatePutResponse>, Status> {
-        check_partition(&self.0, &req)?;
-        let req = req.into_inner();
-        let out = self
-            .0
-            .coordinator
-            .put(&req.key, req.value, &req.context, req.w, req.hops.max(1))
-            .await?;
-        Ok(Response::new(internode::CoordinatePutResponse {
-            context: out.context,
-            acks: out.acks as u32,
-        }))
+        handle(req, |req| async move {
+            let hops = req.hops.max(1);
+            let out =
+                self.0.coordinator.put(&req.key, req.value, &req.context, req.w, hops).await?;
+            Ok(internode::CoordinatePutResponse { context: out.context, acks: out.acks as u32 })
+        })
+        .await
     }
 
     async fn merkle_hashes(
         &self,
         req: Request<internode::MerkleHashesRequest>,
     ) -> Result<Response<internode::MerkleHashesResponse>, Status> {
-        check_partition(&self.0, &req)?;
-        let req = req.into_inner();
-        check_shape(req.fanout, req.depth)?;
-        let store = self.0.coordinator.store();
-        let hashes = store.with_tree(req.partition, |t| t.level_hashes(req.level, &req.indices))?;
-        Ok(Response::new(internode::MerkleHashesResponse {
-            hashes: hashes.into_iter().map(|h| h.to_vec()).collect(),
-        }))
+        handle(req, |req| async move {
+            check_shape(req.fanout, req.depth)?;
+            let hashes = self
+                .0
+                .store
+                .with_tree(req.partition, |t| t.level_hashes(req.level, &req.indices))?;
+            Ok(internode::MerkleHashesResponse {
+                hashes: hashes.into_iter().map(|h| h.to_vec()).collect(),
+            })
+        })
+        .await
     }
 
     async fn merkle_items(
         &self,
         req: Request<internode::MerkleItemsRequest>,
     ) -> Result<Response<internode::MerkleItemsResponse>, Status> {
-        check_partition(&self.0, &req)?;
-        let req = req.into_inner();
-        check_shape(req.fanout, req.depth)?;
-        let items = self.0.coordinator.store().items_in_leaves(req.partition, &req.leaves)?;
-        Ok(Response::new(internode::MerkleItemsResponse {
-            items: items
-                .into_iter()
-                .map(|(key, d)| internode::MerkleItem { key, digest: d.to_vec() })
-                .collect(),
-        }))
+        handle(req, |req| async move {
+            check_shape(req.fanout, req.depth)?;
+            let items = self.0.store.items_in_leaves(req.partition, &req.leaves)?;
+            Ok(internode::MerkleItemsResponse {
+                items: items
+                    .into_iter()
+                    .map(|(key, d)| internode::MerkleItem { key, digest: d.to_vec() })
+                    .collect(),
+            })
+        })
+        .await
     }
 
     async fn gossip(
         &self,
         req: Request<internode::GossipRequest>,
     ) -> Result<Response<internode::GossipResponse>, Status> {
-        check_partition(&self.0, &req)?;
-        let theirs: View = serde_json::from_slice(&req.into_inner().view).map_err(|e| {
-            Status::from(Error::InvalidArgument(format!("undecodable membership view: {e}")))
-        })?;
-        let ours = self.0.membership.receive(&theirs)?;
-        let view =
-            serde_json::to_vec(&ours).map_err(|e| Status::from(Error::Internal(e.to_string())))?;
-        Ok(Response::new(internode::GossipResponse { view }))
+        handle(req, |req| async move {
+            let theirs: View = serde_json::from_slice(&req.view)
+                .map_err(|e| Error::InvalidArgument(format!("undecodable membership view: {e}")))?;
+            let ours = self.0.membership.receive(&theirs)?;
+            let view = serde_json::to_vec(&ours).map_err(|e| Error::Internal(e.to_string()))?;
+            Ok(internode::GossipResponse { view })
+        })
+        .await
     }
 
     async fn stream_partition(
         &self,
         req: Request<internode::StreamPartitionRequest>,
     ) -> Result<Response<internode::StreamPartitionResponse>, Status> {
-        check_partition(&self.0, &req)?;
-        let req = req.into_inner();
-        let limit = req.limit.clamp(1, 4096) as usize;
-        let page = self.0.coordinator.store().scan_partition(
-            req.partition,
-            req.after.as_deref(),
-            limit,
-        )?;
-        let done = page.len() < limit;
-        Ok(Response::new(internode::StreamPartitionResponse {
-            entries: page
-                .into_iter()
-                .map(|(key, clock)| internode::PartitionEntry { key, clock })
-                .collect(),
-            done,
-        }))
+        handle(req, |req| async move {
+            let limit = req.limit.clamp(1, 4096) as usize;
+            let page = self.0.store.scan_partition(req.partition, req.after.as_deref(), limit)?;
+            let done = page.len() < limit;
+            Ok(internode::StreamPartitionResponse {
+                entries: page
+                    .into_iter()
+                    .map(|(key, clock)| internode::PartitionEntry { key, clock })
+                    .collect(),
+                done,
+            })
+        })
+        .await
     }
 
     async fn ping(
         &self,
         req: Request<internode::PingRequest>,
     ) -> Result<Response<internode::PingResponse>, Status> {
-        check_partition(&self.0, &req)?;
-        Ok(Response::new(internode::PingResponse {
-            node_id: self.0.coordinator.me().0.clone(),
-            cluster: self.0.cluster.clone(),
-        }))
+        handle(req, |_| async move {
+            Ok(internode::PingResponse {
+                node_id: self.0.me.0.clone(),
+                cluster: self.0.cluster.clone(),
+            })
+        })
+        .await
     }
 }
 
 #[tonic::async_trait]
-impl Admin for AdminService {
+impl<N: Net> Admin for AdminService<N> {
     async fn status(
         &self,
-        _req: Request<admin::StatusRequest>,
+        req: Request<admin::StatusRequest>,
     ) -> Result<Response<admin::StatusResponse>, Status> {
-        let shared = &self.0;
-        let placement = shared.coordinator.placement();
-        let view = shared.membership.view();
-        let me = shared.coordinator.me().clone();
-        let n = shared.quorum.n;
-        let probes = view.nodes.values().map(|node| {
-            let (peers, me, cluster) = (shared.peers.clone(), me.clone(), shared.cluster.clone());
-            let node = node.clone();
-            async move {
-                if node.id == me {
-                    return (node, Ok(()));
-                }
-                let result = match peers.ping(&node.id, STATUS_PING_TIMEOUT).await {
-                    Ok(p) if p.node_id != node.id.0 => Err(format!(
-                        "the node at {} is '{}', not '{}'",
-                        node.address, p.node_id, node.id
-                    )),
-                    Ok(p) if p.cluster != cluster => Err(format!(
-                        "the node at {} belongs to cluster '{}', not '{cluster}'",
-                        node.address, p.cluster
-                    )),
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                };
-                (node, result)
-            }
-        });
-        let count = |f: &dyn Fn(&crate::ring::Ring) -> usize| {
-            placement.current.as_ref().map_or(0, |r| f(r) as u32)
-        };
-        let nodes = futures::future::join_all(probes)
-            .await
-            .into_iter()
-            .map(|(node, result)| admin::NodeStatus {
-                reachable: result.is_ok(),
-                error: result.err().unwrap_or_default(),
-                is_self: node.id == me,
-                primary_partitions: count(&|r| r.primary_partitions(&node.id).len()),
-                replica_partitions: count(&|r| r.replica_partitions(&node.id, n).len()),
-                membership: member_state(node.status) as i32,
-                address: node.address,
-                id: node.id.0,
-                zone: node.zone,
-                weight: node.weight,
-            })
-            .collect();
-        let pending_partitions = match (&placement.current, &placement.next) {
-            (Some(c), Some(x)) => gains(c, x, n).values().map(Vec::len).sum::<usize>() as u32,
-            _ => 0,
-        };
-        let transfers = shared
-            .progress
-            .lock()
-            .map(|p| {
-                p.partitions
-                    .iter()
-                    .filter(|_| p.epoch == placement.epoch)
-                    .map(|(partition, t)| admin::Transfer {
-                        partition: *partition,
-                        from: t.from.clone(),
-                        to: t.to.clone(),
-                        keys_sent: t.keys,
-                        bytes_sent: t.bytes,
-                        state: transfer_state(t.state) as i32,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(Response::new(admin::StatusResponse {
-            node_id: me.0,
-            cluster: shared.cluster.clone(),
-            n: shared.quorum.n as u32,
-            r: shared.quorum.r as u32,
-            w: shared.quorum.w as u32,
-            partitions: shared.coordinator.settings().partitions,
-            nodes,
-            local_keys: shared.coordinator.store().approximate_keys(),
-            transfers,
-            pending_partitions,
-            hints: shared
-                .coordinator
-                .store()
-                .hint_stats()
-                .into_iter()
-                .map(|(target, s)| admin::HintSummary {
-                    target: target.0,
-                    count: s.count,
-                    bytes: s.bytes,
-                })
-                .collect(),
-        }))
+        handle(req, |_| self.status_now()).await
     }
 
     async fn ring(
         &self,
-        _req: Request<admin::RingRequest>,
+        req: Request<admin::RingRequest>,
     ) -> Result<Response<admin::RingResponse>, Status> {
-        let shared = &self.0;
-        let placement = shared.coordinator.placement();
-        let ring = placement.ring().map_err(Error::from)?;
-        let view = shared.membership.view();
-        let members: Vec<admin::RingMember> = ring
-            .members()
-            .iter()
-            .map(|m| admin::RingMember {
-                address: view.nodes.get(&m.id).map(|n| n.address.clone()).unwrap_or_default(),
-                id: m.id.0.clone(),
-                zone: m.zone.clone(),
-                weight: m.weight,
+        handle(req, |_| async move {
+            let shared = &self.0;
+            let placement = shared.coordinator.placement();
+            let ring = placement.ring()?;
+            let view = shared.membership.view();
+            let members: Vec<admin::RingMember> = ring
+                .members()
+                .iter()
+                .map(|m| admin::RingMember {
+                    address: view.nodes.get(&m.id).map(|n| n.address.clone()).unwrap_or_default(),
+                    id: m.id.0.clone(),
+                    zone: m.zone.clone(),
+                    weight: m.weight,
+                })
+                .collect();
+            let owners = ring
+                .owners()
+                .iter()
+                .map(|o| members.iter().position(|m| m.id == o.0).unwrap_or_default() as u32)
+                .collect();
+            Ok(admin::RingResponse {
+                partitions: ring.partitions(),
+                n: shared.quorum.n as u32,
+                members,
+                owners,
+                epoch: placement.epoch,
             })
-            .collect();
-        let owners = ring
-            .owners()
-            .iter()
-            .map(|o| members.iter().position(|m| m.id == o.0).unwrap_or_default() as u32)
-            .collect();
-        Ok(Response::new(admin::RingResponse {
-            partitions: ring.partitions(),
-            n: shared.quorum.n as u32,
-            members,
-            owners,
-            epoch: placement.epoch,
-        }))
+        })
+        .await
     }
 
     async fn decommission(
@@ -381,7 +335,7 @@ impl Admin for AdminService {
     ) -> Result<Response<admin::DecommissionResponse>, Status> {
         let shared = &self.0;
         let admin::DecommissionRequest { node_id: target, force } = req.into_inner();
-        let me = shared.coordinator.me();
+        let me = &shared.me;
         if target.is_empty() || target == me.0 {
             let state = shared.membership.decommission()?;
             tracing::info!(node = %me, "decommission requested");
@@ -437,42 +391,138 @@ impl Admin for AdminService {
         &self,
         req: Request<admin::RepairRequest>,
     ) -> Result<Response<admin::RepairResponse>, Status> {
-        let partition = req.into_inner().partition;
-        let q = self.0.coordinator.settings().partitions;
-        if let Some(p) = partition {
-            if p >= q {
+        handle(req, |req| async move {
+            let q = self.0.partitions;
+            if let Some(p) = req.partition.filter(|p| *p >= q) {
                 return Err(Error::InvalidArgument(format!(
                     "partition {p} does not exist: this cluster has partitions 0..{q}"
-                ))
-                .into());
+                )));
             }
-        }
-        let stats = crate::antientropy::repair(&self.0.coordinator, partition).await;
-        Ok(Response::new(admin::RepairResponse {
-            partitions: stats.partitions,
-            exchanges: stats.exchanges,
-            keys_compared: stats.keys_compared,
-            keys_pulled: stats.keys_pulled,
-            keys_pushed: stats.keys_pushed,
-            errors: stats.errors,
-        }))
+            let stats = self.0.antientropy.repair(req.partition).await;
+            Ok(admin::RepairResponse {
+                partitions: stats.partitions,
+                exchanges: stats.exchanges,
+                keys_compared: stats.keys_compared,
+                keys_pulled: stats.keys_pulled,
+                keys_pushed: stats.keys_pushed,
+                errors: stats.errors,
+            })
+        })
+        .await
     }
 
     async fn set_faults(
         &self,
         req: Request<admin::SetFaultsRequest>,
     ) -> Result<Response<admin::SetFaultsResponse>, Status> {
-        if !self.0.fault_injection {
-            return Err(Error::InvalidArgument(
-                "fault injection is disabled on this node; it is for tests: start the node with \
-                 --fault-injection true"
-                    .into(),
-            )
-            .into());
-        }
-        let blocked = req.into_inner().blocked_peers.into_iter().map(crate::ring::NodeId).collect();
-        self.0.peers.set_blocked(blocked);
-        Ok(Response::new(admin::SetFaultsResponse {}))
+        handle(req, |req| async move {
+            let Some(switch) = &self.0.faults else {
+                return Err(Error::InvalidArgument(
+                    "fault injection is disabled on this node; it is for tests: start the node \
+                     with --fault-injection true"
+                        .into(),
+                ));
+            };
+            switch.set_blocked(req.blocked_peers.into_iter().map(NodeId).collect());
+            Ok(admin::SetFaultsResponse {})
+        })
+        .await
+    }
+}
+
+impl<N: Net> AdminService<N> {
+    /// This node's view of the cluster, with every node pinged.
+    async fn status_now(&self) -> Result<admin::StatusResponse, Error> {
+        let shared = &self.0;
+        let placement = shared.coordinator.placement();
+        let view = shared.membership.view();
+        let me = shared.me.clone();
+        let n = shared.quorum.n;
+        let probes = view.nodes.values().map(|node| {
+            let (net, me, cluster) = (shared.net.clone(), me.clone(), shared.cluster.clone());
+            let node = node.clone();
+            async move {
+                if node.id == me {
+                    return (node, Ok(()));
+                }
+                let result = match net.ping(&node.id, STATUS_PING_TIMEOUT).await {
+                    Ok(p) if p.node_id != node.id.0 => Err(format!(
+                        "the node at {} is '{}', not '{}'",
+                        node.address, p.node_id, node.id
+                    )),
+                    Ok(p) if p.cluster != cluster => Err(format!(
+                        "the node at {} belongs to cluster '{}', not '{cluster}'",
+                        node.address, p.cluster
+                    )),
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                };
+                (node, result)
+            }
+        });
+        let count = |f: &dyn Fn(&crate::ring::Ring) -> usize| {
+            placement.current.as_ref().map_or(0, |r| f(r) as u32)
+        };
+        let nodes = futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .map(|(node, result)| admin::NodeStatus {
+                reachable: result.is_ok(),
+                error: result.err().unwrap_or_default(),
+                is_self: node.id == me,
+                primary_partitions: count(&|r| r.primary_partitions(&node.id).len()),
+                replica_partitions: count(&|r| r.replica_partitions(&node.id, n).len()),
+                membership: member_state(node.status) as i32,
+                address: node.address,
+                id: node.id.0,
+                zone: node.zone,
+                weight: node.weight,
+            })
+            .collect();
+        let pending_partitions = match (&placement.current, &placement.next) {
+            (Some(c), Some(x)) => gains(c, x, n).values().map(Vec::len).sum::<usize>() as u32,
+            _ => 0,
+        };
+        let transfers = shared
+            .progress
+            .lock()
+            .map(|p| {
+                p.partitions
+                    .iter()
+                    .filter(|_| p.epoch == placement.epoch)
+                    .map(|(partition, t)| admin::Transfer {
+                        partition: *partition,
+                        from: t.from.clone(),
+                        to: t.to.clone(),
+                        keys_sent: t.keys,
+                        bytes_sent: t.bytes,
+                        state: transfer_state(t.state) as i32,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(admin::StatusResponse {
+            node_id: me.0,
+            cluster: shared.cluster.clone(),
+            n: shared.quorum.n as u32,
+            r: shared.quorum.r as u32,
+            w: shared.quorum.w as u32,
+            partitions: shared.partitions,
+            nodes,
+            local_keys: shared.store.approximate_keys(),
+            transfers,
+            pending_partitions,
+            hints: shared
+                .store
+                .hint_stats()
+                .into_iter()
+                .map(|(target, s)| admin::HintSummary {
+                    target: target.0,
+                    count: s.count,
+                    bytes: s.bytes,
+                })
+                .collect(),
+        })
     }
 }
 

@@ -329,6 +329,38 @@ impl Store {
         Ok(())
     }
 
+    /// Takes a version sent by another node: merged into this replica, or, when `hint_for`
+    /// names a node other than `me`, kept as a hint for that node (sloppy quorum).
+    pub fn accept(
+        &self,
+        me: &NodeId,
+        partition: PartitionId,
+        key: &[u8],
+        clock: &Clock,
+        hint_for: Option<&NodeId>,
+    ) -> Result<()> {
+        match hint_for {
+            Some(target) if target != me => self.store_hint(target, partition, key, clock),
+            _ => self.merge(partition, key, clock).map(|_| ()),
+        }
+    }
+
+    /// This replica of a key, for another node's read; when `hint_for` names a node other than
+    /// `me`, merged with the hint held for that node.
+    pub fn replica(
+        &self,
+        me: &NodeId,
+        partition: PartitionId,
+        key: &[u8],
+        hint_for: Option<&NodeId>,
+    ) -> Result<Clock> {
+        let local = self.get(partition, key)?;
+        match hint_for {
+            Some(target) if target != me => Ok(local.sync(&self.hint(target, partition, key)?)),
+            _ => Ok(local),
+        }
+    }
+
     /// The hint held for `target` for one key (empty when none).
     pub fn hint(&self, target: &NodeId, partition: PartitionId, key: &[u8]) -> Result<Clock> {
         match self

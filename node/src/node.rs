@@ -1,0 +1,220 @@
+//! The node context (as Garage's `Garage` struct): one value owning the storage, the ring view
+//! (through membership) and the network, from which every component receives what it needs;
+//! no component reaches storage through another. It also starts the background workers, all
+//! under one [`Runner`].
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::antientropy::{AntiEntropy, AntiEntropyWorker};
+use crate::config::NodeConfig;
+use crate::coordinator::{Coordinator, Settings};
+use crate::error::Result;
+use crate::handoff::cleanup::CleanupWorker;
+use crate::handoff::transfer::{Progress, TransferWorker};
+use crate::handoff::{membership_router, HintWorker};
+use crate::membership::gossip::{GossipWorker, Membership, MembershipConfig};
+use crate::membership::view::Status;
+use crate::membership::Prober;
+use crate::net::Net;
+use crate::ring::NodeId;
+use crate::rpc::faults::FaultSwitch;
+use crate::rpc::service::Shared;
+use crate::storage::Store;
+use crate::version::ContextSealer;
+use crate::worker::{Runner, Statuses, Worker, WorkerState};
+
+pub use dynamo_api::contract::READY_SERVICE;
+
+/// Secret used when none is configured. Contexts are then still checked for corruption and
+/// key mix-ups, but anyone who reads this source could forge one.
+const DEFAULT_SECRET: &str = "dynamo-default-context-secret";
+
+/// See the module docs.
+pub struct Node<N> {
+    pub me: NodeId,
+    pub config: NodeConfig,
+    /// This node's replicas, hints and Merkle trees.
+    pub store: Arc<Store>,
+    /// Calls to the other nodes (the gRPC peers, possibly behind the fault-injection decorator).
+    pub net: Arc<N>,
+    /// The gossiped view and the placement (ring view) derived from it.
+    pub membership: Arc<Membership>,
+    pub coordinator: Arc<Coordinator<N>>,
+    pub antientropy: Arc<AntiEntropy<N>>,
+    /// Partitions moving to this node in the current layout change (transfer worker -> admin).
+    pub progress: Arc<Mutex<Progress>>,
+    /// The test-only fault switch, when fault injection is enabled.
+    pub faults: Option<Arc<FaultSwitch>>,
+}
+
+impl<N: Net> Node<N> {
+    /// Builds the components over `store` and `net`; loads the persisted membership view.
+    pub fn new(
+        config: NodeConfig,
+        store: Arc<Store>,
+        net: Arc<N>,
+        faults: Option<Arc<FaultSwitch>>,
+    ) -> Result<Node<N>> {
+        let me = NodeId(config.id.clone());
+        let quorum = config.quorum();
+        let membership = Membership::start(
+            MembershipConfig {
+                me: config.member(),
+                address: config.advertise_addr().to_string(),
+                seeds: config.seeds.clone(),
+                partitions: config.cluster.partitions,
+                n: quorum.n,
+                gossip_interval: Duration::from_millis(config.gossip_interval_ms),
+                // Long enough to hear from the other seeds before creating a ring alone.
+                bootstrap_after: Duration::from_millis(config.gossip_interval_ms * 3),
+            },
+            store.clone(),
+            net.clone(),
+        )?;
+        let settings = Settings {
+            n: quorum.n,
+            r: quorum.r,
+            w: quorum.w,
+            timeout: Duration::from_millis(config.request_timeout_ms),
+            limits: config.limits.clone(),
+            partitions: config.cluster.partitions,
+        };
+        let secret = if config.cluster.secret.is_empty() {
+            tracing::warn!(
+                "no cluster secret configured: contexts can be forged; set cluster.secret"
+            );
+            DEFAULT_SECRET
+        } else {
+            config.cluster.secret.as_str()
+        };
+        let coordinator = Arc::new(Coordinator::new(
+            me.clone(),
+            settings,
+            membership.placement(),
+            store.clone(),
+            net.clone(),
+            ContextSealer::new(secret.as_bytes()),
+        ));
+        let antientropy = Arc::new(AntiEntropy::new(
+            me.clone(),
+            quorum.n,
+            store.clone(),
+            net.clone(),
+            membership.placement(),
+        ));
+        Ok(Node {
+            me,
+            config,
+            store,
+            net,
+            membership,
+            coordinator,
+            antientropy,
+            progress: Arc::new(Mutex::new(Progress::default())),
+            faults,
+        })
+    }
+
+    /// What the gRPC services need.
+    pub fn shared(&self, workers: Statuses) -> Arc<Shared<N>> {
+        Arc::new(Shared {
+            me: self.me.clone(),
+            store: self.store.clone(),
+            net: self.net.clone(),
+            coordinator: self.coordinator.clone(),
+            membership: self.membership.clone(),
+            antientropy: self.antientropy.clone(),
+            cluster: self.config.cluster.name.clone(),
+            quorum: self.config.quorum(),
+            partitions: self.config.cluster.partitions,
+            faults: self.faults.clone(),
+            progress: self.progress.clone(),
+            workers,
+        })
+    }
+
+    /// Starts every background worker on `runner`; `health` is told when this node is ready.
+    pub fn start_workers(&self, runner: &mut Runner, health: tonic_health::server::HealthReporter) {
+        let bg = &self.config.background;
+        let n = self.config.quorum().n;
+        runner.spawn(Prober(self.net.clone()));
+        runner.spawn(GossipWorker::new(self.membership.clone()));
+        runner.spawn(TransferWorker::new(
+            self.membership.clone(),
+            self.store.clone(),
+            self.net.clone(),
+            n,
+            bg.transfer_keys_per_sec,
+            self.progress.clone(),
+        ));
+        runner.spawn(HintWorker::new(
+            self.store.clone(),
+            self.net.clone(),
+            self.me.clone(),
+            membership_router(self.membership.clone(), n),
+            Duration::from_millis(bg.handoff_interval_ms),
+            bg.handoff_keys_per_sec,
+        ));
+        if bg.cleanup_after_ms > 0 {
+            runner.spawn(CleanupWorker::new(
+                self.membership.clone(),
+                self.store.clone(),
+                n,
+                Duration::from_millis(bg.cleanup_after_ms),
+                runner.shutdown(),
+            ));
+        }
+        if bg.anti_entropy_interval_ms > 0 {
+            runner.spawn(AntiEntropyWorker::new(
+                self.antientropy.clone(),
+                Duration::from_millis(bg.anti_entropy_interval_ms),
+                bg.anti_entropy_keys_per_sec,
+            ));
+        }
+        runner.spawn(Readiness { membership: self.membership.clone(), health, last: None });
+    }
+}
+
+/// Keeps the readiness health service (`dynamo.ready`) SERVING exactly while this node is a
+/// member of the ring (normal or leaving), so Kubernetes counts a pod ready only once joined.
+struct Readiness {
+    membership: Arc<Membership>,
+    health: tonic_health::server::HealthReporter,
+    /// What was last reported (`None` before the first report).
+    last: Option<bool>,
+}
+
+impl Worker for Readiness {
+    fn name(&self) -> &'static str {
+        "readiness"
+    }
+
+    fn wait(&self) -> Duration {
+        // The first report goes out at once.
+        if self.last.is_none() {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(200)
+        }
+    }
+
+    fn step(&mut self) -> BoxFuture<'_, WorkerState> {
+        Box::pin(async move {
+            let ready = matches!(self.membership.status(), Status::Normal | Status::Leaving);
+            if self.last == Some(ready) {
+                return WorkerState::Idle;
+            }
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            self.health.set_service_status(READY_SERVICE, status).await;
+            self.last = Some(ready);
+            WorkerState::Busy
+        })
+    }
+}
