@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod routing;
 mod types;
 
 use std::future::Future;
@@ -32,6 +33,7 @@ use dynamo_api::pb::client::{client_client::ClientClient, DeleteRequest, GetRequ
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+pub use routing::Router;
 pub use types::{
     ClusterStatus, Decommissioned, Hints, MemberState, NodeInfo, RepairReport, RingLayout,
     RingMember, Transfer, TransferState, Versions, Written,
