@@ -202,7 +202,8 @@ impl ErrorKind {
     pub fn of(e: &ClientError) -> ErrorKind {
         match e {
             ClientError::Timeout { .. } => ErrorKind::Timeout,
-            ClientError::Connect { .. } => ErrorKind::Unavailable,
+            ClientError::Connect { .. } | ClientError::Exhausted { .. } => ErrorKind::Unavailable,
+            ClientError::InvalidRing { .. } | ClientError::NoEndpoint => ErrorKind::Other,
             ClientError::Node { code, .. } => match code {
                 Code::Unavailable => ErrorKind::Unavailable,
                 Code::DeadlineExceeded => ErrorKind::Timeout,
