@@ -202,7 +202,8 @@ impl ErrorKind {
     pub fn of(e: &ClientError) -> ErrorKind {
         match e {
             ClientError::Timeout { .. } => ErrorKind::Timeout,
-            ClientError::Connect { .. } => ErrorKind::Unavailable,
+            ClientError::Connect { .. } | ClientError::Exhausted { .. } => ErrorKind::Unavailable,
+            ClientError::InvalidRing { .. } | ClientError::NoEndpoint => ErrorKind::Other,
             ClientError::Node { code, .. } => match code {
                 Code::Unavailable => ErrorKind::Unavailable,
                 Code::DeadlineExceeded => ErrorKind::Timeout,
@@ -527,6 +528,9 @@ pub struct Setup {
     pub seed: u64,
     /// How the endpoint node describes the cluster ("N=3 R=2 W=2, 3 nodes").
     pub cluster: String,
+    /// Whether requests were routed to their key's replicas by one partition-aware client
+    /// (else each endpoint's own client sends to that node, which coordinates or forwards).
+    pub partition_aware: bool,
 }
 
 impl Setup {
@@ -767,7 +771,8 @@ async fn progress(phase: Arc<Phase>, label: String, started: Instant, done: Arc<
 /// What every phase of one invocation talks to and shares.
 struct Bench {
     setup: Arc<Setup>,
-    /// One per endpoint; worker `i` uses `clients[i % len]`.
+    /// One per endpoint, or one partition-aware client for all; worker `i` uses
+    /// `clients[i % len]`.
     clients: Vec<Client>,
     contexts: Arc<Contexts>,
     /// Set on Ctrl-C: ends the current phase and skips the rest.
@@ -929,11 +934,19 @@ fn validate(args: &BenchArgs, default_endpoint: &str) -> Result<Vec<String>, Str
     Ok(endpoints)
 }
 
-/// The whole report as one JSON document.
-pub fn json_report(setup: &Setup, load: Option<&PhaseReport>, runs: &[PhaseReport]) -> Json {
+/// The whole report as one JSON document. `ring_epoch`: the layout epoch the partition-aware
+/// client routed with at the end (null without routing).
+pub fn json_report(
+    setup: &Setup,
+    ring_epoch: Option<u64>,
+    load: Option<&PhaseReport>,
+    runs: &[PhaseReport],
+) -> Json {
     json!({
         "endpoints": setup.endpoints,
         "cluster": setup.cluster,
+        "partition_aware": setup.partition_aware,
+        "ring_epoch": ring_epoch,
         "records": setup.records,
         "value_size": setup.value_size,
         "distribution": setup.distribution_name(),
@@ -944,17 +957,24 @@ pub fn json_report(setup: &Setup, load: Option<&PhaseReport>, runs: &[PhaseRepor
     })
 }
 
-/// Runs `dynamoctl bench`.
-pub async fn run(args: BenchArgs, default_endpoint: &str, timeout: Duration) -> Result<(), String> {
+/// Runs `dynamoctl bench`. With `partition_aware`, one client seeded with every endpoint
+/// routes each request to its key's replicas; without, worker `i` talks to endpoint
+/// `i % endpoints` only.
+pub async fn run(
+    args: BenchArgs,
+    default_endpoint: &str,
+    timeout: Duration,
+    partition_aware: bool,
+) -> Result<(), String> {
     let endpoints = validate(&args, default_endpoint)?;
-    let clients = endpoints
+    let per_endpoint = endpoints
         .iter()
         .map(|e| Client::new(e, timeout))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     // Fail early, with the client's advice, when an endpoint does not answer.
     let mut cluster = String::new();
-    for client in &clients {
+    for client in &per_endpoint {
         let status = client.status().await.map_err(|e| e.to_string())?;
         if cluster.is_empty() {
             cluster = format!(
@@ -977,10 +997,32 @@ pub async fn run(args: BenchArgs, default_endpoint: &str, timeout: Duration) -> 
         key_prefix: args.key_prefix.clone(),
         seed: args.seed,
         cluster,
+        partition_aware,
     });
+    let clients = if partition_aware {
+        let client = Client::builder(setup.endpoints.iter().cloned())
+            .timeout(timeout)
+            .partition_aware(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        // Route from the first request on, so the load is measured with routing too.
+        client.refresh_ring().await.map_err(|e| {
+            format!(
+                "cannot fetch the ring to route requests: {e}; bench without routing with \
+                 --partition-aware false"
+            )
+        })?;
+        vec![client]
+    } else {
+        per_endpoint
+    };
     let text = args.output == Format::Text;
     if text {
-        println!("cluster {} via {}", setup.cluster, setup.endpoints.join(","));
+        let routing = match clients[0].ring_epoch() {
+            Some(epoch) => format!("partition-aware routing on (ring epoch {epoch})"),
+            None => "partition-aware routing off".to_string(),
+        };
+        println!("cluster {} via {}, {routing}", setup.cluster, setup.endpoints.join(","));
     }
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -1028,7 +1070,8 @@ pub async fn run(args: BenchArgs, default_endpoint: &str, timeout: Duration) -> 
         }
     }
     if !text {
-        println!("{}", json_report(&setup, load.as_ref(), &runs));
+        let ring_epoch = bench.clients[0].ring_epoch();
+        println!("{}", json_report(&setup, ring_epoch, load.as_ref(), &runs));
     }
     if stop.load(Ordering::Relaxed) {
         eprintln!("interrupted: the report covers what ran before Ctrl-C");
@@ -1094,6 +1137,7 @@ mod tests {
             key_prefix: "bench:".into(),
             seed: 1,
             cluster: "dev: N=1 R=1 W=1, 1 nodes".into(),
+            partition_aware: true,
         }
     }
 
@@ -1112,7 +1156,9 @@ mod tests {
             ops: vec![(OpKind::Read, read)],
             context_reads: 0,
         };
-        let doc = json_report(&setup(), None, std::slice::from_ref(&report));
+        let doc = json_report(&setup(), Some(7), None, std::slice::from_ref(&report));
+        assert_eq!(doc["partition_aware"], true);
+        assert_eq!(doc["ring_epoch"], 7);
         let run = &doc["runs"][0];
         assert_eq!(run["workload"], "c");
         assert_eq!(run["ops"], 1000);

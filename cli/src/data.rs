@@ -4,6 +4,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use base64::Engine as _;
 use dynamo_client::Client;
@@ -58,6 +59,25 @@ pub struct DeleteArgs {
     pub context: String,
     #[arg(long)]
     pub w: Option<u32>,
+}
+
+/// The client of a data command. Partition-aware, it fetches the ring from `endpoint` first, so
+/// that the one request goes straight to a replica of its key; if the ring cannot be fetched
+/// (the node has not joined yet, or does not answer), the request goes to `endpoint`, whose
+/// error then says what is wrong.
+pub async fn client(
+    endpoint: &str,
+    timeout: Duration,
+    partition_aware: bool,
+) -> Result<Client, String> {
+    let client = Client::builder([endpoint])
+        .timeout(timeout)
+        .partition_aware(partition_aware)
+        .build()
+        .map_err(|e| e.to_string())?;
+    // Routing is an optimisation: without a ring the endpoint coordinates (or forwards).
+    let _ = client.refresh_ring().await;
+    Ok(client)
 }
 
 /// Decodes a context given on the command line.

@@ -26,6 +26,19 @@ pub struct Cli {
     /// How long to wait for an answer, in milliseconds.
     #[arg(long, global = true, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Route put, get, delete and bench requests to the key's replicas: fetch the ring from
+    /// the endpoint, compute each key's preference list and send each request to the first
+    /// replica that answers (falling back to the endpoint). false: send every request to the
+    /// endpoint, which forwards a put to a replica itself.
+    #[arg(
+        long,
+        global = true,
+        env = "DYNAMO_PARTITION_AWARE",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "true|false"
+    )]
+    pub partition_aware: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -111,15 +124,16 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), String> {
     let timeout = Duration::from_millis(cli.timeout_ms);
     let client = || Client::new(&cli.endpoint, timeout).map_err(|e| e.to_string());
+    let data_client = || data::client(&cli.endpoint, timeout, cli.partition_aware);
     match cli.command {
-        Command::Put(args) => data::put(&client()?, args).await,
-        Command::Get(args) => data::get(&client()?, args).await,
-        Command::Delete(args) => data::delete(&client()?, args).await,
+        Command::Put(args) => data::put(&data_client().await?, args).await,
+        Command::Get(args) => data::get(&data_client().await?, args).await,
+        Command::Delete(args) => data::delete(&data_client().await?, args).await,
         Command::Status { output } => admin::status(&client()?, output).await,
         Command::Ring { output } => admin::ring(&client()?, output).await,
         Command::Decommission(args) => admin::decommission(&client()?, args).await,
         Command::Repair { partition, output } => admin::repair(&client()?, partition, output).await,
-        Command::Bench(args) => bench::run(args, &cli.endpoint, timeout).await,
+        Command::Bench(args) => bench::run(args, &cli.endpoint, timeout, cli.partition_aware).await,
         Command::Dev { command: DevCommand::Up(args) } => dev::up(args).await,
     }
 }

@@ -18,103 +18,258 @@
 //! client.put(b"cart:42", merged, got.context, None).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Partition-aware routing
+//!
+//! [`Client::new`] sends every request to its one endpoint, which coordinates it (forwarding a
+//! put to one of the key's replicas when it is not one itself). A client built with
+//! [`Client::builder`] is partition-aware by default (the paper's section 6.4): it fetches the
+//! ring from a node, computes each key's preference list with the node's own code
+//! ([`dynamo_api::ring`]) and sends a request straight to the key's first replica it can reach,
+//! saving the forwarding hop. It keeps one connection per node, fetches the ring again when a
+//! node answers with a newer layout epoch or a node cannot be reached, and uses the seed
+//! endpoints while it has no ring or reaches none of the ring's nodes. A request that nothing
+//! received (connection refused) goes to the next node; a write that may have been applied (a
+//! timeout, a connection broken mid-call) is never sent again.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), dynamo_client::ClientError> {
+//! use std::time::Duration;
+//! use dynamo_client::Client;
+//!
+//! let client = Client::builder(["10.0.0.1:7070", "10.0.0.2:7070"])
+//!     .timeout(Duration::from_secs(5))
+//!     .partition_aware(true)
+//!     .retries(2)
+//!     .build()?;
+//! // Optional: fetch the ring now, so the first request is routed too.
+//! client.refresh_ring().await?;
+//! client.put(b"cart:42", b"{}".to_vec(), Vec::new(), None).await?;
+//! println!("routing with layout epoch {:?}", client.ring_epoch());
+//! # Ok(()) }
+//! ```
 
+mod error;
+mod pool;
+pub mod routing;
+#[cfg(test)]
+mod tests;
 mod types;
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use dynamo_api::contract::{self, MAX_MESSAGE_BYTES};
+use dynamo_api::contract;
 use dynamo_api::pb::admin::{
     admin_client::AdminClient, DecommissionRequest, RepairRequest, RingRequest, StatusRequest,
 };
 use dynamo_api::pb::client::{client_client::ClientClient, DeleteRequest, GetRequest, PutRequest};
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Status;
 
+use error::{Delivery, Failure, Op};
+use pool::Pool;
+use routing::Health;
+
+pub use error::ClientError;
+pub use routing::Router;
 pub use types::{
     ClusterStatus, Decommissioned, Hints, MemberState, NodeInfo, RepairReport, RingLayout,
     RingMember, Transfer, TransferState, Versions, Written,
 };
 
-/// Why a client call failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ClientError {
-    /// Nothing answered at the endpoint.
-    #[error(
-        "cannot reach a dynamo node at {endpoint}: {cause}; check --endpoint (or DYNAMO_ENDPOINT) \
-         and that the node is running"
-    )]
-    Connect { endpoint: String, cause: String },
-    /// The node answered with an error; its message says what to do.
-    #[error("{message}")]
-    Node { code: Code, message: String },
-    /// The call did not complete in time.
-    #[error("no answer from {endpoint} within {timeout_ms} ms")]
-    Timeout { endpoint: String, timeout_ms: u64 },
+/// Default per-call timeout of [`Client::builder`].
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default of [`ClientBuilder::retries`]: with N = 3, a request tries every replica of its key.
+pub const DEFAULT_RETRIES: usize = 2;
+
+/// After a failed ring fetch, how long the client waits before fetching on its own again (an
+/// explicit [`Client::refresh_ring`] is not held back).
+const REFRESH_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Pause before a request a node declined (not ready) goes to the next node: rings disagree
+/// briefly while a layout change propagates.
+const DECLINED_PAUSE: Duration = Duration::from_millis(20);
+
+/// Settings of a [`Client`]; start with [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    /// Endpoints (HOST:PORT) to start from and fall back to.
+    seeds: Vec<String>,
+    /// Per-call timeout.
+    timeout: Duration,
+    /// Whether requests are routed to the key's replicas.
+    partition_aware: bool,
+    /// How many more nodes a request may go to after one that could not take it.
+    retries: usize,
 }
 
-/// A connection to one node. Cheap to clone.
+impl ClientBuilder {
+    /// How long one call may take (default [`DEFAULT_TIMEOUT`]).
+    pub fn timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Whether to route each request to the key's replicas (default true). Off: requests go to
+    /// the seeds, in order, the next one only when a seed cannot be reached.
+    pub fn partition_aware(mut self, on: bool) -> ClientBuilder {
+        self.partition_aware = on;
+        self
+    }
+
+    /// How many more nodes a request may go to after one that nothing reached or that
+    /// declined it (default [`DEFAULT_RETRIES`]); the seeds are tried after these in any case.
+    pub fn retries(mut self, retries: usize) -> ClientBuilder {
+        self.retries = retries;
+        self
+    }
+
+    /// The client. No I/O: it connects on first use. Fails without a seed or with one that is
+    /// not HOST:PORT.
+    pub fn build(self) -> Result<Client, ClientError> {
+        let seeds: Vec<String> =
+            self.seeds.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).fold(
+                Vec::new(),
+                |mut out, s| {
+                    if !out.contains(&s) {
+                        out.push(s);
+                    }
+                    out
+                },
+            );
+        if seeds.is_empty() {
+            return Err(ClientError::NoEndpoint);
+        }
+        let pool = Pool::new(self.timeout);
+        for seed in &seeds {
+            pool.get(seed)?;
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    router: Router::new(seeds.clone()),
+                    health: Health::default(),
+                    refresh_failed_at: None,
+                }),
+                seeds,
+                timeout: self.timeout,
+                partition_aware: self.partition_aware,
+                retries: self.retries,
+                pool,
+                refreshing: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+/// A client of a Dynamo cluster. Cheap to clone: clones share connections and the ring.
 #[derive(Clone)]
 pub struct Client {
-    endpoint: String,
+    inner: Arc<Inner>,
+}
+
+/// What clones of a client share.
+struct Inner {
+    /// The endpoints given, deduplicated, in order; admin calls go to the first.
+    seeds: Vec<String>,
+    /// Per-call timeout.
     timeout: Duration,
-    client: ClientClient<Channel>,
-    admin: AdminClient<Channel>,
+    /// Whether requests are routed with the ring.
+    partition_aware: bool,
+    /// See [`ClientBuilder::retries`].
+    retries: usize,
+    /// One connection per node.
+    pool: Pool,
+    /// The ring and the nodes seen down. Locked briefly, never across an await.
+    state: Mutex<State>,
+    /// Set while a ring fetch runs, so there is one at a time.
+    refreshing: AtomicBool,
+}
+
+/// The client's routing state.
+struct State {
+    router: Router,
+    health: Health,
+    /// When the last ring fetch failed, to space out the next one.
+    refresh_failed_at: Option<Instant>,
+}
+
+/// Clears [`Inner::refreshing`] when a ring fetch ends, also when its task is dropped.
+struct Refreshing(Arc<Inner>);
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        self.0.refreshing.store(false, Ordering::Release);
+    }
 }
 
 impl Client {
-    /// Prepares a client for `endpoint` (HOST:PORT); connects on first use.
+    /// Prepares a client for `endpoint` (HOST:PORT); connects on first use. It sends every
+    /// request to that node (not partition-aware); see [`Client::builder`] for routing.
     pub fn new(endpoint: &str, timeout: Duration) -> Result<Client, ClientError> {
-        let channel = contract::channel(endpoint, timeout)
-            .map_err(|cause| ClientError::Connect { endpoint: endpoint.into(), cause })?;
-        Ok(Client {
-            endpoint: endpoint.to_string(),
-            timeout,
-            client: ClientClient::new(channel.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            admin: AdminClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
-        })
+        Client::builder([endpoint]).timeout(timeout).partition_aware(false).build()
     }
 
-    /// The node this client talks to (HOST:PORT).
+    /// Settings for a client starting from `seeds` (HOST:PORT each): partition-aware, with a
+    /// timeout of [`DEFAULT_TIMEOUT`] and [`DEFAULT_RETRIES`] unless changed.
+    pub fn builder<S: Into<String>>(seeds: impl IntoIterator<Item = S>) -> ClientBuilder {
+        ClientBuilder {
+            seeds: seeds.into_iter().map(Into::into).collect(),
+            timeout: DEFAULT_TIMEOUT,
+            partition_aware: true,
+            retries: DEFAULT_RETRIES,
+        }
+    }
+
+    /// The first seed (HOST:PORT): the node admin calls go to.
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        &self.inner.seeds[0]
     }
 
-    /// Classifies a failed call: the node's own error, a timeout, or no connection.
-    fn error(&self, status: Status) -> ClientError {
-        if contract::is_node_error(&status) {
-            return ClientError::Node { code: status.code(), message: status.message().into() };
-        }
-        match status.code() {
-            Code::DeadlineExceeded | Code::Cancelled => ClientError::Timeout {
-                endpoint: self.endpoint.clone(),
-                timeout_ms: self.timeout.as_millis() as u64,
-            },
-            Code::Unavailable | Code::Unknown | Code::Internal => ClientError::Connect {
-                endpoint: self.endpoint.clone(),
-                cause: contract::transport_cause(&status),
-            },
-            code => ClientError::Node { code, message: status.message().into() },
-        }
+    /// The seed endpoints, deduplicated, in the order given.
+    pub fn seeds(&self) -> &[String] {
+        &self.inner.seeds
     }
 
-    /// The envelope of every call: run it, unwrap the response, convert it to the client's
-    /// type, classify a failure.
-    async fn call<R, T: From<R>>(
-        &self,
-        call: impl Future<Output = Result<tonic::Response<R>, Status>>,
-    ) -> Result<T, ClientError> {
-        call.await.map(|r| T::from(r.into_inner())).map_err(|s| self.error(s))
+    /// Whether requests are routed to the key's replicas.
+    pub fn is_partition_aware(&self) -> bool {
+        self.inner.partition_aware
+    }
+
+    /// The layout epoch of the ring this client routes with; `None` while it has none (and
+    /// always for a client that is not partition-aware).
+    pub fn ring_epoch(&self) -> Option<u64> {
+        self.inner.state().router.epoch()
+    }
+
+    /// The endpoints a request for `key` would try now, in order (the key's replicas first
+    /// when the client has a ring; the seeds without one).
+    pub fn endpoints_for(&self, key: &[u8]) -> Vec<String> {
+        self.inner.plan(key)
+    }
+
+    /// Fetches the ring now (from the seeds, then the ring's nodes) and routes with it if it
+    /// is newer; returns the epoch routed with. Does nothing on a client that is not
+    /// partition-aware (returns `None`).
+    pub async fn refresh_ring(&self) -> Result<Option<u64>, ClientError> {
+        if !self.inner.partition_aware {
+            return Ok(None);
+        }
+        self.inner.fetch_ring(None).await.map(Some)
     }
 
     /// Every live value of `key` and the context to write it back with; `r` overrides the
     /// cluster's read quorum for this request.
     pub async fn get(&self, key: &[u8], r: Option<u32>) -> Result<Versions, ClientError> {
-        let mut c = self.client.clone();
-        self.call(c.get(GetRequest { key: key.to_vec(), r })).await
+        self.route(key, Op::Read, |mut c| {
+            let request = GetRequest { key: key.to_vec(), r };
+            async move { c.get(request).await }
+        })
+        .await
     }
 
     /// Writes `value`, superseding what `context` covers (empty context: a new sibling); `w`
@@ -126,8 +281,12 @@ impl Client {
         context: Vec<u8>,
         w: Option<u32>,
     ) -> Result<Written, ClientError> {
-        let mut c = self.client.clone();
-        self.call(c.put(PutRequest { key: key.to_vec(), value, context, w })).await
+        self.route(key, Op::Write, |mut c| {
+            let request =
+                PutRequest { key: key.to_vec(), value: value.clone(), context: context.clone(), w };
+            async move { c.put(request).await }
+        })
+        .await
     }
 
     /// Deletes what `context` covers (writes a tombstone).
@@ -137,14 +296,16 @@ impl Client {
         context: Vec<u8>,
         w: Option<u32>,
     ) -> Result<Written, ClientError> {
-        let mut c = self.client.clone();
-        self.call(c.delete(DeleteRequest { key: key.to_vec(), context, w })).await
+        self.route(key, Op::Write, |mut c| {
+            let request = DeleteRequest { key: key.to_vec(), context: context.clone(), w };
+            async move { c.delete(request).await }
+        })
+        .await
     }
 
-    /// The node's view of the cluster.
+    /// The endpoint node's view of the cluster.
     pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
-        let mut c = self.admin.clone();
-        self.call(c.status(StatusRequest {})).await
+        self.admin(|mut c| async move { c.status(StatusRequest {}).await }).await
     }
 
     /// Starts decommissioning `node` (empty: the endpoint node); with `force`, removes it even
@@ -154,20 +315,25 @@ impl Client {
         node: &str,
         force: bool,
     ) -> Result<Decommissioned, ClientError> {
-        let mut c = self.admin.clone();
-        self.call(c.decommission(DecommissionRequest { node_id: node.to_string(), force })).await
+        let request = DecommissionRequest { node_id: node.to_string(), force };
+        self.admin(|mut c| async move { c.decommission(request).await }).await
     }
 
-    /// Runs anti-entropy now on the node (one partition or all it replicates).
+    /// Runs anti-entropy now on the endpoint node (one partition or all it replicates).
     pub async fn repair(&self, partition: Option<u32>) -> Result<RepairReport, ClientError> {
-        let mut c = self.admin.clone();
-        self.call(c.repair(RepairRequest { partition })).await
+        self.admin(|mut c| async move { c.repair(RepairRequest { partition }).await }).await
     }
 
-    /// The partition layout.
+    /// The partition layout, as the endpoint node has it. A partition-aware client also routes
+    /// with it from now on, if it is newer than its own.
     pub async fn ring(&self) -> Result<RingLayout, ClientError> {
-        let mut c = self.admin.clone();
-        self.call(c.ring(RingRequest {})).await
+        let layout: RingLayout =
+            self.admin(|mut c| async move { c.ring(RingRequest {}).await }).await?;
+        if self.inner.partition_aware {
+            // An invalid layout is the caller's to inspect; routing keeps its ring then.
+            let _ = self.inner.install(&layout);
+        }
+        Ok(layout)
     }
 
     /// Polls until `node` reports `left` (every partition handed off), calling `progress` with
@@ -190,12 +356,210 @@ impl Client {
                 return Err(ClientError::Timeout {
                     endpoint: format!(
                         "{} (waiting for {node} to leave; it is {state})",
-                        self.endpoint
+                        self.endpoint()
                     ),
                     timeout_ms: limit.as_millis() as u64,
                 });
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// An admin call to the endpoint node: run it, convert the answer, classify a failure.
+    async fn admin<R, T: From<R>, Fut>(
+        &self,
+        call: impl FnOnce(AdminClient<Channel>) -> Fut,
+    ) -> Result<T, ClientError>
+    where
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let endpoint = self.endpoint();
+        let conn = self.inner.pool.get(endpoint)?;
+        call(conn.admin)
+            .await
+            .map(|r| T::from(r.into_inner()))
+            .map_err(|s| Failure::of(&s, endpoint, self.inner.timeout).error)
+    }
+
+    /// The envelope of every data call: send it to the planned nodes in turn until one
+    /// answers or the failure may not be retried (see [`Failure::may_retry`]); learn from the
+    /// answer's epoch; convert the answer to the client's type.
+    async fn route<R, T: From<R>, Fut>(
+        &self,
+        key: &[u8],
+        op: Op,
+        call: impl Fn(ClientClient<Channel>) -> Fut,
+    ) -> Result<T, ClientError>
+    where
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let inner = &self.inner;
+        let plan = inner.plan(key);
+        let mut errors: Vec<ClientError> = Vec::new();
+        let mut failed_over = false;
+        for (attempt, address) in plan.iter().enumerate() {
+            let conn = match inner.pool.get(address) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    errors.push(e);
+                    failed_over = true;
+                    continue;
+                }
+            };
+            match call(conn.client).await {
+                Ok(response) => {
+                    let epoch = response
+                        .metadata()
+                        .get(contract::EPOCH_KEY)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    inner.state().health.mark_up(address);
+                    if failed_over || inner.is_stale(epoch) {
+                        Inner::spawn_refresh(inner, Some(address.clone()));
+                    }
+                    return Ok(T::from(response.into_inner()));
+                }
+                Err(status) => {
+                    let failure = Failure::of(&status, address, inner.timeout);
+                    if matches!(failure.delivery, Delivery::Unreached | Delivery::Interrupted) {
+                        inner.state().health.mark_down(address, Instant::now());
+                        failed_over = true;
+                    }
+                    if !failure.may_retry(op) {
+                        if failed_over {
+                            Inner::spawn_refresh(inner, None);
+                        }
+                        return Err(failure.error);
+                    }
+                    let last = attempt + 1 == plan.len();
+                    if failure.delivery == Delivery::Declined && !last {
+                        tokio::time::sleep(DECLINED_PAUSE).await;
+                    }
+                    errors.push(failure.error);
+                }
+            }
+        }
+        Inner::spawn_refresh(inner, None);
+        match errors.len() {
+            1 => Err(errors.remove(0)),
+            _ => Err(ClientError::Exhausted {
+                errors: errors.iter().map(|e| e.to_string()).collect(),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The endpoints a request for `key` tries, in order (see [`Router::plan`]).
+    fn plan(&self, key: &[u8]) -> Vec<String> {
+        let now = Instant::now();
+        let state = self.state();
+        state.router.plan(key, |a| state.health.is_down(a, now), self.retries + 1)
+    }
+
+    /// Whether an answer carrying `epoch` says the ring routed with is out of date (or that
+    /// there is none yet).
+    fn is_stale(&self, epoch: Option<u64>) -> bool {
+        if !self.partition_aware {
+            return false;
+        }
+        match (epoch, self.state().router.epoch()) {
+            (_, None) => true,
+            (Some(seen), Some(held)) => seen > held,
+            (None, Some(_)) => false,
+        }
+    }
+
+    /// Routes with `layout` if it is newer; closes connections to nodes no longer in the ring.
+    fn install(&self, layout: &RingLayout) -> Result<bool, dynamo_api::ring::RingError> {
+        let mut state = self.state();
+        let installed = state.router.install(layout)?;
+        if installed {
+            let keep = state.router.addresses();
+            self.pool.retain(|a| keep.iter().any(|k| k == a));
+            state.health.retain(Instant::now(), |a| keep.iter().any(|k| k == a));
+        }
+        Ok(installed)
+    }
+
+    /// Starts a ring fetch in the background, asking `first` first, unless one is running or
+    /// the last one failed less than [`REFRESH_BACKOFF`] ago.
+    fn spawn_refresh(inner: &Arc<Inner>, first: Option<String>) {
+        if !inner.partition_aware || inner.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let flag = Refreshing(Arc::clone(inner));
+        if inner.state().refresh_failed_at.is_some_and(|t| t.elapsed() < REFRESH_BACKOFF) {
+            return;
+        }
+        // Detached on purpose: the request that noticed the stale ring must not wait for the
+        // new one. The task ends on its own (it asks at most `retries + 1` nodes and the seeds,
+        // each call bounded by the client's timeout), `flag` keeps it to one at a time, and a
+        // failure is recorded in the state (`refresh_failed_at`), so nothing needs its result.
+        tokio::spawn(async move {
+            let _ = flag.0.fetch_ring(first).await;
+            drop(flag);
+        });
+    }
+
+    /// Asks `first`, then the nodes a request would try, for the ring until one answers;
+    /// installs it if newer. Returns the epoch routed with afterwards.
+    async fn fetch_ring(&self, first: Option<String>) -> Result<u64, ClientError> {
+        let mut candidates: Vec<String> = first.into_iter().collect();
+        {
+            let now = Instant::now();
+            let state = self.state();
+            let mut order = state.router.seeds().to_vec();
+            order.extend(state.router.addresses());
+            let (up, down): (Vec<String>, Vec<String>) =
+                order.into_iter().partition(|a| !state.health.is_down(a, now));
+            for a in up.into_iter().chain(down) {
+                if !candidates.contains(&a) {
+                    candidates.push(a);
+                }
+            }
+        }
+        candidates.truncate((self.retries + 1).max(self.seeds.len()));
+        let mut errors = Vec::new();
+        for address in &candidates {
+            let mut admin = match self.pool.get(address) {
+                Ok(conn) => conn.admin,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            match admin.ring(RingRequest {}).await {
+                Ok(response) => {
+                    let layout = RingLayout::from(response.into_inner());
+                    if let Err(e) = self.install(&layout) {
+                        let cause = e.to_string();
+                        errors.push(ClientError::InvalidRing { endpoint: address.clone(), cause });
+                        continue;
+                    }
+                    let mut state = self.state();
+                    state.refresh_failed_at = None;
+                    return Ok(state.router.epoch().unwrap_or(layout.epoch));
+                }
+                Err(status) => {
+                    let failure = Failure::of(&status, address, self.timeout);
+                    if failure.delivery == Delivery::Unreached {
+                        self.state().health.mark_down(address, Instant::now());
+                    }
+                    errors.push(failure.error);
+                }
+            }
+        }
+        self.state().refresh_failed_at = Some(Instant::now());
+        match errors.len() {
+            1 => Err(errors.remove(0)),
+            _ => Err(ClientError::Exhausted {
+                errors: errors.iter().map(|e| e.to_string()).collect(),
+            }),
         }
     }
 }

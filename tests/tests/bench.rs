@@ -70,6 +70,10 @@ async fn bench_runs_every_workload_without_errors() {
     .await;
     let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(doc["cluster"], "test: N=3 R=2 W=2, 3 nodes", "{doc}");
+    // Routing is on by default: one partition-aware client routed with the cluster's ring.
+    let epoch = cluster.client(0).ring().await.unwrap().epoch;
+    assert_eq!(doc["partition_aware"], true, "{doc}");
+    assert_eq!(doc["ring_epoch"], epoch, "{doc}");
     check_phase(&doc["load"], 200);
     assert!(doc["load"]["operations"]["insert"].is_object(), "{doc}");
     let runs = doc["runs"].as_array().unwrap();
@@ -106,8 +110,11 @@ async fn bench_runs_every_workload_without_errors() {
         "1",
         "--rate",
         "100",
+        "--partition-aware",
+        "false",
     ])
     .await;
+    assert!(text.contains("partition-aware routing off"), "{text}");
     assert!(text.contains("workload a (50% read, 50% update)"), "{text}");
     assert!(text.contains("open loop at 100 ops/s"), "{text}");
     assert!(text.contains(", 0 errors"), "{text}");

@@ -1,0 +1,307 @@
+//! The client against fake nodes served in-process (gRPC on loopback): which node each request
+//! reaches, when the ring is fetched again, which failures go to another node.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dynamo_api::contract::EPOCH_KEY;
+use dynamo_api::pb::admin::{self, admin_server};
+use dynamo_api::pb::client::{self as wire, client_server};
+use dynamo_api::ring::{Member, NodeId, Ring};
+use tonic::{Request, Response, Status};
+
+use super::*;
+
+/// What every fake node reports: the ring (`admin.Ring`) and the epoch stamped on answers.
+struct FakeCluster {
+    layout: Mutex<admin::RingResponse>,
+    epoch: AtomicU64,
+}
+
+/// One fake node: answers gets and puts with the cluster's epoch and records their keys.
+#[derive(Clone)]
+struct FakeNode {
+    cluster: Arc<FakeCluster>,
+    /// Keys of the gets and puts received.
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// When set, puts never answer.
+    hang: Arc<AtomicBool>,
+    /// How many ring requests it served.
+    ring_calls: Arc<AtomicUsize>,
+}
+
+impl FakeNode {
+    fn answer<T>(&self, key: Vec<u8>, body: T) -> Response<T> {
+        self.received.lock().unwrap().push(key);
+        let mut response = Response::new(body);
+        let epoch = self.cluster.epoch.load(Ordering::SeqCst);
+        response.metadata_mut().insert(EPOCH_KEY, epoch.into());
+        response
+    }
+
+    fn received(&self, key: &[u8]) -> bool {
+        self.received.lock().unwrap().iter().any(|k| k == key)
+    }
+}
+
+#[tonic::async_trait]
+impl client_server::Client for FakeNode {
+    async fn get(
+        &self,
+        req: Request<wire::GetRequest>,
+    ) -> Result<Response<wire::GetResponse>, Status> {
+        let key = req.into_inner().key;
+        Ok(self.answer(key, wire::GetResponse::default()))
+    }
+
+    async fn put(
+        &self,
+        req: Request<wire::PutRequest>,
+    ) -> Result<Response<wire::PutResponse>, Status> {
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let key = req.into_inner().key;
+        Ok(self.answer(key, wire::PutResponse { context: vec![1], acks: 2 }))
+    }
+}
+
+#[tonic::async_trait]
+impl admin_server::Admin for FakeNode {
+    async fn ring(
+        &self,
+        _: Request<admin::RingRequest>,
+    ) -> Result<Response<admin::RingResponse>, Status> {
+        self.ring_calls.fetch_add(1, Ordering::SeqCst);
+        Ok(Response::new(self.cluster.layout.lock().unwrap().clone()))
+    }
+}
+
+/// `live` fake nodes serving, and `dead` members whose address nothing listens on.
+struct Fakes {
+    cluster: Arc<FakeCluster>,
+    nodes: Vec<FakeNode>,
+    /// Member id -> address, live ones first.
+    addresses: Vec<(String, String)>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Fakes {
+    fn drop(&mut self) {
+        self.servers.iter().for_each(|s| s.abort());
+    }
+}
+
+/// The ring over the first `members` of `addresses` as a node reports it.
+fn layout(addresses: &[(String, String)], members: usize, epoch: u64) -> admin::RingResponse {
+    let ring_members: Vec<Member> = addresses[..members]
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| Member {
+            id: NodeId(id.clone()),
+            zone: format!("z{}", i % 3),
+            weight: 1,
+        })
+        .collect();
+    let ring = Ring::new(16, ring_members).unwrap();
+    let members: Vec<admin::RingMember> = ring
+        .members()
+        .iter()
+        .map(|m| admin::RingMember {
+            id: m.id.0.clone(),
+            address: addresses.iter().find(|(id, _)| *id == m.id.0).unwrap().1.clone(),
+            zone: m.zone.clone(),
+            weight: m.weight,
+        })
+        .collect();
+    let owners: Vec<u32> = ring
+        .owners()
+        .iter()
+        .map(|o| members.iter().position(|m| m.id == o.0).unwrap() as u32)
+        .collect();
+    admin::RingResponse { partitions: 16, n: 3, members, owners, epoch }
+}
+
+async fn fakes(live: usize, dead: usize) -> Fakes {
+    let mut listeners = Vec::new();
+    let mut addresses = Vec::new();
+    for i in 0..live {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addresses.push((format!("n{i}"), listener.local_addr().unwrap().to_string()));
+        listeners.push(listener);
+    }
+    for i in 0..dead {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        addresses.push((format!("dead{i}"), listener.local_addr().unwrap().to_string()));
+    }
+    let cluster = Arc::new(FakeCluster {
+        layout: Mutex::new(layout(&addresses, live + dead, 1)),
+        epoch: AtomicU64::new(1),
+    });
+    let mut nodes = Vec::new();
+    let mut servers = Vec::new();
+    for listener in listeners {
+        let node = FakeNode {
+            cluster: cluster.clone(),
+            received: Arc::default(),
+            hang: Arc::default(),
+            ring_calls: Arc::default(),
+        };
+        nodes.push(node.clone());
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        // Aborted when the test's `Fakes` is dropped.
+        servers.push(tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(client_server::ClientServer::new(node.clone()))
+                .add_service(admin_server::AdminServer::new(node))
+                .serve_with_incoming(incoming)
+                .await
+                .unwrap();
+        }));
+    }
+    Fakes { cluster, nodes, addresses, servers }
+}
+
+impl Fakes {
+    fn address(&self, i: usize) -> String {
+        self.addresses[i].1.clone()
+    }
+
+    /// The index of the node at `address`.
+    fn index_of(&self, address: &str) -> usize {
+        self.addresses.iter().position(|(_, a)| a == address).unwrap()
+    }
+
+    fn ring_calls(&self) -> usize {
+        self.nodes.iter().map(|n| n.ring_calls.load(Ordering::SeqCst)).sum()
+    }
+}
+
+/// Polls `done` every few milliseconds for up to 5 s.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn requests_go_to_the_first_replica_of_their_key_over_one_connection_per_node() {
+    let fakes = fakes(4, 0).await;
+    let client = Client::builder([fakes.address(0)]).build().unwrap();
+    assert_eq!(client.refresh_ring().await.unwrap(), Some(1));
+    for i in 0..40 {
+        let key = format!("key-{i}").into_bytes();
+        let first = fakes.index_of(&client.endpoints_for(&key)[0]);
+        client.put(&key, b"v".to_vec(), vec![], None).await.unwrap();
+        client.get(&key, None).await.unwrap();
+        for (j, node) in fakes.nodes.iter().enumerate() {
+            assert_eq!(node.received(&key), j == first, "key-{i} at n{j} (first replica n{first})");
+        }
+        let ring = layout(&fakes.addresses, 4, 1);
+        let ring = RingLayout::from(ring).to_ring().unwrap();
+        let replica = &ring.preference_list(ring.partition_of(&key))[0].id;
+        assert_eq!(replica.0, format!("n{first}"), "the node's own first replica");
+    }
+    assert_eq!(client.inner.pool.len(), 4, "one connection per node, reused");
+}
+
+#[tokio::test]
+async fn without_a_ring_a_request_goes_to_a_seed_and_the_ring_follows() {
+    let fakes = fakes(3, 0).await;
+    let client = Client::builder([fakes.address(1)]).build().unwrap();
+    assert_eq!(client.ring_epoch(), None);
+    client.put(b"k", b"v".to_vec(), vec![], None).await.unwrap();
+    assert!(fakes.nodes[1].received(b"k"));
+    eventually("the client has the ring", || client.ring_epoch() == Some(1)).await;
+    assert_eq!(fakes.ring_calls(), 1);
+}
+
+#[tokio::test]
+async fn an_answer_with_a_newer_epoch_brings_the_new_ring_once() {
+    let fakes = fakes(4, 0).await;
+    *fakes.cluster.layout.lock().unwrap() = layout(&fakes.addresses, 3, 1);
+    let client = Client::builder([fakes.address(0)]).build().unwrap();
+    client.refresh_ring().await.unwrap();
+    // Requests answered at the ring's epoch fetch nothing.
+    for i in 0..10 {
+        client.put(format!("a{i}").as_bytes(), b"v".to_vec(), vec![], None).await.unwrap();
+    }
+    assert_eq!(fakes.ring_calls(), 1);
+    assert!(fakes.nodes[3].received.lock().unwrap().is_empty(), "n3 is not in the ring yet");
+
+    // n3 joins: the nodes answer with epoch 2.
+    *fakes.cluster.layout.lock().unwrap() = layout(&fakes.addresses, 4, 2);
+    fakes.cluster.epoch.store(2, Ordering::SeqCst);
+    client.put(b"b", b"v".to_vec(), vec![], None).await.unwrap();
+    eventually("the client routes with epoch 2", || client.ring_epoch() == Some(2)).await;
+    let calls = fakes.ring_calls();
+    assert_eq!(calls, 2, "one fetch for the new epoch");
+    for i in 0..40 {
+        let key = format!("c{i}").into_bytes();
+        client.put(&key, b"v".to_vec(), vec![], None).await.unwrap();
+    }
+    assert_eq!(fakes.ring_calls(), calls, "no fetch once the ring is current");
+    assert!(!fakes.nodes[3].received.lock().unwrap().is_empty(), "n3 gets its keys");
+}
+
+#[tokio::test]
+async fn a_replica_that_refuses_connections_is_skipped_then_avoided() {
+    let fakes = fakes(3, 1).await;
+    let dead = fakes.address(3);
+    let client = Client::builder([fakes.address(0)]).build().unwrap();
+    client.refresh_ring().await.unwrap();
+    let key = (0..)
+        .map(|i| format!("key-{i}").into_bytes())
+        .find(|k| client.endpoints_for(k)[0] == dead)
+        .unwrap();
+    let second = fakes.index_of(&client.endpoints_for(&key)[1]);
+    client.put(&key, b"v".to_vec(), vec![], None).await.unwrap();
+    assert!(fakes.nodes[second].received(&key), "the next replica took the put");
+    let plan = client.endpoints_for(&key);
+    assert_eq!(plan[0], fakes.address(second), "the next replica now comes first: {plan:?}");
+    assert!(!plan.contains(&dead), "the dead node is tried after every other: {plan:?}");
+    // The failover made the client fetch the ring again (it is unchanged).
+    eventually("the ring is fetched after the failover", || fakes.ring_calls() == 2).await;
+}
+
+#[tokio::test]
+async fn a_put_that_times_out_is_not_sent_again() {
+    let fakes = fakes(3, 0).await;
+    let client =
+        Client::builder([fakes.address(0)]).timeout(Duration::from_millis(300)).build().unwrap();
+    client.refresh_ring().await.unwrap();
+    let key = b"slow".to_vec();
+    let first = fakes.index_of(&client.endpoints_for(&key)[0]);
+    fakes.nodes[first].hang.store(true, Ordering::SeqCst);
+    let err = client.put(&key, b"v".to_vec(), vec![], None).await.unwrap_err();
+    assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+    assert!(fakes.nodes.iter().all(|n| !n.received(&key)), "the put went nowhere else");
+}
+
+#[tokio::test]
+async fn a_client_that_is_not_partition_aware_talks_to_its_endpoint_only() {
+    let fakes = fakes(3, 0).await;
+    let client = Client::new(&fakes.address(2), Duration::from_secs(5)).unwrap();
+    assert!(!client.is_partition_aware());
+    for i in 0..20 {
+        client.put(format!("k{i}").as_bytes(), b"v".to_vec(), vec![], None).await.unwrap();
+    }
+    assert_eq!(fakes.nodes[2].received.lock().unwrap().len(), 20);
+    assert_eq!(client.refresh_ring().await.unwrap(), None);
+    assert_eq!(client.ring_epoch(), None);
+    assert_eq!(fakes.ring_calls(), 0);
+}
+
+#[tokio::test]
+async fn with_every_node_down_the_error_lists_what_was_tried() {
+    let fakes = fakes(0, 2).await;
+    let client = Client::builder([fakes.address(0), fakes.address(1)]).build().unwrap();
+    let err = client.get(b"k", None).await.unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, ClientError::Exhausted { ref errors } if errors.len() == 2), "{message}");
+    assert!(message.contains(&fakes.address(1)), "{message}");
+    assert!(matches!(Client::builder(Vec::<String>::new()).build(), Err(ClientError::NoEndpoint)));
+}
