@@ -203,11 +203,7 @@ mod tests {
                 weight: m.weight,
             })
             .collect();
-        let owners = ring
-            .owners()
-            .iter()
-            .map(|o| members.iter().position(|m| m.id == o.0).unwrap() as u32)
-            .collect();
+        let owners = ring.owner_indices();
         RingLayout { partitions: ring.partitions(), n, members, owners, epoch }
     }
 

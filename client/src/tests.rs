@@ -115,11 +115,7 @@ fn layout(addresses: &[(String, String)], members: usize, epoch: u64) -> admin::
             weight: m.weight,
         })
         .collect();
-    let owners: Vec<u32> = ring
-        .owners()
-        .iter()
-        .map(|o| members.iter().position(|m| m.id == o.0).unwrap() as u32)
-        .collect();
+    let owners: Vec<u32> = ring.owner_indices();
     admin::RingResponse { partitions: 16, n: 3, members, owners, epoch }
 }
 

@@ -272,6 +272,12 @@ impl Ring {
         self.owners.iter().map(|&o| self.members[usize::from(o)].id.clone()).collect()
     }
 
+    /// The owner of every partition as its index in [`Ring::members`]: the ring's wire form
+    /// (the admin API's `owners`, with the members in the same order).
+    pub fn owner_indices(&self) -> Vec<u32> {
+        self.owners.iter().map(|&o| u32::from(o)).collect()
+    }
+
     /// Every member exactly once, in preference order for partition `p` (taken modulo
     /// [`Ring::partitions`]). The first N are the replicas; the rest extend the list for
     /// sloppy quorum.

@@ -533,3 +533,16 @@ fn report() {
         println!("cost Q={q} S={s}: new {built:?}, rebalance(join) {:?}", t.elapsed());
     }
 }
+
+#[test]
+fn owner_indices_are_the_wire_form_of_owners() {
+    let ring = Ring::new(64, cluster(5, 3, 1)).unwrap();
+    let ring = ring.rebalance(cluster(7, 3, 1)).unwrap();
+    let indices = ring.owner_indices();
+    assert_eq!(indices.len(), 64);
+    let named: Vec<NodeId> =
+        indices.iter().map(|&i| ring.members()[i as usize].id.clone()).collect();
+    assert_eq!(named, ring.owners());
+    let rebuilt = Ring::from_parts(64, ring.members().to_vec(), named).unwrap();
+    assert_eq!(rebuilt.owner_indices(), indices);
+}

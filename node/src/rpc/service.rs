@@ -313,11 +313,7 @@ impl<N: Net> Admin for AdminService<N> {
                     weight: m.weight,
                 })
                 .collect();
-            let owners = ring
-                .owners()
-                .iter()
-                .map(|o| members.iter().position(|m| m.id == o.0).unwrap_or_default() as u32)
-                .collect();
+            let owners = ring.owner_indices();
             Ok(admin::RingResponse {
                 partitions: ring.partitions(),
                 n: shared.quorum.n as u32,
