@@ -102,6 +102,9 @@ pub fn status(out: &ClusterStatus, format: Format) -> String {
                 "node": out.node_id, "cluster": out.cluster, "n": out.n, "r": out.r, "w": out.w,
                 "partitions": out.partitions, "local_keys": out.local_keys, "nodes": nodes,
                 "hints": hints, "pending_partitions": out.pending_partitions, "transfers": transfers,
+                "workers": out.workers.iter()
+                    .map(|w| json!({ "name": w.name, "state": w.state, "steps": w.steps }))
+                    .collect::<Vec<_>>(),
             });
             format!("{doc}\n")
         }
@@ -146,6 +149,14 @@ pub fn status(out: &ClusterStatus, format: Format) -> String {
             for h in &out.hints {
                 let _ =
                     writeln!(s, "holding {} hint(s), {} bytes, for {}", h.count, h.bytes, h.target);
+            }
+            if !out.workers.is_empty() {
+                let workers: Vec<String> = out
+                    .workers
+                    .iter()
+                    .map(|w| format!("{} {} ({} steps)", w.name, w.state, w.steps))
+                    .collect();
+                let _ = writeln!(s, "workers on {}: {}", out.node_id, workers.join(", "));
             }
             s
         }

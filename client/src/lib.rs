@@ -77,7 +77,7 @@ pub use error::ClientError;
 pub use routing::Router;
 pub use types::{
     ClusterStatus, Decommissioned, Hints, MemberState, NodeInfo, RepairReport, RingLayout,
-    RingMember, Transfer, TransferState, Versions, Written,
+    RingMember, Transfer, TransferState, Versions, WorkerInfo, Written,
 };
 
 /// Default per-call timeout of [`Client::builder`].

@@ -165,6 +165,27 @@ pub struct ClusterStatus {
     pub pending_partitions: u32,
     /// Hints held for other nodes, per target.
     pub hints: Vec<Hints>,
+    /// The answering node's background workers.
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// One background worker of a node (gossip, transfer, handoff, anti-entropy, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    pub name: String,
+    /// What its last step found: "busy", "idle", "stopped", or "starting" before its first.
+    pub state: &'static str,
+    /// Steps completed since the node started.
+    pub steps: u64,
+}
+
+fn worker_state(v: i32) -> &'static str {
+    match admin::WorkerState::try_from(v) {
+        Ok(admin::WorkerState::Busy) => "busy",
+        Ok(admin::WorkerState::Idle) => "idle",
+        Ok(admin::WorkerState::Stopped) => "stopped",
+        _ => "starting",
+    }
 }
 
 impl ClusterStatus {
@@ -297,6 +318,11 @@ impl From<admin::StatusResponse> for ClusterStatus {
                 .hints
                 .into_iter()
                 .map(|h| Hints { target: h.target, count: h.count, bytes: h.bytes })
+                .collect(),
+            workers: r
+                .workers
+                .into_iter()
+                .map(|w| WorkerInfo { state: worker_state(w.state), name: w.name, steps: w.steps })
                 .collect(),
         }
     }

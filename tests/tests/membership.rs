@@ -85,6 +85,13 @@ async fn grow_from_three_to_five_and_shrink_back_while_writing() {
     cluster.wait_members(5).await.unwrap();
     let status = cluster.status(0).await.unwrap();
     assert!(status.nodes.iter().all(|n| n.membership == MemberState::Normal), "{:?}", status.nodes);
+    // Status reports the node's background workers, and they run.
+    let names: Vec<&str> = status.workers.iter().map(|w| w.name.as_str()).collect();
+    for worker in ["gossip", "handoff", "prober", "readiness", "transfer"] {
+        assert!(names.contains(&worker), "{worker} missing from {:?}", status.workers);
+    }
+    let gossip = status.workers.iter().find(|w| w.name == "gossip").unwrap();
+    assert!(gossip.steps > 0 && gossip.state != "stopped", "{gossip:?}");
 
     cluster.decommission(e).await.unwrap();
     cluster.wait_members(4).await.unwrap();

@@ -46,7 +46,7 @@ pub struct Shared<N> {
     pub faults: Option<Arc<FaultSwitch>>,
     /// Partitions moving to this node in the current layout change.
     pub progress: Arc<Mutex<Progress>>,
-    /// The background workers' states (for a future Status field).
+    /// The background workers' states, reported by `Status`.
     pub workers: Statuses,
 }
 
@@ -518,7 +518,28 @@ impl<N: Net> AdminService<N> {
                     bytes: s.bytes,
                 })
                 .collect(),
+            workers: shared
+                .workers
+                .snapshot()
+                .into_iter()
+                .map(|(name, w)| admin::WorkerStatus {
+                    name: name.to_string(),
+                    state: worker_state(&w) as i32,
+                    steps: w.steps,
+                })
+                .collect(),
         })
+    }
+}
+
+/// A worker's status as the admin API reports it.
+fn worker_state(status: &crate::worker::WorkerStatus) -> admin::WorkerState {
+    use crate::worker::WorkerState;
+    match (status.stopped, status.state) {
+        (true, _) | (_, Some(WorkerState::Done)) => admin::WorkerState::Stopped,
+        (false, Some(WorkerState::Busy)) => admin::WorkerState::Busy,
+        (false, Some(WorkerState::Idle)) => admin::WorkerState::Idle,
+        (false, None) => admin::WorkerState::Unspecified,
     }
 }
 
