@@ -100,6 +100,22 @@ pub fn is_node_error(status: &tonic::Status) -> bool {
     status.metadata().contains_key(ERROR_KIND_KEY)
 }
 
+/// Whether a failed call never reached the node: the connection could not be made (refused,
+/// no route, connect timeout), which tonic reports as a [`tonic::ConnectError`] in the error's
+/// chain. Any other transport failure (a connection reset or closed after the request was
+/// sent) may have reached the node, so a write that failed that way may have been applied and
+/// must not be sent to another node.
+pub fn never_connected(status: &tonic::Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if e.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// The most specific cause of a transport failure ("Connection refused" rather than
 /// "transport error").
 pub fn transport_cause(status: &tonic::Status) -> String {

@@ -203,7 +203,9 @@ impl ErrorKind {
         match e {
             ClientError::Timeout { .. } => ErrorKind::Timeout,
             ClientError::Connect { .. } | ClientError::Exhausted { .. } => ErrorKind::Unavailable,
-            ClientError::InvalidRing { .. } | ClientError::NoEndpoint => ErrorKind::Other,
+            ClientError::InvalidRing { .. }
+            | ClientError::NoEndpoint
+            | ClientError::StillMember { .. } => ErrorKind::Other,
             ClientError::Node { code, .. } => match code {
                 Code::Unavailable => ErrorKind::Unavailable,
                 Code::DeadlineExceeded => ErrorKind::Timeout,

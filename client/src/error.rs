@@ -12,11 +12,12 @@ use tonic::{Code, Status};
 pub enum ClientError {
     /// Nothing answered at the endpoint.
     #[error(
-        "cannot reach a dynamo node at {endpoint}: {cause}; check --endpoint (or DYNAMO_ENDPOINT) \
-         and that the node is running"
+        "cannot reach a dynamo node at {endpoint}: {cause}; check that the node is running and \
+         that this address is reachable from here (dynamoctl: --endpoint or DYNAMO_ENDPOINT)"
     )]
     Connect { endpoint: String, cause: String },
-    /// The node answered with an error; its message says what to do.
+    /// The node answered with an error; its message says what to do. `code` is the gRPC status
+    /// code (e.g. `InvalidArgument` for bad input, `Unavailable` for a missed quorum).
     #[error("{message}")]
     Node { code: Code, message: String },
     /// The call did not complete in time.
@@ -40,6 +41,14 @@ pub enum ClientError {
          it had: check that the node runs the same dynamo version as the client"
     )]
     InvalidRing { endpoint: String, cause: String },
+    /// A node did not leave within the time waited for it (its partitions are still moving,
+    /// or it is not decommissioning).
+    #[error(
+        "{node} has not left after {waited_s} s; it is {state}: `dynamoctl status` shows the \
+         transfers still under way; wait longer, or, if the node crashed and cannot hand its \
+         data off, remove it with `dynamoctl decommission {node} --force`"
+    )]
+    StillMember { node: String, state: &'static str, waited_s: u64 },
     /// The client was built without an endpoint.
     #[error("no endpoint given: pass at least one node address (HOST:PORT)")]
     NoEndpoint,
@@ -104,7 +113,7 @@ impl Failure {
             Code::DeadlineExceeded | Code::Cancelled => {
                 Failure { error: timed_out(), delivery: Delivery::Final }
             }
-            _ if never_connected(status) => {
+            _ if contract::never_connected(status) => {
                 Failure { error: connect(), delivery: Delivery::Unreached }
             }
             Code::Unavailable | Code::Unknown | Code::Internal => {
@@ -125,25 +134,6 @@ impl Failure {
             Delivery::Final => false,
         }
     }
-}
-
-/// Whether the call failed while connecting, before anything was sent: tonic wraps connector
-/// errors in [`tonic::ConnectError`]; the connect timeout is an `io::Error` of kind `TimedOut`
-/// (the per-call timeout is a different error, classified before this is asked).
-fn never_connected(status: &Status) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = cause {
-        if e.downcast_ref::<tonic::ConnectError>().is_some() {
-            return true;
-        }
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The Rust client library for Dynamo: get, put, delete and the admin calls, with errors a user
-//! can act on and plain Rust types (no generated protobuf types in its API). It does not build
-//! a storage engine: an application depends on this crate alone.
+//! can act on and plain Rust types (no generated protobuf types in its API; a node's error
+//! carries its gRPC status code as a `tonic::Code`). It does not build a storage engine: an
+//! application depends on this crate alone.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), dynamo_client::ClientError> {
@@ -252,9 +253,11 @@ impl Client {
         self.inner.plan(key)
     }
 
-    /// Fetches the ring now (from the seeds, then the ring's nodes) and routes with it if it
+    /// Fetches the ring now (from the ring's members, then the seeds) and routes with it if it
     /// is newer; returns the epoch routed with. Does nothing on a client that is not
-    /// partition-aware (returns `None`).
+    /// partition-aware (returns `None`). It may run beside a background refresh: a ring is
+    /// installed only if its epoch is newer than the one routed with, so the later of the two
+    /// never replaces a newer ring with an older one.
     pub async fn refresh_ring(&self) -> Result<Option<u64>, ClientError> {
         if !self.inner.partition_aware {
             return Ok(None);
@@ -353,12 +356,10 @@ impl Client {
             progress(&status);
             if tokio::time::Instant::now() > deadline {
                 let state = status.membership_of(node).map_or("absent", MemberState::as_str);
-                return Err(ClientError::Timeout {
-                    endpoint: format!(
-                        "{} (waiting for {node} to leave; it is {state})",
-                        self.endpoint()
-                    ),
-                    timeout_ms: limit.as_millis() as u64,
+                return Err(ClientError::StillMember {
+                    node: node.to_string(),
+                    state,
+                    waited_s: limit.as_secs(),
                 });
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -506,15 +507,18 @@ impl Inner {
         });
     }
 
-    /// Asks `first`, then the nodes a request would try, for the ring until one answers;
-    /// installs it if newer. Returns the epoch routed with afterwards.
+    /// Asks `first`, then the ring's members and the seeds (those not marked down first), for
+    /// the ring until one answers; installs it if newer. Returns the epoch routed with
+    /// afterwards. At most `retries + 1` nodes beyond every seed are asked, so a client whose
+    /// seeds are all gone still reaches the ring's live members.
     async fn fetch_ring(&self, first: Option<String>) -> Result<u64, ClientError> {
         let mut candidates: Vec<String> = first.into_iter().collect();
         {
             let now = Instant::now();
             let state = self.state();
-            let mut order = state.router.seeds().to_vec();
-            order.extend(state.router.addresses());
+            // Members first: they are the cluster as last seen; seeds may be long gone.
+            let mut order = state.router.addresses();
+            order.extend(state.router.seeds().iter().cloned());
             let (up, down): (Vec<String>, Vec<String>) =
                 order.into_iter().partition(|a| !state.health.is_down(a, now));
             for a in up.into_iter().chain(down) {
@@ -523,7 +527,7 @@ impl Inner {
                 }
             }
         }
-        candidates.truncate((self.retries + 1).max(self.seeds.len()));
+        candidates.truncate(self.retries + 1 + self.seeds.len());
         let mut errors = Vec::new();
         for address in &candidates {
             let mut admin = match self.pool.get(address) {

@@ -46,6 +46,8 @@ pub struct WorkerStatus {
     pub steps: u64,
     /// Whether it has stopped (done, or shut down).
     pub stopped: bool,
+    /// Steps that panicked; the runner logs each, backs off and steps the worker again.
+    pub panics: u64,
 }
 
 /// Every worker's status, by name; cheap to clone and shared with whoever reports it.
@@ -60,7 +62,12 @@ impl Statuses {
 
     fn update(&self, name: &'static str, f: impl FnOnce(&mut WorkerStatus)) {
         let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        f(all.entry(name).or_insert(WorkerStatus { state: None, steps: 0, stopped: false }));
+        f(all.entry(name).or_insert(WorkerStatus {
+            state: None,
+            steps: 0,
+            stopped: false,
+            panics: 0,
+        }));
     }
 }
 
@@ -86,20 +93,43 @@ impl Runner {
         self.statuses.clone()
     }
 
-    /// Starts a worker: wait, step, record, repeat until it is done or shutdown.
+    /// Starts a worker: wait, step, record, repeat until it is done or shutdown. A step that
+    /// panics does not end the worker silently: the panic is logged and counted, and the
+    /// worker is stepped again after a backoff (1 s, doubling up to a minute), like a
+    /// supervisor restarting a failed job.
     pub fn spawn(&mut self, mut worker: impl Worker) {
+        use futures::FutureExt as _;
         let (statuses, shutdown) = (self.statuses.clone(), self.shutdown.clone());
         let name = worker.name();
         statuses.update(name, |_| {});
         self.tasks.spawn(async move {
+            let mut backoff = Duration::ZERO;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(worker.wait()) => {}
+                    _ = tokio::time::sleep(worker.wait() + backoff) => {}
                 }
+                let step = std::panic::AssertUnwindSafe(worker.step()).catch_unwind();
                 let state = tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    state = worker.step() => state,
+                    state = step => state,
+                };
+                let state = match state {
+                    Ok(state) => {
+                        backoff = Duration::ZERO;
+                        state
+                    }
+                    Err(panic) => {
+                        let message = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        backoff = (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                        tracing::error!(worker = name, %message, ?backoff, "a background worker's step panicked; stepping it again after the backoff (a bug: please report it)");
+                        statuses.update(name, |s| s.panics += 1);
+                        continue;
+                    }
                 };
                 statuses.update(name, |s| {
                     s.state = Some(state);
@@ -130,10 +160,12 @@ impl Runner {
 mod tests {
     use super::*;
 
-    /// Busy twice, then idle, then done; or, with `hang`, a step that never ends.
+    /// Busy twice, then idle, then done; or, with `hang`, a step that never ends; with
+    /// `panic_at`, that step panics.
     struct Counter {
         steps: u32,
         hang: bool,
+        panic_at: Option<u32>,
     }
 
     impl Worker for Counter {
@@ -155,6 +187,9 @@ mod tests {
                     std::future::pending::<()>().await;
                 }
                 self.steps += 1;
+                if self.panic_at == Some(self.steps) {
+                    panic!("step {} fails", self.steps);
+                }
                 match self.steps {
                     1 | 2 => WorkerState::Busy,
                     3 => WorkerState::Idle,
@@ -167,7 +202,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_runner_steps_a_worker_until_done_and_records_its_state() {
         let mut runner = Runner::new(CancellationToken::new());
-        runner.spawn(Counter { steps: 0, hang: false });
+        runner.spawn(Counter { steps: 0, hang: false, panic_at: None });
         let statuses = runner.statuses();
         tokio::time::sleep(Duration::from_millis(250)).await;
         let s = &statuses.snapshot()["counter"];
@@ -180,7 +215,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shutdown_stops_a_step_in_progress_within_the_deadline() {
         let mut runner = Runner::new(CancellationToken::new());
-        runner.spawn(Counter { steps: 0, hang: true });
+        runner.spawn(Counter { steps: 0, hang: true, panic_at: None });
         let statuses = runner.statuses();
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!statuses.snapshot()["hang"].stopped);
@@ -189,5 +224,19 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(1), "a hanging step does not delay it");
         let s = &statuses.snapshot()["hang"];
         assert_eq!((s.state, s.steps, s.stopped), (None, 0, true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_step_is_counted_and_the_worker_goes_on_after_a_backoff() {
+        let mut runner = Runner::new(CancellationToken::new());
+        runner.spawn(Counter { steps: 0, hang: false, panic_at: Some(2) });
+        let statuses = runner.statuses();
+        // Step 1 at 100 ms; step 2 panics at 200 ms; the backoff (1 s) delays step 3.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let s = &statuses.snapshot()["counter"];
+        assert_eq!((s.steps, s.panics, s.stopped), (1, 1, false));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let s = &statuses.snapshot()["counter"];
+        assert_eq!((s.state, s.panics, s.stopped), (Some(WorkerState::Done), 1, true));
     }
 }

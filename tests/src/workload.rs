@@ -362,7 +362,9 @@ pub fn classify(err: &ClientError) -> Failure {
         ClientError::Connect { .. } => Failure::Unreachable,
         // A write goes to another node only when nothing reached the previous one.
         ClientError::Exhausted { .. } => Failure::Unreachable,
-        ClientError::InvalidRing { .. } | ClientError::NoEndpoint => Failure::Other,
+        ClientError::InvalidRing { .. }
+        | ClientError::NoEndpoint
+        | ClientError::StillMember { .. } => Failure::Other,
         ClientError::Node { code, message } => match code {
             Code::Unavailable if message.contains("required replicas answered") => Failure::Quorum,
             Code::Unavailable if message.contains("could coordinate") => Failure::Unavailable,

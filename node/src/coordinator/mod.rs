@@ -40,7 +40,7 @@ const MAX_HOPS: u32 = 2;
 /// Whether a failed replica call should be retried on a stand-in: the replica did not answer
 /// (an answer with an error of its own means it is up and refused the request).
 fn needs_stand_in(e: &PeerError) -> bool {
-    matches!(e, PeerError::Unreachable(_) | PeerError::Timeout)
+    matches!(e, PeerError::Unreachable(_) | PeerError::Timeout | PeerError::Interrupted(_))
 }
 
 /// A replica's answer to a fetch, tagged with whom it was asked of.
@@ -386,7 +386,7 @@ impl<T: Replicas> Coordinator<T> {
                 extra.push(node.clone());
             }
         }
-        let mut quorum = ManySets::new(w, targets.len(), sets);
+        let mut quorum = ManySets::new(w, targets.iter().map(|t| t.node.clone()).collect(), sets);
         quorum.succeeded(&self.me);
         let (tx, mut rx) = mpsc::unbounded_channel();
         for node in extra {
@@ -407,7 +407,7 @@ impl<T: Replicas> Coordinator<T> {
                     let stand_in = if needs_stand_in(&e) { spares.pop_front() } else { None };
                     if let Some(stand_in) = stand_in {
                         let hint_for = target.hint_for.unwrap_or(target.node);
-                        quorum.add_target();
+                        quorum.add_target(&stand_in);
                         asked.push(stand_in.clone());
                         self.spawn_replicate(
                             Target { node: stand_in, hint_for: Some(hint_for) },
@@ -478,8 +478,9 @@ impl<T: Replicas> Coordinator<T> {
     }
 
     /// Hands a write to the first reachable replica. Only a replica that could not be reached
-    /// at all is skipped; one that timed out may have applied the write, so the error is
-    /// returned rather than risking a second coordinator writing it again.
+    /// at all is skipped; one that timed out, or whose connection broke after the write was
+    /// sent, may have applied it, so the error is returned rather than risking a second
+    /// coordinator writing it again (a second version: a spurious sibling).
     async fn forward(&self, op: Op, put: ForwardedPut, replicas: &[NodeId]) -> Result<PutOutcome> {
         let mut errors = Vec::new();
         // Replicas believed up first, in preference order; then the others, just in case.
@@ -492,6 +493,13 @@ impl<T: Replicas> Coordinator<T> {
                 Err(PeerError::Timeout) => {
                     errors
                         .push(format!("{node}: timed out (the write may have been applied there)"));
+                    break;
+                }
+                Err(PeerError::Interrupted(e)) => {
+                    errors.push(format!(
+                        "{node}: connection lost after sending ({e}; the write may have been \
+                         applied there)"
+                    ));
                     break;
                 }
                 Err(PeerError::Remote { code, message }) => {

@@ -89,20 +89,22 @@ impl QuorumTracker {
 }
 
 /// A write's quorum over several replica sets (Garage's `try_write_many_sets`): W
-/// acknowledgements among the nodes it was sent to (replicas and stand-ins) AND W within each
-/// extra set (during a layout change: the replicas of the next layout, so that nothing
-/// acknowledged is left behind when ownership flips). Reached when every requirement is,
-/// impossible as soon as one is.
+/// acknowledgements among the current replicas it was sent to (and their stand-ins) AND W
+/// within each extra set (during a layout change: the replicas of the next layout, so that
+/// nothing acknowledged is left behind when ownership flips). An acknowledgement counts in
+/// every set its node belongs to, and only there: a node of the next layout alone does not
+/// make up the current replicas' W, or a read of the current replicas could miss the write.
+/// Reached when every requirement is, impossible as soon as one is.
 #[derive(Debug, Clone)]
 pub struct ManySets {
-    sent: QuorumTracker,
+    sent: (Vec<NodeId>, QuorumTracker),
     sets: Vec<(Vec<NodeId>, QuorumTracker)>,
 }
 
 impl ManySets {
-    /// `w` of the `sent` nodes the write goes to, and `w` of each of `sets` (an empty set is
-    /// ignored).
-    pub fn new(w: usize, sent: usize, sets: Vec<Vec<NodeId>>) -> ManySets {
+    /// `w` of the `sent` nodes (the current replicas the write goes to), and `w` of each of
+    /// `sets` (an empty set is ignored).
+    pub fn new(w: usize, sent: Vec<NodeId>, sets: Vec<Vec<NodeId>>) -> ManySets {
         let sets = sets
             .into_iter()
             .filter(|s| !s.is_empty())
@@ -111,36 +113,43 @@ impl ManySets {
                 (s, t)
             })
             .collect();
-        ManySets { sent: QuorumTracker::new(w, sent), sets }
+        let tracker = QuorumTracker::new(w, sent.len());
+        ManySets { sent: (sent, tracker), sets }
     }
 
-    /// One more node was sent the write (a stand-in replacing one that failed).
-    pub fn add_target(&mut self) {
-        self.sent.add_target();
+    /// One more node was sent the write in place of a current replica that failed (a
+    /// stand-in, which keeps it as a hint): it counts towards the current replicas' W.
+    pub fn add_target(&mut self, node: &NodeId) {
+        self.sent.0.push(node.clone());
+        self.sent.1.add_target();
+    }
+
+    fn sets_of<'a>(
+        &'a mut self,
+        node: &'a NodeId,
+    ) -> impl Iterator<Item = &'a mut QuorumTracker> + 'a {
+        std::iter::once(&mut self.sent)
+            .chain(self.sets.iter_mut())
+            .filter(move |(members, _)| members.contains(node))
+            .map(|(_, t)| t)
     }
 
     /// Records an acknowledgement, in every set the node belongs to.
     pub fn succeeded(&mut self, node: &NodeId) {
-        for (members, t) in &mut self.sets {
-            if members.contains(node) {
-                t.succeeded(node.clone());
-            }
+        for t in self.sets_of(node) {
+            t.succeeded(node.clone());
         }
-        self.sent.succeeded(node.clone());
     }
 
     /// Records a failure, in every set the node belongs to.
     pub fn failed(&mut self, node: &NodeId, reason: &str) {
-        for (members, t) in &mut self.sets {
-            if members.contains(node) {
-                t.failed(node.clone(), reason.to_string());
-            }
+        for t in self.sets_of(node) {
+            t.failed(node.clone(), reason.to_string());
         }
-        self.sent.failed(node.clone(), reason.to_string());
     }
 
     pub fn state(&self) -> QuorumState {
-        let states = std::iter::once(&self.sent).chain(self.sets.iter().map(|(_, t)| t));
+        let states = std::iter::once(&self.sent.1).chain(self.sets.iter().map(|(_, t)| t));
         let mut all = QuorumState::Reached;
         for state in states.map(QuorumTracker::state) {
             match state {
@@ -152,18 +161,18 @@ impl ManySets {
         all
     }
 
-    /// The tracker of the nodes the write was sent to.
+    /// The tracker of the current replicas (and stand-ins) the write was sent to.
     pub fn sent(&self) -> &QuorumTracker {
-        &self.sent
+        &self.sent.1
     }
 
     /// The first requirement not reached (for the error message); the sent nodes' when all
     /// were reached.
     pub fn missed(&self) -> &QuorumTracker {
-        std::iter::once(&self.sent)
+        std::iter::once(&self.sent.1)
             .chain(self.sets.iter().map(|(_, t)| t))
             .find(|t| t.state() != QuorumState::Reached)
-            .unwrap_or(&self.sent)
+            .unwrap_or(&self.sent.1)
     }
 }
 
@@ -211,7 +220,8 @@ mod tests {
     #[test]
     fn a_write_during_a_layout_change_needs_w_in_each_set() {
         // Sent to a, b, c (current replicas); the next layout's replicas are c, d, e.
-        let mut q = ManySets::new(2, 3, vec![vec![id("c"), id("d"), id("e")], vec![]]);
+        let sent = || vec![id("a"), id("b"), id("c")];
+        let mut q = ManySets::new(2, sent(), vec![vec![id("c"), id("d"), id("e")], vec![]]);
         q.succeeded(&id("a"));
         q.succeeded(&id("b"));
         assert_eq!(q.state(), QuorumState::Waiting, "W of the sent nodes is not enough");
@@ -225,13 +235,28 @@ mod tests {
         assert_eq!(q.state(), QuorumState::Impossible, "the next set cannot reach W");
         assert_eq!(q.sent().successes(), 3);
 
-        let mut q = ManySets::new(2, 3, vec![vec![id("c"), id("d"), id("e")]]);
+        let mut q = ManySets::new(2, sent(), vec![vec![id("c"), id("d"), id("e")]]);
         for n in ["a", "c", "d"] {
             q.succeeded(&id(n));
         }
         assert_eq!(q.state(), QuorumState::Reached);
+
+        // Current a, b, c; next a, d, e: acks of a and d make W=2 in the next set but only one
+        // current replica holds the write, so a read of b and c would miss it: not reached.
+        let mut q = ManySets::new(2, sent(), vec![vec![id("a"), id("d"), id("e")]]);
+        q.succeeded(&id("a"));
+        q.succeeded(&id("d"));
+        assert_eq!(q.state(), QuorumState::Waiting);
+        assert_eq!(q.sent().successes(), 1, "d is not a current replica");
+        // A stand-in for a failed current replica counts for the current set.
+        q.failed(&id("b"), "refused");
+        q.add_target(&id("f"));
+        q.succeeded(&id("f"));
+        assert_eq!(q.state(), QuorumState::Reached);
+        assert_eq!(q.sent().successes(), 2);
+
         // Without extra sets it is a plain quorum.
-        let mut q = ManySets::new(1, 1, vec![]);
+        let mut q = ManySets::new(1, vec![id("a")], vec![]);
         q.succeeded(&id("a"));
         assert_eq!(q.state(), QuorumState::Reached);
     }

@@ -202,6 +202,17 @@ async fn non_replicas_forward_puts_to_the_first_reachable_replica() {
     assert_eq!(calls[0], ("coordinate_put", replicas[0].clone()));
     assert_eq!(calls[1], ("coordinate_put", replicas[1].clone()));
 
+    // The first replica applies the write but the answer is lost: the forwarder must not hand
+    // it to a second replica, which would write it again as a second version (a sibling).
+    // (Every replica resets, so whichever the forwarder tries first applies it.)
+    for r in &replicas {
+        sim.fault(r, Some(Fault::Reset));
+    }
+    let err = sim.node("n1").put(key, Some(b"z".to_vec()), b"", None, 0).await.unwrap_err();
+    let calls = sim.calls();
+    assert_eq!(calls.iter().filter(|(c, _)| *c == "coordinate_put").count(), 1, "{calls:?}");
+    assert!(err.to_string().contains("may have been applied"), "{err}");
+
     for r in &replicas {
         sim.fault(r, Some(Fault::Down));
     }

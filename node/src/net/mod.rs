@@ -66,6 +66,10 @@ pub enum PeerError {
     /// No answer in time; the request may or may not have been applied.
     #[error("timed out")]
     Timeout,
+    /// The connection broke after the request was sent (reset, closed): the request may or
+    /// may not have been applied, as with a timeout.
+    #[error("connection lost after sending: {0}")]
+    Interrupted(String),
     /// The peer answered with an error of its own (`code` is a gRPC code).
     #[error("{message}")]
     Remote { code: i32, message: String },

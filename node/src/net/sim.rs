@@ -28,6 +28,9 @@ pub enum Fault {
     Down,
     /// Never answers; the caller's timeout fires (after 30 s of simulated time).
     Hang,
+    /// Takes a write or a forwarded put and applies it, then the connection breaks before the
+    /// answer (the caller sees [`PeerError::Interrupted`]). Other calls are served normally.
+    Reset,
 }
 
 /// Coordinates a forwarded write on a node (a test wires it to that node's coordinator).
@@ -123,7 +126,7 @@ impl SimNet {
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 Err(PeerError::Timeout)
             }
-            None => {
+            Some(Fault::Reset) | None => {
                 let store = self.nodes.read().unwrap().get(to).map(|n| n.store.clone());
                 match store {
                     Some(store) => {
@@ -136,6 +139,16 @@ impl SimNet {
                     }
                 }
             }
+        }
+    }
+}
+
+impl SimNet {
+    /// The answer of a call that was applied: lost on the way back under [`Fault::Reset`].
+    fn answer<T>(&self, to: &NodeId, result: Result<T, PeerError>) -> Result<T, PeerError> {
+        match self.faults.lock().unwrap().get(to) {
+            Some(Fault::Reset) => Err(PeerError::Interrupted("connection reset by peer".into())),
+            _ => result,
         }
     }
 }
@@ -180,7 +193,8 @@ impl Replicas for SimNet {
         hint_for: Option<&NodeId>,
     ) -> Result<(), PeerError> {
         let store = self.enter("replicate", to).await?;
-        store.accept(to, self.partition(key), key, clock, hint_for).map_err(remote)
+        let applied = store.accept(to, self.partition(key), key, clock, hint_for).map_err(remote);
+        self.answer(to, applied)
     }
 
     async fn fetch(
@@ -200,11 +214,12 @@ impl Replicas for SimNet {
     ) -> Result<PutOutcome, PeerError> {
         self.enter("coordinate_put", to).await?;
         let handler = self.nodes.read().unwrap().get(to).and_then(|n| n.forward.clone());
-        match handler {
+        let outcome = match handler {
             // Boxed by the handler: a forwarded put runs a put, whose future contains this one.
             Some(handler) => handler(put).await,
             None => Err(PeerError::Unreachable(format!("{to} coordinates no writes here"))),
-        }
+        };
+        self.answer(to, outcome)
     }
 }
 
@@ -274,7 +289,15 @@ impl Gossip for SimNet {
             let Some((id, handler)) = found else {
                 return Err(PeerError::Unreachable(format!("nothing listens at {address}")));
             };
-            self.enter("gossip", &id).await?;
+            // As the gRPC peers: an answer proves the peer up, but a failed gossip round does
+            // not mark it down (only replica, Merkle and transfer calls and probes do).
+            let was_down = self.known_down.lock().unwrap().contains(&id);
+            if let Err(e) = self.enter("gossip", &id).await {
+                if !was_down {
+                    self.known_down.lock().unwrap().remove(&id);
+                }
+                return Err(e);
+            }
             match handler {
                 Some(handler) => handler(view),
                 None => Err(PeerError::Unreachable(format!("{id} does not gossip"))),

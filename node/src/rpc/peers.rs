@@ -149,8 +149,13 @@ pub fn peer_error(status: Status) -> PeerError {
     }
     match status.code() {
         Code::DeadlineExceeded | Code::Cancelled => PeerError::Timeout,
-        Code::Unavailable | Code::Unknown | Code::Internal => {
+        Code::Unavailable | Code::Unknown | Code::Internal
+            if dynamo_api::contract::never_connected(&status) =>
+        {
             PeerError::Unreachable(dynamo_api::contract::transport_cause(&status))
+        }
+        Code::Unavailable | Code::Unknown | Code::Internal => {
+            PeerError::Interrupted(dynamo_api::contract::transport_cause(&status))
         }
         code => PeerError::Remote { code: code as i32, message: status.message().to_string() },
     }
