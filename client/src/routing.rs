@@ -83,12 +83,7 @@ impl Router {
     /// without a ring.
     pub fn replicas(&self, key: &[u8]) -> Vec<NodeId> {
         let Some(routes) = &self.routes else { return Vec::new() };
-        let ring = &routes.ring;
-        ring.preference_list(ring.partition_of(key))
-            .into_iter()
-            .take(routes.n)
-            .map(|m| m.id.clone())
-            .collect()
+        routes.ring.replicas(routes.ring.partition_of(key), routes.n)
     }
 
     /// Every endpoint a request for `key` may go to, each once, best first: the key's replicas

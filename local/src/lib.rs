@@ -190,8 +190,7 @@ impl NodeProcess {
 
     /// Polls until the node answers a status call, failing early if the process exits.
     pub async fn wait_serving(&mut self, limit: Duration) -> Result<(), LaunchError> {
-        let client = Client::new(&self.address, Duration::from_secs(2))
-            .map_err(|e| LaunchError::Binary(e.to_string()))?;
+        let client = self.client()?;
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Some(status) = self.exited() {
@@ -217,6 +216,12 @@ impl NodeProcess {
         }
     }
 
+    /// A client of this node (its address was validated with its configuration).
+    fn client(&self) -> Result<Client, LaunchError> {
+        Client::new(&self.address, Duration::from_secs(2))
+            .map_err(|e| LaunchError::Config { id: self.id.clone(), message: e.to_string() })
+    }
+
     /// The last `lines` lines of the log, for error messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -240,11 +245,7 @@ pub async fn wait_for_one_ring(
     members: usize,
     limit: Duration,
 ) -> Result<(), LaunchError> {
-    let clients = nodes
-        .iter()
-        .map(|n| Client::new(&n.address, Duration::from_secs(2)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| LaunchError::Binary(e.to_string()))?;
+    let clients = nodes.iter().map(NodeProcess::client).collect::<Result<Vec<_>, _>>()?;
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let mut epochs = Vec::new();
@@ -256,7 +257,8 @@ pub async fn wait_for_one_ring(
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            let first = nodes.first().ok_or(LaunchError::Interrupted)?;
+            // Not empty: without nodes every epoch agrees at once.
+            let first = &nodes[0];
             return Err(LaunchError::Timeout {
                 what: format!("the {} nodes did not form one ring", nodes.len()),
                 limit,

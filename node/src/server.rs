@@ -25,8 +25,6 @@ use crate::rpc::MAX_MESSAGE_BYTES;
 use crate::storage::{Engine, MemoryEngine, RocksEngine, Store};
 use crate::worker::Runner;
 
-pub use dynamo_api::contract::READY_SERVICE;
-
 /// How long workers get to stop after the server did.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -133,6 +131,7 @@ async fn serve<N: Net>(
     tracing::info!(node = %node.me, "stopped");
     Ok(())
 }
+
 /// A token cancelled on SIGINT or SIGTERM: the one shutdown signal every task watches.
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();

@@ -291,6 +291,13 @@ impl Ring {
         self.pref_indices(self.slot(p)).iter().map(|&i| &self.members[usize::from(i)]).collect()
     }
 
+    /// The ids of the first `n` members of `p`'s preference list: the partition's replicas with
+    /// replication factor `n` (fewer when the ring has fewer members).
+    pub fn replicas(&self, p: PartitionId, n: usize) -> Vec<NodeId> {
+        let list = self.pref_indices(self.slot(p));
+        list[..n.min(list.len())].iter().map(|&i| self.members[usize::from(i)].id.clone()).collect()
+    }
+
     /// The partitions `id` owns, in ascending order (empty for a non-member).
     pub fn primary_partitions(&self, id: &NodeId) -> Vec<PartitionId> {
         let Some(i) = self.index_of(id) else { return Vec::new() };

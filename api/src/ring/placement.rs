@@ -34,15 +34,16 @@ impl Placement {
         self.current.as_ref().ok_or(NotJoined)
     }
 
-    /// The first `n` nodes of `partition`'s preference list in the committed ring (its
-    /// replicas), then those of the next ring that are not among them. A node in this list may
-    /// coordinate a write to the partition.
+    /// The replicas of `partition` in the committed ring (the first `n` of its preference
+    /// list), then those of the next ring that are not among them: the nodes that may
+    /// coordinate a write that was forwarded to them (one sent by a client must reach a
+    /// replica of the committed ring).
     pub fn replicas(&self, partition: PartitionId, n: usize) -> Vec<NodeId> {
         let mut out: Vec<NodeId> = Vec::new();
         for ring in self.current.iter().chain(self.next.iter()) {
-            for m in ring.preference_list(partition).into_iter().take(n) {
-                if !out.contains(&m.id) {
-                    out.push(m.id.clone());
+            for id in ring.replicas(partition, n) {
+                if !out.contains(&id) {
+                    out.push(id);
                 }
             }
         }

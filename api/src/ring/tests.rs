@@ -546,3 +546,15 @@ fn owner_indices_are_the_wire_form_of_owners() {
     let rebuilt = Ring::from_parts(64, ring.members().to_vec(), named).unwrap();
     assert_eq!(rebuilt.owner_indices(), indices);
 }
+
+#[test]
+fn replicas_are_the_first_n_of_the_preference_list() {
+    let ring = Ring::new(64, cluster(5, 3, 1)).unwrap();
+    for p in 0..64 {
+        for n in [1, 3, 5, 9] {
+            let expected: Vec<NodeId> =
+                ring.preference_list(p).iter().take(n).map(|m| m.id.clone()).collect();
+            assert_eq!(ring.replicas(p, n), expected, "partition {p}, n {n}");
+        }
+    }
+}

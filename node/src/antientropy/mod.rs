@@ -117,12 +117,7 @@ impl<N: Replicas + Merkle> AntiEntropy<N> {
     fn peers_of(&self, partition: PartitionId) -> Vec<NodeId> {
         let placement = self.placement.borrow().clone();
         let Some(ring) = placement.current.as_ref() else { return Vec::new() };
-        ring.preference_list(partition)
-            .iter()
-            .take(self.n)
-            .map(|m| m.id.clone())
-            .filter(|id| *id != self.me)
-            .collect()
+        ring.replicas(partition, self.n).into_iter().filter(|id| *id != self.me).collect()
     }
 
     /// The partitions this node replicates in the current ring.

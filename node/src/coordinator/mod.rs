@@ -251,11 +251,9 @@ impl<T: Replicas> Coordinator<T> {
                     .find(|(t, _)| t.node == *node)
                     .and_then(|(t, _)| t.hint_for.clone());
                 let result = if *node == me {
-                    match &hint_for {
-                        Some(target) => store.store_hint(target, partition, &key, &merged),
-                        None => store.merge(partition, &key, &merged).map(|_| ()),
-                    }
-                    .map_err(|e| e.to_string())
+                    store
+                        .accept(&me, partition, &key, &merged, hint_for.as_ref())
+                        .map_err(|e| e.to_string())
                 } else {
                     transport
                         .replicate(node, &key, &merged, hint_for.as_ref())
@@ -300,11 +298,14 @@ impl<T: Replicas> Coordinator<T> {
         let partition = self.partition_of(key);
         let preference = self.preference(ring, partition);
         let replicas = &preference[..self.settings.n.min(preference.len())];
+        // During a layout change, the replicas the partition moves to.
+        let next_replicas: Vec<NodeId> = placement
+            .next
+            .as_ref()
+            .map_or_else(Vec::new, |next| next.replicas(partition, self.settings.n));
         // A node becoming a replica in a layout change under way may coordinate too: it holds
         // every version it ever created, which is all a coordinator needs.
-        let becoming_replica = placement.next.as_ref().is_some_and(|next| {
-            next.preference_list(partition).iter().take(self.settings.n).any(|m| m.id == self.me)
-        });
+        let becoming_replica = next_replicas.contains(&self.me);
         let may_coordinate = replicas.contains(&self.me) || (hops > 0 && becoming_replica);
         if !may_coordinate {
             if hops >= MAX_HOPS {
@@ -348,15 +349,6 @@ impl<T: Replicas> Coordinator<T> {
 
         // During a layout change the write must also reach W of the replicas it moves to, so
         // that nothing acknowledged is left behind when ownership flips.
-        let next_replicas: Vec<NodeId> = match &placement.next {
-            Some(next) => next
-                .preference_list(partition)
-                .iter()
-                .take(self.settings.n)
-                .map(|m| m.id.clone())
-                .collect(),
-            None => Vec::new(),
-        };
         let sets = if next_replicas.is_empty() { Vec::new() } else { vec![next_replicas] };
         let acks = self.write_many_sets(op, key, &clock, &preference, w, sets).await?;
         Ok(PutOutcome { context: self.sealer.seal(key, &clock.context()), acks })
@@ -364,10 +356,11 @@ impl<T: Replicas> Coordinator<T> {
 
     /// Sends a version this node just wrote to the key's first N healthy nodes (stand-ins
     /// replace those that do not answer) and to every node of `sets`, and waits until W of
-    /// the nodes sent to acknowledged AND W of each set did (Garage's `try_write_many_sets`;
-    /// during a layout change the one extra set is the next layout's replicas). This node's
-    /// own write counts wherever it belongs. Returns the acknowledgements among the nodes
-    /// sent to, or the quorum error of the first requirement missed.
+    /// those first N nodes and their stand-ins acknowledged AND W of each set did (Garage's
+    /// `try_write_many_sets`; during a layout change the one extra set is the next layout's
+    /// replicas). This node's own write counts wherever it belongs. Returns the
+    /// acknowledgements among the first N and their stand-ins, or the quorum error of the
+    /// first requirement missed.
     async fn write_many_sets(
         &self,
         op: Op,

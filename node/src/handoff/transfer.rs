@@ -30,8 +30,18 @@ pub struct Transfer {
     pub to: String,
     pub keys: u64,
     pub bytes: u64,
-    /// "pending", "streaming" or "done".
-    pub state: &'static str,
+    pub state: TransferState,
+}
+
+/// How far one partition transfer got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferState {
+    /// Not started.
+    Pending,
+    /// Pages are being pulled.
+    Streaming,
+    /// Every page was pulled and merged.
+    Done,
 }
 
 /// Transfers of the current layout change, as this node sees them.
@@ -107,7 +117,7 @@ impl<N: PartitionSource> TransferWorker<N> {
                             to: me.0.clone(),
                             keys: 0,
                             bytes: 0,
-                            state: "pending",
+                            state: TransferState::Pending,
                         },
                     );
                 }
@@ -117,19 +127,16 @@ impl<N: PartitionSource> TransferWorker<N> {
         for partition in mine {
             let done = progress
                 .lock()
-                .map(|p| p.partitions.get(&partition).is_some_and(|t| t.state == "done"))
+                .map(|p| {
+                    p.partitions.get(&partition).is_some_and(|t| t.state == TransferState::Done)
+                })
                 .unwrap_or(false);
             if done {
                 continue;
             }
             // Sources: the partition's current replicas, reachable ones first.
-            let mut sources: Vec<NodeId> = current
-                .preference_list(partition)
-                .iter()
-                .take(n)
-                .map(|m| m.id.clone())
-                .filter(|id| *id != me)
-                .collect();
+            let mut sources: Vec<NodeId> =
+                current.replicas(partition, n).into_iter().filter(|id| *id != me).collect();
             sources.sort_by_key(|id| !net.is_up(id));
             let mut pulled = false;
             for source in sources {
@@ -191,7 +198,7 @@ async fn pull<N: PartitionSource>(
     };
     set(&|t| {
         t.from = source.0.clone();
-        t.state = "streaming";
+        t.state = TransferState::Streaming;
         t.keys = 0;
         t.bytes = 0;
     });
@@ -217,6 +224,6 @@ async fn pull<N: PartitionSource>(
             _ => break,
         }
     }
-    set(&|t| t.state = "done");
+    set(&|t| t.state = TransferState::Done);
     Ok(())
 }

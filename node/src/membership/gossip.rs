@@ -557,8 +557,8 @@ mod tests {
         assert!(a.view().nodes.contains_key(&idb), "a learnt of b");
         assert!(b.view().nodes.contains_key(&ida), "b learnt of a");
         assert_eq!(net.calls(), vec![("gossip", ida.clone())]);
-        // A peer that does not answer: the round fails and changes nothing; gossip alone does
-        // not mark it down (as with the gRPC peers), the failure detector's calls do.
+        // A peer that does not answer: the round fails (idle); gossip alone does not mark it
+        // down (as with the gRPC peers), the failure detector's calls do.
         net.fault(&ida, Some(Fault::Down));
         assert_eq!(b.round(2).await, WorkerState::Idle);
         assert!(net.is_up(&ida), "gossip does not feed the failure detector");

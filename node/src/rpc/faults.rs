@@ -40,7 +40,8 @@ impl FaultSwitch {
 
     /// A tonic interceptor for the internode server: calls from a blocked peer (named by the
     /// caller-id metadata) get a bare UNAVAILABLE, without the node-error marker, so the caller
-    /// classifies them as unreachable.
+    /// sees a transport failure (a lost connection), never an answer of this node. (The
+    /// harness blocks both sides, so the caller's own [`Faulty`] normally refuses first.)
     pub fn interceptor(
         self: &Arc<Self>,
     ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static

@@ -60,10 +60,9 @@ impl Peers {
     /// Feeds a call's outcome to the failure detector: no answer marks the peer down, any
     /// answer (even an error of its own) marks it up.
     fn observe<T>(&self, peer: &NodeId, result: &Result<T, PeerError>) {
-        let Ok(mut d) = self.detector.lock() else { return };
         match result {
-            Ok(_) | Err(PeerError::Remote { .. }) => d.record_success(peer),
-            Err(e) => d.record_failure(peer, &e.to_string(), Instant::now()),
+            Ok(_) | Err(PeerError::Remote { .. }) => self.heard_from(peer),
+            Err(e) => self.lost(peer, &e.to_string()),
         }
     }
 
@@ -98,11 +97,6 @@ impl Peers {
             .get(to)
             .map(|(_, c)| c.clone())
             .ok_or_else(|| PeerError::Unreachable(format!("{to} is not a known member")))
-    }
-
-    /// The address of a peer, if known.
-    pub fn address(&self, id: &NodeId) -> Option<String> {
-        self.clients.read().ok()?.get(id).map(|(a, _)| a.clone())
     }
 
     /// The envelope of every call to a known peer: its client, the request with this node's

@@ -16,7 +16,7 @@ use crate::antientropy::AntiEntropy;
 use crate::config::Quorum;
 use crate::coordinator::Coordinator;
 use crate::error::Error;
-use crate::handoff::transfer::Progress;
+use crate::handoff::transfer::{Progress, TransferState};
 use crate::membership::claimant::gains;
 use crate::membership::gossip::Membership;
 use crate::membership::view::View;
@@ -555,11 +555,10 @@ fn member_state(status: crate::membership::view::Status) -> admin::MemberState {
 }
 
 /// A transfer's progress as the admin API reports it.
-fn transfer_state(state: &str) -> admin::TransferState {
+fn transfer_state(state: TransferState) -> admin::TransferState {
     match state {
-        "pending" => admin::TransferState::Pending,
-        "streaming" => admin::TransferState::Streaming,
-        "done" => admin::TransferState::Done,
-        _ => admin::TransferState::Unspecified,
+        TransferState::Pending => admin::TransferState::Pending,
+        TransferState::Streaming => admin::TransferState::Streaming,
+        TransferState::Done => admin::TransferState::Done,
     }
 }
