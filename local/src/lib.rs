@@ -77,10 +77,49 @@ pub fn sibling_binary(name: &str) -> Option<PathBuf> {
     Some(dir.join(name)).filter(|p| p.is_file())
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
+/// A free TCP port on 127.0.0.1 for a server the caller starts soon after. It is taken below
+/// the kernel's ephemeral range, so no outgoing connection (of the nodes, the clients, other
+/// tests) can take it between this check and the server's bind, as happens with a port the
+/// kernel picks for `bind(0)`; and it is never handed out twice by one process.
 pub fn free_port() -> std::io::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Where this process starts looking: spread by pid, so concurrent processes rarely probe
+    // the same ports.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let low = ephemeral_low();
+    if low <= FIRST_PORT + 1000 {
+        // A system whose ephemeral range starts very low: fall back to the kernel's choice.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        return Ok(listener.local_addr()?.port());
+    }
+    let span = u32::from(low - FIRST_PORT);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = FIRST_PORT + (NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("every port in {FIRST_PORT}..{low} on 127.0.0.1 is in use"),
+    ))
+}
+
+/// The lowest port [`free_port`] hands out.
+const FIRST_PORT: u16 = 20000;
+
+/// The first port of the kernel's ephemeral range (Linux's default when it cannot be read).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
 }
 
 /// One `dynamo-node` process with its folder (`node.toml`, `node.log`, data). Dropping it
@@ -267,5 +306,26 @@ pub async fn wait_for_one_ring(
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
+        let mut unique = ports.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "a port was handed out twice: {ports:?}");
+        let low = ephemeral_low();
+        for port in ports {
+            if low > FIRST_PORT + 1000 {
+                assert!((FIRST_PORT..low).contains(&port), "{port} is not in {FIRST_PORT}..{low}");
+            }
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
+        }
     }
 }

@@ -100,9 +100,9 @@ fn dynamoctl_explains_an_unreachable_endpoint_and_a_bad_context() {
 }
 
 fn free_port_block(len: u16) -> u16 {
-    // Find `len` consecutive free ports.
+    // Find `len` consecutive free ports, below the ephemeral range (see `free_port`).
     'outer: for _ in 0..50 {
-        let base = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let base = dynamo_local::free_port().unwrap();
         if base > 65000 {
             continue;
         }
