@@ -182,6 +182,24 @@ pub struct MemberView {
     pub membership: Membership,
     /// Whether it answered its own admin API on this pass.
     pub reachable: bool,
+    /// Other nodes that found it reachable on this pass.
+    pub seen_up_by: usize,
+    /// Other nodes that found it unreachable on this pass.
+    pub seen_down_by: usize,
+    /// The shortest time any of those has found it unreachable (`None` when none has).
+    pub down_for: Option<Duration>,
+}
+
+impl MemberView {
+    /// Gone for at least `grace` as far as the operator can tell: it does not answer its own
+    /// admin API, no node that answered finds it reachable, at least one finds it down, and
+    /// every one of those has found it down for `grace` or longer.
+    pub fn gone_for(&self, grace: Duration) -> bool {
+        !self.reachable
+            && self.seen_up_by == 0
+            && self.seen_down_by > 0
+            && self.down_for.is_some_and(|d| d >= grace)
+    }
 }
 
 /// The ring as the nodes that answered see it.
@@ -197,6 +215,8 @@ pub struct RingView {
     pub active_transfers: usize,
     /// Transfers done.
     pub done_transfers: usize,
+    /// Hints held for each node (keys, summed over the nodes that hold them).
+    pub hints_for: BTreeMap<String, u64>,
     /// Keys sent by all transfers.
     pub keys_sent: u64,
     /// Bytes sent by all transfers.
@@ -211,16 +231,27 @@ impl RingView {
     pub fn merge(reports: &[StatusResponse]) -> RingView {
         let mut view = RingView { answered: reports.len(), ..RingView::default() };
         let mut own: BTreeMap<String, MemberView> = BTreeMap::new();
+        let mut liveness: BTreeMap<String, Seen> = BTreeMap::new();
         let mut transfers: BTreeMap<(u32, String, String), &Transfer> = BTreeMap::new();
         for report in reports {
             view.pending_partitions = view.pending_partitions.max(report.pending_partitions);
             for node in &report.nodes {
                 let Some(membership) = Membership::from_proto(node.membership) else { continue };
                 let is_self = node.is_self || node.id == report.node_id;
-                let member = MemberView { zone: node.zone.clone(), membership, reachable: is_self };
+                let member = MemberView {
+                    zone: node.zone.clone(),
+                    membership,
+                    reachable: is_self,
+                    seen_up_by: 0,
+                    seen_down_by: 0,
+                    down_for: None,
+                };
                 if is_self {
                     own.insert(node.id.clone(), member);
                 } else {
+                    let down_for =
+                        (!node.reachable).then_some(Duration::from_millis(node.down_for_ms.max(1)));
+                    *liveness.entry(node.id.clone()).or_default() += (node.reachable, down_for);
                     view.members
                         .entry(node.id.clone())
                         .and_modify(|m| {
@@ -230,6 +261,9 @@ impl RingView {
                         })
                         .or_insert(member);
                 }
+            }
+            for h in &report.hints {
+                *view.hints_for.entry(h.target.clone()).or_default() += h.count;
             }
             for t in &report.transfers {
                 let key = (t.partition, t.from.clone(), t.to.clone());
@@ -241,6 +275,11 @@ impl RingView {
             }
         }
         view.members.extend(own);
+        for (id, seen) in liveness {
+            if let Some(m) = view.members.get_mut(&id) {
+                (m.seen_up_by, m.seen_down_by, m.down_for) = (seen.up, seen.down, seen.down_for);
+            }
+        }
         for t in transfers.values() {
             if is_done(t) {
                 view.done_transfers += 1;
@@ -265,6 +304,28 @@ impl RingView {
             .filter(|(_, m)| m.membership == state)
             .map(|(id, _)| id.as_str())
             .collect()
+    }
+}
+
+/// What the other nodes found of one node.
+#[derive(Default)]
+struct Seen {
+    up: usize,
+    down: usize,
+    down_for: Option<Duration>,
+}
+
+impl std::ops::AddAssign<(bool, Option<Duration>)> for Seen {
+    fn add_assign(&mut self, (reachable, down_for): (bool, Option<Duration>)) {
+        if reachable {
+            self.up += 1;
+        } else {
+            self.down += 1;
+            self.down_for = match (self.down_for, down_for) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
     }
 }
 

@@ -7,12 +7,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -106,9 +109,13 @@ async fn reconcile_inner(cluster: &DynamoCluster, ctx: &Context) -> Result<Actio
         return Ok(Action::requeue(IDLE_REQUEUE));
     }
 
-    ensure_secret(ctx, cluster, &ns).await?;
     let observed = observe(ctx, cluster, &ns).await?;
     let mut plan = scaling::plan(&name, &cluster.spec, &observed);
+    if plan.paused {
+        // Nothing is written but the status.
+        return finish(ctx, cluster, &observed, &plan, &now).await;
+    }
+    ensure_secret(ctx, cluster, &ns).await?;
 
     apply(&Api::namespaced(ctx.client.clone(), &ns), &render::config_map(cluster)).await?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
@@ -118,8 +125,38 @@ async fn reconcile_inner(cluster: &DynamoCluster, ctx: &Context) -> Result<Actio
         .await?;
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
     for zone in &cluster.spec.zones {
+        let sts = render::statefulset_name(&name, &zone.name);
+        if plan.recreate_statefulsets.contains(&zone.name) {
+            // Its claim template cannot change in place: delete it, keeping its pods; the next
+            // pass creates it again with the new template and it adopts them.
+            let params = DeleteParams {
+                propagation_policy: Some(PropagationPolicy::Orphan),
+                ..DeleteParams::default()
+            };
+            ignore_not_found(statefulsets.delete(&sts, &params).await.map(|_| ()))
+                .map_err(Error::kube("delete (orphaning its pods)", "StatefulSet", &sts))?;
+            let note = format!(
+                "re-creating StatefulSet {sts} with volumes of {}: deleted it with its pods orphaned (they keep running)",
+                cluster.spec.storage.size.0
+            );
+            publish(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "ResizingStorage",
+                "RecreateStatefulSet",
+                note,
+            )
+            .await;
+            continue;
+        }
         let replicas = plan.replicas[&zone.name];
-        apply(&statefulsets, &render::statefulset(cluster, zone, replicas, &ctx.options)).await?;
+        let mut rendered = render::statefulset(cluster, zone, replicas, &ctx.options);
+        if let Some(size) = plan.claim_sizes.get(&zone.name) {
+            // Until its claims are expanded, a StatefulSet keeps the claim template it has.
+            set_claim_size(&mut rendered, size);
+        }
+        apply(&statefulsets, &rendered).await?;
     }
     for (zone, action) in &plan.removed_zones {
         let sts = render::statefulset_name(&name, zone);
@@ -203,7 +240,41 @@ async fn reconcile_inner(cluster: &DynamoCluster, ctx: &Context) -> Result<Actio
             }
         }
     }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    for pod in &plan.delete_pods {
+        ignore_not_found(pods.delete(pod, &DeleteParams::default()).await.map(|_| ()))
+            .map_err(Error::kube("delete", "Pod", pod))?;
+        let (reason, note) = match &plan.progress {
+            Some(p) if p.reason == "ReplacingNode" => {
+                ctx.metrics.count(metrics::Action::Replaced);
+                (
+                    "ReplacingNode",
+                    format!("deleted pod {pod} (and its claim): a new, empty node takes its place"),
+                )
+            }
+            _ => {
+                ctx.metrics.count(metrics::Action::Restarted);
+                (
+                    "RollingUpdate",
+                    format!("restarting {pod} on the new revision (one pod at a time)"),
+                )
+            }
+        };
+        tracing::info!(cluster = %display_name(cluster), %pod, "{note}");
+        publish(ctx, cluster, EventType::Normal, reason, "DeletePod", note).await;
+    }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    for (pvc, size) in &plan.expand_pvcs {
+        let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": size}}}});
+        let params = PatchParams { field_manager: Some(MANAGER.into()), ..PatchParams::default() };
+        pvcs.patch(pvc, &params, &Patch::Merge(&patch)).await.map_err(Error::kube(
+            "expand",
+            "PersistentVolumeClaim",
+            pvc,
+        ))?;
+        let note = format!("asked for claim {pvc} to grow to {size}");
+        publish(ctx, cluster, EventType::Normal, "ResizingStorage", "ExpandVolume", note).await;
+    }
     for pvc in &plan.delete_pvcs {
         ignore_not_found(pvcs.delete(pvc, &DeleteParams::default()).await.map(|_| ()))
             .map_err(Error::kube("delete", "PersistentVolumeClaim", pvc))?;
@@ -212,19 +283,42 @@ async fn reconcile_inner(cluster: &DynamoCluster, ctx: &Context) -> Result<Actio
         publish(ctx, cluster, EventType::Normal, "VolumeDeleted", "DeleteVolume", note).await;
     }
 
-    let new_status = status::build(cluster, &observed, &plan, &now);
+    finish(ctx, cluster, &observed, &plan, &now).await
+}
+
+/// Writes the status and metrics of a pass and says when to come back.
+async fn finish(
+    ctx: &Context,
+    cluster: &DynamoCluster,
+    observed: &Observed,
+    plan: &scaling::Plan,
+    now: &Time,
+) -> Result<Action> {
+    let new_status = status::build(cluster, observed, plan, now);
     ctx.metrics.cluster_nodes(
-        &ns,
-        &name,
+        &cluster.namespace().unwrap_or_default(),
+        &cluster.name_any(),
         new_status.ready_nodes.into(),
         new_status.desired_nodes.into(),
     );
     write_status(ctx, cluster, new_status).await?;
-    Ok(Action::requeue(if plan.progress.is_some() || !plan.problems.is_empty() {
-        BUSY_REQUEUE
-    } else {
-        IDLE_REQUEUE
-    }))
+    let busy = (plan.progress.is_some() && !plan.paused) || !plan.problems.is_empty();
+    Ok(Action::requeue(if busy { BUSY_REQUEUE } else { IDLE_REQUEUE }))
+}
+
+/// Sets the storage request of `sts`'s volume claim template.
+fn set_claim_size(sts: &mut StatefulSet, size: &str) {
+    let claims = sts.spec.volume_claim_templates.as_mut();
+    for claim in claims.into_iter().flatten() {
+        if let Some(requests) =
+            claim.spec.as_mut().and_then(|s| s.resources.as_mut()).and_then(|r| r.requests.as_mut())
+        {
+            requests.insert(
+                "storage".into(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity(size.into()),
+            );
+        }
+    }
 }
 
 /// Creates `<cluster>-secret` with a random value when it does not exist; never rewrites it.
@@ -274,16 +368,35 @@ async fn observe(ctx: &Context, cluster: &DynamoCluster, ns: &str) -> Result<Obs
             continue;
         }
         let status = sts.status.clone().unwrap_or_default();
+        let spec = sts.spec.clone();
+        let claim_size = spec
+            .volume_claim_templates
+            .iter()
+            .flatten()
+            .find(|c| c.metadata.name.as_deref() == Some(render::VOLUME_NAME))
+            .and_then(|c| c.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?.get("storage"))
+            .map(|q| q.0.clone());
         observed.statefulsets.insert(
             zone,
             ObservedStatefulSet {
-                replicas: sts.spec.replicas.unwrap_or(1),
+                replicas: spec.replicas.unwrap_or(1),
                 ready_replicas: status.ready_replicas.unwrap_or(0),
                 caught_up: status.observed_generation >= sts.metadata.generation,
+                update_revision: status.update_revision.filter(|r| !r.is_empty()),
+                claim_size,
             },
         );
     }
 
+    let volumes = match lost_volumes(ctx, ns, &params).await {
+        Ok(lost) => lost,
+        Err(e) => {
+            // Without read access to PersistentVolumes and Nodes (an older chart), lost volumes
+            // are not detected; everything else works.
+            tracing::warn!(%e, "cannot tell lost volumes apart; replace such nodes with the dynamokv.io/replace annotation");
+            Default::default()
+        }
+    };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     for pod in pods.list(&params).await.map_err(Error::kube("list", "Pod", &selector))? {
         let Some(zone) = zone_of(pod.labels()) else { continue };
@@ -292,7 +405,30 @@ async fn observe(ctx: &Context, cluster: &DynamoCluster, ns: &str) -> Result<Obs
         let status = pod.status.clone().unwrap_or_default();
         let ready =
             status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
+        let scheduled = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+        let unschedulable = (!scheduled)
+            .then(|| {
+                status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+            })
+            .flatten()
+            .map(|c| {
+                let reason = c.reason.clone().unwrap_or_else(|| "Unschedulable".into());
+                match c.message.as_deref() {
+                    Some(m) if !m.is_empty() => format!("{reason}: {m}"),
+                    _ => reason,
+                }
+            });
+        let claim = format!("{}-{pod_name}", render::VOLUME_NAME);
         observed.pods.push(ObservedPod {
+            lost_volume: !scheduled && volumes.contains(&claim),
+            revision: pod.labels().get(render::REVISION_LABEL).cloned(),
+            replace: pod.annotations().get(render::REPLACE_ANNOTATION).map(String::as_str)
+                == Some("true"),
+            unschedulable,
             name: pod_name,
             zone,
             ordinal,
@@ -303,6 +439,10 @@ async fn observe(ctx: &Context, cluster: &DynamoCluster, ns: &str) -> Result<Obs
     }
     observed.pods.sort_by(|a, b| (&a.zone, a.ordinal).cmp(&(&b.zone, b.ordinal)));
 
+    let expandable = expandable_classes(ctx).await.unwrap_or_else(|e| {
+        tracing::warn!(%e, "cannot read StorageClasses; volumes will not be expanded");
+        Classes::default()
+    });
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     for pvc in
         pvcs.list(&params).await.map_err(Error::kube("list", "PersistentVolumeClaim", &selector))?
@@ -314,11 +454,23 @@ async fn observe(ctx: &Context, cluster: &DynamoCluster, ns: &str) -> Result<Obs
         else {
             continue;
         };
+        let spec = pvc.spec.clone().unwrap_or_default();
+        let class = spec.storage_class_name.clone().or_else(|| expandable.default.clone());
         observed.pvcs.push(ObservedPvc {
             name: pvc_name,
             zone,
             ordinal,
             terminating: pvc.metadata.deletion_timestamp.is_some(),
+            requested: spec
+                .resources
+                .and_then(|r| r.requests)
+                .and_then(|r| r.get("storage").map(|q| q.0.clone())),
+            capacity: pvc
+                .status
+                .as_ref()
+                .and_then(|s| s.capacity.as_ref())
+                .and_then(|c| c.get("storage").map(|q| q.0.clone())),
+            expandable: class.and_then(|c| expandable.classes.get(&c).copied()),
         });
     }
 
@@ -340,6 +492,97 @@ async fn observe(ctx: &Context, cluster: &DynamoCluster, ns: &str) -> Result<Obs
     }
     observed.ring = RingView::merge(&reports);
     Ok(observed)
+}
+
+/// StorageClasses by name with whether they allow volume expansion, and the default class.
+#[derive(Default)]
+struct Classes {
+    classes: std::collections::BTreeMap<String, bool>,
+    default: Option<String>,
+}
+
+async fn expandable_classes(ctx: &Context) -> Result<Classes> {
+    let api: Api<StorageClass> = Api::all(ctx.client.clone());
+    let mut classes = Classes::default();
+    for class in
+        api.list(&ListParams::default()).await.map_err(Error::kube("list", "StorageClass", ""))?
+    {
+        let name = class.name_any();
+        if class
+            .annotations()
+            .get("storageclass.kubernetes.io/is-default-class")
+            .map(String::as_str)
+            == Some("true")
+        {
+            classes.default = Some(name.clone());
+        }
+        classes.classes.insert(name, class.allow_volume_expansion == Some(true));
+    }
+    Ok(classes)
+}
+
+/// Claims of the cluster whose volume is pinned (by required node affinity, as local volumes
+/// are) to a Kubernetes node that no longer exists: the data on it is gone with the machine.
+async fn lost_volumes(
+    ctx: &Context,
+    ns: &str,
+    params: &ListParams,
+) -> Result<std::collections::BTreeSet<String>> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let mut lost = std::collections::BTreeSet::new();
+    let mut known_nodes: Option<std::collections::BTreeSet<String>> = None;
+    for claim in
+        claims.list(params).await.map_err(Error::kube("list", "PersistentVolumeClaim", ""))?
+    {
+        let Some(volume) = claim.spec.as_ref().and_then(|s| s.volume_name.clone()) else {
+            continue;
+        };
+        let Some(pv) = volumes.get_opt(&volume).await.map_err(Error::kube(
+            "get",
+            "PersistentVolume",
+            &volume,
+        ))?
+        else {
+            continue;
+        };
+        let pinned: Vec<String> = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_affinity.as_ref()?.required.as_ref())
+            .map(|r| {
+                r.node_selector_terms
+                    .iter()
+                    .flat_map(|t| t.match_expressions.iter().flatten())
+                    .filter(|e| e.key == "kubernetes.io/hostname" && e.operator == "In")
+                    .flat_map(|e| e.values.iter().flatten().cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if pinned.is_empty() {
+            continue;
+        }
+        if known_nodes.is_none() {
+            let list = nodes
+                .list(&ListParams::default())
+                .await
+                .map_err(Error::kube("list", "Node", ""))?;
+            known_nodes = Some(
+                list.iter()
+                    .flat_map(|n| {
+                        [Some(n.name_any()), n.labels().get("kubernetes.io/hostname").cloned()]
+                    })
+                    .flatten()
+                    .collect(),
+            );
+        }
+        let known = known_nodes.as_ref().expect("listed above");
+        if pinned.iter().all(|host| !known.contains(host)) {
+            lost.insert(claim.name_any());
+        }
+    }
+    Ok(lost)
 }
 
 /// Server-side apply of `obj` under the operator's field manager, taking over fields another
@@ -437,9 +680,20 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
     // status writes must not, or a changing status would loop. Children's changes and requeues
     // start the others.
     let (reader, writer) = reflector::store();
+    let (metrics, store) = (ctx.metrics.clone(), reader.clone());
     let stream = watcher(clusters, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
+        // A deleted cluster's gauges go with it (deletions missed while disconnected: after the
+        // re-list, whatever is not in the store).
+        .inspect_ok(move |event| match event {
+            watcher::Event::Delete(cluster) => metrics
+                .forget_cluster(&cluster.namespace().unwrap_or_default(), &cluster.name_any()),
+            watcher::Event::InitDone => metrics.retain_clusters(|namespace, name| {
+                store.get(&ObjectRef::new(name).within(namespace)).is_some()
+            }),
+            _ => {}
+        })
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     Controller::for_stream(stream, reader)

@@ -25,6 +25,11 @@ pub const MAX_REPLICAS_PER_ZONE: i32 = 1000;
 /// Longest `<cluster>-<zone>` StatefulSet name: Kubernetes puts the pod name plus a hash in a
 /// 63-character label (`controller-revision-hash`), which leaves 52 for the StatefulSet name.
 pub const MAX_STATEFULSET_NAME: usize = 52;
+/// The engine of a spec in CEL, `rocksdb` (the node's default) when unset.
+const ENGINE_OF_SELF: &str =
+    "(has(self.nodeConfig) && has(self.nodeConfig.engine) ? self.nodeConfig.engine : 'rocksdb')";
+/// The engine of the old spec in CEL.
+const ENGINE_OF_OLD: &str = "(has(oldSelf.nodeConfig) && has(oldSelf.nodeConfig.engine) ? oldSelf.nodeConfig.engine : 'rocksdb')";
 /// Partition counts the node accepts: powers of two in 1..=65536.
 pub const PARTITION_CHOICES: &str =
     "[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]";
@@ -50,9 +55,21 @@ pub mod messages {
     /// Fewer partitions than nodes.
     pub const PARTITIONS_GE_NODES: &str =
         "partitions must be at least the total replicas of all zones (every node owns a partition)";
-    /// Storage changed after creation.
-    pub const STORAGE_IMMUTABLE: &str =
-        "storage is immutable: StatefulSet volume claim templates cannot change (expand the PersistentVolumeClaims directly instead)";
+    /// The storage engine changed after creation.
+    pub const ENGINE_IMMUTABLE: &str =
+        "nodeConfig.engine is immutable: switching a live cluster's engine would start every node empty and lose every replica (create a new cluster with the other engine and copy the data)";
+    /// The replication factor changed after creation.
+    pub const FACTOR_IMMUTABLE: &str =
+        "replication.factor is immutable: the nodes place every key on N replicas and cannot re-place existing data (create a new cluster with the new factor; r and w may change)";
+    /// The volume size was lowered.
+    pub const STORAGE_SHRINK: &str =
+        "storage.size may only grow: a volume cannot shrink (keep the size, or create a new cluster with smaller volumes)";
+    /// The StorageClass changed after creation.
+    pub const STORAGE_CLASS_IMMUTABLE: &str =
+        "storage.storageClassName is immutable: existing volumes cannot move to another class (create a new cluster)";
+    /// `failure.forceRemoveAfter` is not a duration.
+    pub const DURATION_FORMAT: &str =
+        "failure.forceRemoveAfter must be a duration such as 90s, 5m or 1h30m (units h, m, s)";
     /// `<cluster>-<zone>` is too long to name a StatefulSet.
     pub const NAME_LENGTH: &str =
         "the cluster name plus a zone name must be at most 51 characters (they name the StatefulSet <cluster>-<zone>)";
@@ -85,7 +102,8 @@ pub mod messages {
 #[x_kube(
     validation = Rule::new("self.replication.factor <= self.zones.map(z, z.replicas).sum()").message(messages::N_LE_TOTAL),
     validation = Rule::new("self.zones.all(a, self.zones.exists_one(b, b.name == a.name))").message(messages::UNIQUE_ZONES),
-    validation = Rule::new("self.partitions >= self.zones.map(z, z.replicas).sum()").message(messages::PARTITIONS_GE_NODES)
+    validation = Rule::new("self.partitions >= self.zones.map(z, z.replicas).sum()").message(messages::PARTITIONS_GE_NODES),
+    validation = Rule::new(format!("{ENGINE_OF_SELF} == {ENGINE_OF_OLD}")).message(messages::ENGINE_IMMUTABLE)
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DynamoClusterSpec {
@@ -117,10 +135,9 @@ pub struct DynamoClusterSpec {
     /// CPU and memory of each node's container.
     #[serde(default = "default_resources")]
     pub resources: ResourceRequirements,
-    /// Each node's persistent volume. Fixed at creation: a StatefulSet's volume claim template
-    /// cannot change.
+    /// Each node's persistent volume. The size may grow (the operator expands every claim when
+    /// the StorageClass allows it); the class is fixed at creation.
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self == oldSelf").message(messages::STORAGE_IMMUTABLE))]
     pub storage: StorageSpec,
     /// Node settings beyond those the operator derives; unset ones keep the node's defaults.
     #[serde(default, skip_serializing_if = "NodeConfigOverrides::is_empty")]
@@ -129,6 +146,88 @@ pub struct DynamoClusterSpec {
     /// deleted.
     #[serde(default)]
     pub persistent_volume_claim_retention_policy: PvcRetentionPolicy,
+    /// Stops every change the operator would make (scaling, rollouts, removals, resizes) until
+    /// set back to false; the status keeps being reported.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// How the operator treats nodes that are gone.
+    #[serde(default, skip_serializing_if = "FailureSpec::is_default")]
+    pub failure: FailureSpec,
+}
+
+/// How the operator treats nodes that are gone.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureSpec {
+    /// How long a node must have been unreachable (seen down by every node the operator can
+    /// reach, and not answering its own admin API) before a scale-down or a replacement removes
+    /// it by force, without its cooperation. A duration: `90s`, `5m`, `1h30m`.
+    #[serde(default = "default_force_remove_after")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self != ''").message(messages::DURATION_FORMAT))]
+    pub force_remove_after: String,
+    /// Replace, without being asked, a node whose pod is stuck Pending because its volume is
+    /// bound to a Kubernetes node that no longer exists: its member is removed by force, its
+    /// claim and pod are deleted, and the new pod joins empty and receives its partitions. Off:
+    /// annotate the pod `dynamokv.io/replace=true` to do it by hand.
+    #[serde(default)]
+    pub replace_lost_volumes: bool,
+}
+
+impl Default for FailureSpec {
+    fn default() -> Self {
+        FailureSpec {
+            force_remove_after: default_force_remove_after(),
+            replace_lost_volumes: false,
+        }
+    }
+}
+
+impl FailureSpec {
+    /// True when every setting has its default.
+    pub fn is_default(&self) -> bool {
+        self == &FailureSpec::default()
+    }
+
+    /// `force_remove_after` as a duration; `None` when it is not one (see
+    /// [`parse_duration`]).
+    pub fn force_remove_after(&self) -> Option<std::time::Duration> {
+        parse_duration(&self.force_remove_after)
+    }
+}
+
+fn default_force_remove_after() -> String {
+    "5m".into()
+}
+
+/// Parses `1h30m`, `5m`, `90s`: hours, minutes and seconds, each optional, in that order, at
+/// least one. The CRD's pattern accepts the same strings.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let mut seconds = 0u64;
+    let mut rest = text;
+    let mut last_unit = 0;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let value: u64 = rest[..digits].parse().ok()?;
+        let (unit, rank) = match &rest[digits..digits + 1] {
+            "h" => (3600, 1),
+            "m" => (60, 2),
+            "s" => (1, 3),
+            _ => return None,
+        };
+        if rank <= last_unit {
+            return None;
+        }
+        last_unit = rank;
+        seconds = seconds.checked_add(value.checked_mul(unit)?)?;
+        rest = &rest[digits + 1..];
+    }
+    Some(std::time::Duration::from_secs(seconds))
 }
 
 /// One zone: a Dynamo data center, run as one StatefulSet pinned to a Kubernetes zone.
@@ -154,11 +253,13 @@ pub struct ZoneSpec {
     pub tolerations: Vec<Toleration>,
 }
 
-/// Replication: N replicas per key, R replies per read, W acknowledgements per write.
+/// Replication: N replicas per key, R replies per read, W acknowledgements per write. N is
+/// fixed at creation; R and W may change.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[x_kube(
     validation = Rule::new("self.r <= self.factor").message(messages::R_LE_N),
-    validation = Rule::new("self.w <= self.factor").message(messages::W_LE_N)
+    validation = Rule::new("self.w <= self.factor").message(messages::W_LE_N),
+    validation = Rule::new("self.factor == oldSelf.factor").message(messages::FACTOR_IMMUTABLE)
 )]
 pub struct Replication {
     /// Replicas of each key (Dynamo's N), `factor` in the resource: a bare `n` is read as
@@ -204,13 +305,18 @@ impl PullPolicy {
 }
 
 /// Each node's persistent volume, mounted at the node's data directory.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.size == oldSelf.size || quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) > 0").message(messages::STORAGE_SHRINK),
+    validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message(messages::STORAGE_CLASS_IMMUTABLE)
+)]
 pub struct StorageSpec {
-    /// Size of each node's volume.
+    /// Size of each node's volume. May grow, never shrink: the operator expands every claim
+    /// (when the StorageClass allows expansion) without restarting a node.
     #[serde(default = "default_storage_size")]
     pub size: Quantity,
-    /// StorageClass of the volumes; unset uses the cluster's default class.
+    /// StorageClass of the volumes; unset uses the cluster's default class. Fixed at creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
 }
@@ -378,6 +484,8 @@ impl DynamoClusterSpec {
             storage: StorageSpec::default(),
             node_config: NodeConfigOverrides::default(),
             persistent_volume_claim_retention_policy: PvcRetentionPolicy::default(),
+            paused: false,
+            failure: FailureSpec::default(),
         }
     }
 
@@ -441,6 +549,45 @@ pub struct DynamoClusterStatus {
     /// StatefulSets and the nodes' own reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decommission: Option<DecommissionStatus>,
+    /// The rolling change of the pod template (new image, settings, resources, or a restart
+    /// asked for with `dynamokv.io/restartedAt`): one pod at a time across every zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+    /// Volume expansion after `storage.size` grew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageStatus>,
+}
+
+/// A rolling change of the pod template.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The revision every pod is moving to: the StatefulSets' update revisions, one per zone,
+    /// joined by `,` in spec order.
+    pub target_revision: String,
+    /// Pods running the target revision.
+    pub updated_pods: i32,
+    /// Pods of the cluster.
+    pub total_pods: i32,
+    /// The pod being restarted now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarting: Option<String>,
+    /// What the rollout waits for, or that it is done.
+    pub message: String,
+}
+
+/// Expansion of the node volumes to `storage.size`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageStatus {
+    /// The size asked for.
+    pub size: String,
+    /// Claims whose capacity has reached it.
+    pub expanded_claims: i32,
+    /// Claims of the cluster.
+    pub total_claims: i32,
+    /// Where it stands.
+    pub message: String,
 }
 
 /// Replicas of one zone.
@@ -660,19 +807,54 @@ mod tests {
     }
 
     #[test]
-    fn cel_keeps_partitions_and_storage_immutable() {
+    fn cel_keeps_what_would_destroy_data_immutable() {
         let old = example();
         let mut new = example();
         new.spec.partitions = 1024;
         let err = validate_cel_update(&new, &old).unwrap_err().to_string();
         assert!(err.contains(messages::PARTITIONS_IMMUTABLE), "{err}");
         let mut new = example();
-        new.spec.storage.size = Quantity("20Gi".into());
+        new.spec.storage.storage_class_name = Some("fast".into());
         let err = validate_cel_update(&new, &old).unwrap_err().to_string();
-        assert!(err.contains(messages::STORAGE_IMMUTABLE), "{err}");
+        assert!(err.contains(messages::STORAGE_CLASS_IMMUTABLE), "{err}");
+        let mut new = example();
+        new.spec.replication.n = 5;
+        new.spec.zones[0].replicas = 3;
+        let err = validate_cel_update(&new, &old).unwrap_err().to_string();
+        assert!(err.contains(messages::FACTOR_IMMUTABLE), "{err}");
+        let mut new = example();
+        new.spec.node_config.engine = Some(Engine::Memory);
+        let err = validate_cel_update(&new, &old).unwrap_err().to_string();
+        assert!(err.contains(messages::ENGINE_IMMUTABLE), "{err}");
+        // Setting the default explicitly changes nothing.
+        new.spec.node_config.engine = Some(Engine::Rocksdb);
+        validate_cel_update(&new, &old).unwrap();
+        let mut new = example();
+        new.spec.replication.r = 3;
+        new.spec.replication.w = 1;
+        validate_cel_update(&new, &old).unwrap();
         let mut new = example();
         new.spec.zones[0].replicas = 5;
         validate_cel_update(&new, &old).unwrap();
+    }
+
+    #[test]
+    fn durations_parse_as_the_crd_pattern_accepts_them() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h0m5s"), Some(Duration::from_secs(3605)));
+        for bad in ["", "5", "m", "5x", "30s5m", "5m5m", "-5m", "5 m"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        for (text, ok) in [("15s", true), ("1h30m", true), ("5", false), ("30s5m", false)] {
+            let mut c = example();
+            c.spec.failure.force_remove_after = text.into();
+            assert_eq!(validate_cel(&c).is_ok(), ok, "CEL on {text}");
+            let rust = crate::validate::validate("demo", &c.spec);
+            assert_eq!(rust.is_ok(), ok, "Rust on {text}: {rust:?}");
+        }
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct Metrics {
     decommissions: AtomicU64,
     nodes_removed: AtomicU64,
     volumes_deleted: AtomicU64,
+    pods_restarted: AtomicU64,
+    nodes_replaced: AtomicU64,
     leader: AtomicBool,
     ready: AtomicBool,
     /// (namespace, name) -> (ready nodes, desired nodes).
@@ -42,6 +44,10 @@ pub enum Action {
     NodeRemoved,
     /// A removed node's volume claim was deleted.
     VolumeDeleted,
+    /// A pod was deleted to restart it on a new revision (rollout).
+    Restarted,
+    /// A lost node's claim and pod were deleted to replace it.
+    Replaced,
 }
 
 impl Metrics {
@@ -61,6 +67,8 @@ impl Metrics {
             Action::Decommission => &self.decommissions,
             Action::NodeRemoved => &self.nodes_removed,
             Action::VolumeDeleted => &self.volumes_deleted,
+            Action::Restarted => &self.pods_restarted,
+            Action::Replaced => &self.nodes_replaced,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -69,6 +77,19 @@ impl Metrics {
     pub fn cluster_nodes(&self, namespace: &str, name: &str, ready: i64, desired: i64) {
         let mut clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
         clusters.insert((namespace.into(), name.into()), (ready, desired));
+    }
+
+    /// Drops the gauges of a cluster that was deleted.
+    pub fn forget_cluster(&self, namespace: &str, name: &str) {
+        let mut clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        clusters.remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Keeps the gauges only of the clusters for which `exists` says yes (after a re-list,
+    /// which reports no deletions).
+    pub fn retain_clusters(&self, exists: impl Fn(&str, &str) -> bool) {
+        let mut clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        clusters.retain(|(namespace, name), _| exists(namespace, name));
     }
 
     /// Sets whether this replica holds the leader lease.
@@ -122,6 +143,16 @@ impl Metrics {
             "dynamo_operator_volumes_deleted_total",
             "Volume claims of removed nodes deleted.",
             load(&self.volumes_deleted),
+        );
+        counter(
+            "dynamo_operator_pods_restarted_total",
+            "Pods deleted to restart them on a new template revision (rollouts).",
+            load(&self.pods_restarted),
+        );
+        counter(
+            "dynamo_operator_nodes_replaced_total",
+            "Lost nodes replaced (claim and pod deleted after a forced removal).",
+            load(&self.nodes_replaced),
         );
         let _ = writeln!(
             out,
@@ -217,6 +248,21 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn deleted_clusters_lose_their_gauges() {
+        let m = Metrics::default();
+        m.cluster_nodes("default", "demo", 3, 3);
+        m.cluster_nodes("default", "other", 1, 1);
+        m.cluster_nodes("team", "third", 1, 1);
+        m.forget_cluster("default", "demo");
+        let text = m.render();
+        assert!(!text.contains("name=\"demo\""), "{text}");
+        assert!(text.contains("name=\"other\""), "{text}");
+        m.retain_clusters(|namespace, _| namespace == "team");
+        let text = m.render();
+        assert!(!text.contains("name=\"other\"") && text.contains("name=\"third\""), "{text}");
     }
 
     #[tokio::test]

@@ -3,34 +3,53 @@
 //! remembered between passes, so a restarted operator (or a second replica taking over) picks
 //! up exactly where the last one stopped, and no step can be skipped. Pure: no I/O.
 //!
-//! The rules, one membership change at a time across the whole cluster:
+//! With `spec.paused` nothing changes: every zone keeps its replicas, nothing is called or
+//! deleted. Otherwise the rules, one change at a time across the whole cluster:
 //! 1. A leave in flight comes first. If a zone's highest ordinal reports `leaving`, wait. If it
 //!    reports `left`, lower that StatefulSet's replicas by one (its data is handed off; the pod
 //!    may go). This holds whatever the spec now says: a scale-up that arrives during a
 //!    decommission waits for the leave to finish, and the node is then added back as a new
 //!    member (it does not race the transfer or cancel it half-way).
-//! 2. Then scale-down: the first zone (spec order, then zones removed from the spec) with more
-//!    replicas than it should have. Once no node is joining and every pod of an earlier removal
-//!    is gone, its highest ordinal is asked to decommission (through its own admin API, or
-//!    another node's when its pod is down). A node that never joined the ring has nothing to hand
-//!    off and is removed at once.
-//! 3. Then scale-up: only when every pod is Ready, every StatefulSet has caught up and no node is
-//!    joining or leaving, the zone with the fewest replicas among those short of their spec gets
-//!    one more. The seeds of a new cluster (the first pod of each zone) start together and form
-//!    the initial ring; every later node joins alone.
-//! 4. Volumes of removed ordinals are deleted once their pod is gone when `whenScaled: Delete`,
+//! 2. Then a replacement: a pod annotated `dynamokv.io/replace=true` (or, with
+//!    `failure.replaceLostVolumes`, one whose volume's Kubernetes node is gone) has its member
+//!    removed by force through another node (never while any node finds it alive; automatic
+//!    replacements also wait `failure.forceRemoveAfter`), then its claim and pod are deleted
+//!    and its StatefulSet creates both again: a new, empty node joins.
+//! 3. Then a rolling change of the pod template, one pod at a time ([`crate::rollout`]).
+//! 4. Then scale-down: the first zone (spec order, then zones removed from the spec) with more
+//!    replicas than it should have. Once no node is joining, every other pod is Ready, no
+//!    partition is moving and every pod of an earlier removal is gone, its highest ordinal is
+//!    asked to decommission (through its own admin API, or another node's when its pod is
+//!    down). A node that never joined the ring has nothing to hand off and is removed at once.
+//! 5. Then scale-up: only when every pod is Ready, every StatefulSet has caught up and no node
+//!    is joining or leaving, the zone with the fewest replicas among those short of their spec
+//!    gets one more. The seeds of a new cluster (the first pod of each zone) start together
+//!    and form the initial ring; every later node joins alone.
+//! 6. Volumes of removed ordinals are deleted once their pod is gone when `whenScaled: Delete`,
 //!    and a node is not added back at an ordinal whose old volume is still being deleted.
-//! 5. A zone removed from the spec is drained like a scale-down to 0, then its StatefulSet is
+//! 7. A zone removed from the spec is drained like a scale-down to 0, then its StatefulSet is
 //!    deleted.
+//! 8. When `storage.size` grew, every claim is expanded (if its StorageClass allows it), then
+//!    each zone's StatefulSet is deleted with its pods orphaned and created again with the new
+//!    claim template; no pod restarts.
+//!
+//! A node that does not answer is removed by force (through another node) only once every node
+//! that answers has found it down for `failure.forceRemoveAfter`, and never while any finds it
+//! alive.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::admin::{Membership, RingView};
-use crate::crd::{DecommissionStatus, DynamoClusterSpec, RetentionPolicy};
+use std::time::Duration;
+
+use crate::crd::{
+    DecommissionStatus, DynamoClusterSpec, RetentionPolicy, RolloutStatus, StorageStatus,
+};
+use crate::quantity;
 use crate::render::pod_name;
 
 /// A node pod as observed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObservedPod {
     /// Pod name (the node id).
     pub name: String,
@@ -44,10 +63,37 @@ pub struct ObservedPod {
     pub ready: bool,
     /// Being deleted.
     pub terminating: bool,
+    /// Its `controller-revision-hash` label: the template revision it runs.
+    pub revision: Option<String>,
+    /// Annotated `dynamokv.io/replace=true`.
+    pub replace: bool,
+    /// Why it cannot be scheduled, when it is Pending unscheduled.
+    pub unschedulable: Option<String>,
+    /// Unscheduled, and its volume is bound to a Kubernetes node that no longer exists.
+    pub lost_volume: bool,
+}
+
+impl ObservedPod {
+    /// A Ready, running pod with an address and nothing else of note (tests start from it).
+    pub fn ready(name: &str, zone: &str, ordinal: i32) -> ObservedPod {
+        let last = name.bytes().fold(0u8, |h, b| h.wrapping_mul(31).wrapping_add(b));
+        ObservedPod {
+            name: name.into(),
+            zone: zone.into(),
+            ordinal,
+            ip: Some(format!("10.0.{last}.{}", ordinal + 1)),
+            ready: true,
+            terminating: false,
+            revision: None,
+            replace: false,
+            unschedulable: None,
+            lost_volume: false,
+        }
+    }
 }
 
 /// A zone's StatefulSet as observed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObservedStatefulSet {
     /// `spec.replicas`: what the operator last set.
     pub replicas: i32,
@@ -55,10 +101,14 @@ pub struct ObservedStatefulSet {
     pub ready_replicas: i32,
     /// `status.observedGeneration` has reached `metadata.generation`.
     pub caught_up: bool,
+    /// `status.updateRevision`: the revision of its current pod template.
+    pub update_revision: Option<String>,
+    /// The storage its volume claim template requests.
+    pub claim_size: Option<String>,
 }
 
 /// A node's volume claim as observed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObservedPvc {
     /// Claim name.
     pub name: String,
@@ -68,6 +118,12 @@ pub struct ObservedPvc {
     pub ordinal: i32,
     /// Being deleted.
     pub terminating: bool,
+    /// Storage requested.
+    pub requested: Option<String>,
+    /// Storage the volume has (`status.capacity`).
+    pub capacity: Option<String>,
+    /// Whether its StorageClass allows expansion; `None` when the class is unknown.
+    pub expandable: Option<bool>,
 }
 
 /// Everything a pass observed.
@@ -134,6 +190,34 @@ pub struct Plan {
     pub progress: Option<Progress>,
     /// Problems that need a person, for the Degraded condition.
     pub problems: Vec<String>,
+    /// Pods to delete this pass: the next pod of a rollout, or a node being replaced.
+    pub delete_pods: Vec<String>,
+    /// The rollout of the pod template, for the status.
+    pub rollout: Option<RolloutStatus>,
+    /// Claims to expand to a new size: (claim, size).
+    pub expand_pvcs: Vec<(String, String)>,
+    /// Zones whose StatefulSet is deleted with its pods orphaned, to be created again with the
+    /// new volume claim template (a StatefulSet's claim template cannot change in place).
+    pub recreate_statefulsets: Vec<String>,
+    /// The volume size each zone's StatefulSet is rendered with: the spec's once its claims are
+    /// expanded, the one it has until then.
+    pub claim_sizes: BTreeMap<String, String>,
+    /// Volume expansion, for the status.
+    pub storage: Option<StorageStatus>,
+    /// `spec.paused`: nothing may be changed this pass.
+    pub paused: bool,
+}
+
+/// `1h2m3s` style, whole seconds.
+pub fn humanize(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
 }
 
 /// Decides this pass. `spec` must be valid (see [`crate::validate`]).
@@ -174,7 +258,15 @@ impl<'a> Planner<'a> {
                 let now = match observed.statefulsets.get(zone) {
                     Some(sts) => sts.replicas,
                     None if bootstrap => (*desired).min(1),
-                    None => 0,
+                    // Deleted to be created again (a new claim template) with its pods
+                    // orphaned: as many as it had.
+                    None => observed
+                        .pods
+                        .iter()
+                        .filter(|p| &p.zone == zone)
+                        .map(|p| p.ordinal + 1)
+                        .max()
+                        .unwrap_or(0),
                 };
                 (zone.clone(), now)
             })
@@ -183,6 +275,9 @@ impl<'a> Planner<'a> {
     }
 
     fn run(mut self) -> Plan {
+        if self.spec.paused {
+            return self.paused();
+        }
         let missing: Vec<&str> = self
             .spec
             .zones
@@ -197,12 +292,254 @@ impl<'a> Planner<'a> {
             );
         }
         self.check_members();
-        if !self.finish_leaves() && !self.scale_down() {
-            self.scale_up();
-        }
+        let rollout = crate::rollout::plan(self.cluster, self.spec, self.observed);
+        self.plan.rollout = rollout.status.clone();
+        let _busy = self.finish_leaves()
+            || self.replace()
+            || self.roll(rollout)
+            || self.scale_down()
+            || self.scale_up();
+        self.resize_storage();
         self.clean_volumes();
         self.finish();
         self.plan
+    }
+
+    /// `spec.paused`: every zone keeps what it has, nothing is called or deleted.
+    fn paused(mut self) -> Plan {
+        for (zone, _) in self.zones.clone() {
+            let now = self.current[&zone];
+            match self.spec.zone(&zone) {
+                Some(_) => {
+                    self.plan.replicas.insert(zone.clone(), now);
+                }
+                None => {
+                    self.plan.removed_zones.insert(zone.clone(), RemovedZone::Replicas(now));
+                }
+            }
+        }
+        self.plan.rollout = crate::rollout::plan(self.cluster, self.spec, self.observed).status;
+        self.plan.paused = true;
+        self.plan.progress = Some(Progress {
+            reason: "Paused",
+            message: "spec.paused is true: the operator changes nothing (no scaling, rollout, \
+                      removal or resize) until it is set to false"
+                .into(),
+        });
+        self.plan
+    }
+
+    /// The grace period before a node that does not answer is removed without its cooperation.
+    fn force_remove_after(&self) -> Duration {
+        self.spec.failure.force_remove_after().unwrap_or(Duration::from_secs(300))
+    }
+
+    /// Pods to replace: annotated `dynamokv.io/replace=true`, or (with
+    /// `failure.replaceLostVolumes`) stuck because their volume's Kubernetes node is gone.
+    fn replacing(&self, node: &str) -> bool {
+        self.pod(node)
+            .is_some_and(|p| p.replace || (self.spec.failure.replace_lost_volumes && p.lost_volume))
+    }
+
+    /// A running node other than `node` to send an admin call through.
+    fn other_node(&self, node: &str) -> Option<String> {
+        self.observed
+            .pods
+            .iter()
+            .filter(|p| p.ready && !p.terminating && p.name != node)
+            .filter(|p| self.observed.ring.members.get(&p.name).is_some_and(|m| m.reachable))
+            .find_map(|p| p.ip.clone())
+    }
+
+    /// Rule 2, replacing a node whose volume or machine is lost: remove its member by force
+    /// (never one that any node finds alive), then delete its claim and pod so its StatefulSet
+    /// creates both again and a new, empty node joins and receives its partitions. Returns true
+    /// while a replacement is under way.
+    fn replace(&mut self) -> bool {
+        let Some(pod) = self.observed.pods.iter().find(|p| self.replacing(&p.name)).cloned() else {
+            return false;
+        };
+        let node = pod.name.clone();
+        let why = if pod.replace {
+            "annotated dynamokv.io/replace=true".to_string()
+        } else {
+            format!(
+                "its volume is bound to a Kubernetes node that no longer exists ({})",
+                pod.unschedulable.as_deref().unwrap_or("unschedulable")
+            )
+        };
+        match self.membership(&node) {
+            None | Some(Membership::Left) => {
+                self.plan.delete_pods.push(node.clone());
+                let claim = crate::render::pvc_name(self.cluster, &pod.zone, pod.ordinal);
+                if self.observed.pvcs.iter().any(|v| v.name == claim && !v.terminating) {
+                    self.plan.delete_pvcs.push(claim);
+                }
+                self.progress(
+                    "ReplacingNode",
+                    format!("replacing {node} ({why}): it is out of the ring; deleting its claim and pod so a new, empty node takes its place"),
+                );
+            }
+            Some(Membership::Leaving) => {
+                let ring = &self.observed.ring;
+                self.progress(
+                    "ReplacingNode",
+                    format!(
+                        "replacing {node} ({why}): its partitions move from the other replicas ({} pending, {} transfer(s) active)",
+                        ring.pending_partitions, ring.active_transfers
+                    ),
+                );
+            }
+            Some(_) => {
+                let grace = self.force_remove_after();
+                let member = self.observed.ring.members[&node].clone();
+                if member.reachable || member.seen_up_by > 0 {
+                    self.plan.problems.push(format!(
+                        "{node} is to be replaced ({why}) but is alive ({} node(s) reach it): a live node is \
+                         never removed by force; remove the annotation, or lower its zone's replicas to decommission it",
+                        member.seen_up_by + usize::from(member.reachable)
+                    ));
+                    return false;
+                }
+                let gone =
+                    if pod.replace { member.seen_down_by > 0 } else { member.gone_for(grace) };
+                if !gone {
+                    self.progress(
+                        "ReplacingNode",
+                        format!(
+                            "replacing {node} ({why}): waiting until every node that answers finds it down{}",
+                            if pod.replace { String::new() } else { format!(" for {}", humanize(grace)) }
+                        ),
+                    );
+                    return true;
+                }
+                match self.other_node(&node) {
+                    Some(ip) => {
+                        self.plan.decommission_call = Some(DecommissionCall {
+                            address: crate::render::node_address(&ip),
+                            node: node.clone(),
+                            force: true,
+                        });
+                        let message =
+                            format!("replacing {node} ({why}): removing it from the ring by force");
+                        self.decommission_status(&pod.zone, &node, "requested", message.clone());
+                        self.progress("ReplacingNode", message);
+                    }
+                    None => {
+                        let problem = format!(
+                            "cannot replace {node}: no running node answers to remove it through"
+                        );
+                        self.plan.problems.push(problem.clone());
+                        self.progress("ReplacingNode", problem);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Rule 3: the next step of a rolling change of the pod template. Returns true while a
+    /// rollout is unfinished (no scaling starts meanwhile).
+    fn roll(&mut self, rollout: crate::rollout::Rollout) -> bool {
+        if !rollout.unfinished {
+            return false;
+        }
+        let message = rollout.status.as_ref().map(|s| s.message.clone()).unwrap_or_default();
+        if let Some(pod) = rollout.restart {
+            self.plan.delete_pods.push(pod);
+        }
+        self.progress("RollingUpdate", message);
+        true
+    }
+
+    /// Rule 8: expands every claim to `storage.size` when the spec grew it, then has each zone's
+    /// StatefulSet created again with the new claim template (pods orphaned, not restarted).
+    fn resize_storage(&mut self) {
+        let want = self.spec.storage.size.0.clone();
+        let mut claims = 0;
+        let mut expanded = 0;
+        let mut blocked = BTreeSet::new();
+        for pvc in &self.observed.pvcs {
+            let top = self.current.get(&pvc.zone).copied().unwrap_or(0);
+            if pvc.terminating || pvc.ordinal >= top || self.spec.zone(&pvc.zone).is_none() {
+                continue;
+            }
+            claims += 1;
+            let requested = pvc.requested.as_deref().unwrap_or(&want);
+            if quantity::greater(requested, &want) == Some(true) {
+                self.plan.problems.push(format!(
+                    "storage.size {want} is smaller than claim {} ({requested}): volumes cannot shrink; set it back to at least {requested}",
+                    pvc.name
+                ));
+                blocked.insert(pvc.zone.clone());
+                continue;
+            }
+            if quantity::greater(&want, requested) == Some(true) {
+                blocked.insert(pvc.zone.clone());
+                match pvc.expandable {
+                    Some(true) => self.plan.expand_pvcs.push((pvc.name.clone(), want.clone())),
+                    Some(false) => self.plan.problems.push(format!(
+                        "cannot grow claim {} to {want}: its StorageClass does not allow volume expansion \
+                         (allowVolumeExpansion is not true); set storage.size back to {requested}, or expand the volumes \
+                         outside Kubernetes",
+                        pvc.name
+                    )),
+                    None => self.plan.problems.push(format!(
+                        "cannot grow claim {} to {want}: its StorageClass is not found",
+                        pvc.name
+                    )),
+                }
+                continue;
+            }
+            // Unbound claims are provisioned at their request; bound ones have grown once their
+            // capacity reaches it.
+            if pvc.capacity.as_deref().is_none_or(|c| quantity::greater(&want, c) != Some(true)) {
+                expanded += 1;
+            }
+        }
+        let restarting = !self.plan.delete_pods.is_empty();
+        for zone in &self.spec.zones {
+            let Some(sts) = self.observed.statefulsets.get(&zone.name) else {
+                self.plan.claim_sizes.insert(zone.name.clone(), want.clone());
+                continue;
+            };
+            let have = sts.claim_size.clone().unwrap_or_else(|| want.clone());
+            let grow = quantity::greater(&want, &have) == Some(true);
+            if grow && !blocked.contains(&zone.name) && !restarting {
+                self.plan.recreate_statefulsets.push(zone.name.clone());
+            }
+            self.plan.claim_sizes.insert(zone.name.clone(), if grow { have } else { want.clone() });
+        }
+        let templates_behind = self
+            .spec
+            .zones
+            .iter()
+            .any(|z| self.plan.claim_sizes.get(&z.name).is_some_and(|size| *size != want));
+        if claims > 0 && (expanded < claims || templates_behind) {
+            let message = if !self.plan.expand_pvcs.is_empty() {
+                format!("expanding {} claim(s) to {want}", self.plan.expand_pvcs.len())
+            } else if templates_behind && !blocked.is_empty() {
+                "waiting for the claims to be expanded".to_string()
+            } else if templates_behind {
+                "re-creating the StatefulSets with the new volume size (pods keep running)"
+                    .to_string()
+            } else {
+                format!("waiting for the volumes to reach {want}")
+            };
+            self.plan.storage = Some(StorageStatus {
+                size: want.clone(),
+                expanded_claims: expanded,
+                total_claims: claims,
+                message: message.clone(),
+            });
+            let stuck = self.plan.problems.iter().any(|p| p.contains("cannot grow claim"));
+            if !stuck {
+                self.progress(
+                    "ResizingStorage",
+                    format!("{message} ({expanded}/{claims} claims expanded)"),
+                );
+            }
+        }
     }
 
     fn pod(&self, name: &str) -> Option<&ObservedPod> {
@@ -233,7 +570,7 @@ impl<'a> Planner<'a> {
     fn check_members(&mut self) {
         for pod in &self.observed.pods {
             let top = self.current.get(&pod.zone).copied().unwrap_or(0) - 1;
-            if pod.ordinal < top {
+            if pod.ordinal < top && pod.ready && !self.replacing(&pod.name) {
                 if let Some(m @ (Membership::Leaving | Membership::Left)) =
                     self.membership(&pod.name)
                 {
@@ -259,6 +596,9 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let node = pod_name(self.cluster, &zone, now - 1);
+            if self.replacing(&node) {
+                continue;
+            }
             match self.membership(&node) {
                 Some(Membership::Left) if !self.left_confirmed(&zone, &node) => {
                     // Only others say so: that may be an old record of a node since added back
@@ -328,7 +668,7 @@ impl<'a> Planner<'a> {
             .find(|p| p.ordinal >= self.current.get(&p.zone).copied().unwrap_or(0))
     }
 
-    /// Rule 2. Returns true when a scale-down is under way or waiting.
+    /// Rule 4. Returns true when a scale-down is under way or waiting.
     fn scale_down(&mut self) -> bool {
         let Some((zone, now, desired)) = self.over() else { return false };
         let node = pod_name(self.cluster, &zone, now - 1);
@@ -348,6 +688,23 @@ impl<'a> Planner<'a> {
         }
         if let Some(pod) = self.leftover_pod() {
             let why = format!("waiting for pod {} of an earlier removal to terminate", pod.name);
+            waiting(self, why);
+            return true;
+        }
+        // A decommission moves data: it starts only when every other node is up to serve and
+        // receive it, and no earlier move is still running.
+        if let Some(pod) =
+            self.observed.pods.iter().find(|p| p.name != node && (!p.ready || p.terminating))
+        {
+            waiting(self, format!("waiting for {} to be Ready first", pod.name));
+            return true;
+        }
+        let ring = &self.observed.ring;
+        if ring.pending_partitions > 0 || ring.active_transfers > 0 {
+            let why = format!(
+                "waiting for partitions to settle first ({} pending, {} transfer(s) active)",
+                ring.pending_partitions, ring.active_transfers
+            );
             waiting(self, why);
             return true;
         }
@@ -379,14 +736,40 @@ impl<'a> Planner<'a> {
                 let answers = self.observed.ring.members.get(&node).is_some_and(|m| m.reachable);
                 let own =
                     pod.as_ref().and_then(|p| p.ip.clone().filter(|_| answers && !p.terminating));
+                if own.is_none() {
+                    // Removal without its cooperation: only of a node that is really gone.
+                    let grace = self.force_remove_after();
+                    let member = self.observed.ring.members[&node].clone();
+                    if member.seen_up_by > 0 {
+                        let why = format!(
+                            "{node} does not answer the operator but {} node(s) reach it: it is not removed by force \
+                             while any node finds it alive",
+                            member.seen_up_by
+                        );
+                        self.plan.problems.push(why.clone());
+                        waiting(self, why);
+                        return true;
+                    }
+                    if !member.gone_for(grace) {
+                        let down = member
+                            .down_for
+                            .map_or("not yet seen down by the others".to_string(), |d| {
+                                format!("down for {}", humanize(d))
+                            });
+                        waiting(
+                            self,
+                            format!(
+                                "{node} does not answer ({down}); it is removed by force once every node finds it \
+                                 down for {} (failure.forceRemoveAfter)",
+                                humanize(grace)
+                            ),
+                        );
+                        return true;
+                    }
+                }
                 let via = match own.clone() {
                     Some(ip) => Some(ip),
-                    None => self
-                        .observed
-                        .pods
-                        .iter()
-                        .filter(|p| p.ready && !p.terminating && p.name != node)
-                        .find_map(|p| p.ip.clone()),
+                    None => self.other_node(&node),
                 };
                 match via {
                     Some(ip) => {
@@ -412,7 +795,7 @@ impl<'a> Planner<'a> {
         true
     }
 
-    /// Rule 3. Returns true when a node was added or one is waiting to be.
+    /// Rule 5. Returns true when a node was added or one is waiting to be.
     fn scale_up(&mut self) -> bool {
         let short: Vec<(String, i32)> = self
             .spec
@@ -498,7 +881,7 @@ impl<'a> Planner<'a> {
         None
     }
 
-    /// Rule 4.
+    /// Rule 6.
     fn clean_volumes(&mut self) {
         if self.spec.persistent_volume_claim_retention_policy.when_scaled != RetentionPolicy::Delete
         {
@@ -513,7 +896,7 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Rule 5 and the outputs.
+    /// Rule 7 and the outputs.
     fn finish(&mut self) {
         for zone in &self.spec.zones {
             self.plan.replicas.insert(zone.name.clone(), self.current[&zone.name]);
@@ -554,6 +937,7 @@ mod tests {
     use super::*;
     use crate::admin::tests::report;
     use crate::crd::ZoneSpec;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     /// A test world: zones with (StatefulSet replicas, desired replicas), all pods ready and
     /// normal members unless changed.
@@ -561,6 +945,10 @@ mod tests {
         spec: DynamoClusterSpec,
         observed: Observed,
         members: Vec<(String, String, &'static str)>,
+        /// Nodes the others find down, with for how long (ms).
+        down: BTreeMap<String, u64>,
+        /// Pods with an address whose admin API does not answer.
+        silent: BTreeSet<String>,
     }
 
     impl World {
@@ -568,11 +956,22 @@ mod tests {
             let spec = DynamoClusterSpec::with_zones(
                 zones.iter().map(|(z, _, want)| ZoneSpec::new(z, *want)).collect(),
             );
-            let mut world = World { spec, observed: Observed::default(), members: Vec::new() };
+            let mut world = World {
+                spec,
+                observed: Observed::default(),
+                members: Vec::new(),
+                down: BTreeMap::new(),
+                silent: BTreeSet::new(),
+            };
             for (zone, now, _) in zones {
                 world.observed.statefulsets.insert(
                     zone.to_string(),
-                    ObservedStatefulSet { replicas: *now, ready_replicas: *now, caught_up: true },
+                    ObservedStatefulSet {
+                        replicas: *now,
+                        ready_replicas: *now,
+                        caught_up: true,
+                        ..ObservedStatefulSet::default()
+                    },
                 );
                 for ordinal in 0..*now {
                     world.add_pod(zone, ordinal, "normal");
@@ -590,12 +989,14 @@ mod tests {
                 ip: Some(format!("10.0.0.{}", self.observed.pods.len() + 1)),
                 ready: membership == "normal",
                 terminating: false,
+                ..Default::default()
             });
             self.observed.pvcs.push(ObservedPvc {
                 name: format!("data-{name}"),
                 zone: zone.into(),
                 ordinal,
                 terminating: false,
+                ..Default::default()
             });
             self.members.push((name, zone.into(), membership));
         }
@@ -615,11 +1016,26 @@ mod tests {
                 .observed
                 .pods
                 .iter()
-                .filter(|p| p.ip.is_some())
-                .map(|p| report(&p.name, &members))
+                .filter(|p| p.ip.is_some() && !self.silent.contains(&p.name))
+                .map(|p| {
+                    let mut r = report(&p.name, &members);
+                    for node in &mut r.nodes {
+                        if let Some(ms) = self.down.get(&node.id) {
+                            (node.reachable, node.down_for_ms) = (false, *ms);
+                        }
+                    }
+                    r
+                })
                 .collect();
             self.observed.ring = RingView::merge(&reports);
             plan("demo", &self.spec, &self.observed)
+        }
+
+        /// `node`'s process is gone: no address, not Ready, found down by the others for `ms`.
+        fn crash(&mut self, node: &str, ms: u64) {
+            self.pod_mut(node).ip = None;
+            self.pod_mut(node).ready = false;
+            self.down.insert(node.into(), ms);
         }
     }
 
@@ -754,50 +1170,236 @@ mod tests {
     fn a_node_stuck_joining_can_itself_be_removed() {
         let mut w = World::new(&[("a", 3, 2)]);
         w.set_membership("demo-a-2", "joining");
-        w.pod_mut("demo-a-2").ip = None;
-        w.pod_mut("demo-a-2").ready = false;
+        w.crash("demo-a-2", 301_000);
         let p = w.plan();
         assert_eq!(p.decommission_call.unwrap().node, "demo-a-2");
     }
 
     #[test]
-    fn a_down_node_is_decommissioned_through_another() {
+    fn a_down_node_is_removed_through_another_only_after_the_grace_period() {
         let mut w = World::new(&[("a", 3, 2)]);
-        w.pod_mut("demo-a-2").ip = None;
-        w.pod_mut("demo-a-2").ready = false;
+        w.crash("demo-a-2", 20_000);
         let p = w.plan();
+        assert_eq!(p.decommission_call, None, "one missed call is not a dead node");
+        let message = p.progress.unwrap().message;
+        assert!(message.contains("down for 20s"), "{message}");
+        assert!(message.contains("5m (failure.forceRemoveAfter)"), "{message}");
+
+        w.down.insert("demo-a-2".into(), 300_000);
         assert_eq!(
-            p.decommission_call,
+            w.plan().decommission_call,
             Some(DecommissionCall {
                 address: "10.0.0.1:7070".into(),
                 node: "demo-a-2".into(),
                 force: true
             })
         );
+
+        // A shorter grace set in the spec.
+        let mut w = World::new(&[("a", 3, 2)]);
+        w.spec.failure.force_remove_after = "15s".into();
+        w.crash("demo-a-2", 16_000);
+        assert!(w.plan().decommission_call.unwrap().force);
     }
 
     #[test]
-    fn a_running_node_that_does_not_answer_is_decommissioned_through_another() {
+    fn a_node_any_member_finds_alive_is_never_removed_by_force() {
         let mut w = World::new(&[("a", 3, 2)]);
-        // Its pod has an address but its admin API is silent (the process is stuck).
-        let silent = w.observed.pods.iter().position(|p| p.name == "demo-a-2").unwrap();
-        w.plan();
-        let reports: Vec<_> = {
-            let members: Vec<(&str, &str, &str)> =
-                w.members.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), *c)).collect();
-            w.observed
-                .pods
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != silent)
-                .map(|(_, p)| report(&p.name, &members))
-                .collect()
-        };
-        w.observed.ring = RingView::merge(&reports);
-        let p = plan("demo", &w.spec, &w.observed);
-        let call = p.decommission_call.unwrap();
+        // Its admin API is silent to the operator, but its peers still reach it.
+        w.silent.insert("demo-a-2".into());
+        let p = w.plan();
+        assert_eq!(p.decommission_call, None);
+        assert!(p.problems[0].contains("2 node(s) reach it"), "{:?}", p.problems);
+
+        // Once every node that answers finds it down for the grace period, it goes by force.
+        w.down.insert("demo-a-2".into(), 400_000);
+        let call = w.plan().decommission_call.unwrap();
         assert_eq!(call.address, "10.0.0.1:7070");
         assert!(call.force, "a node that does not answer is removed without its cooperation");
+    }
+
+    #[test]
+    fn scale_down_waits_for_every_other_pod_and_for_settled_partitions() {
+        let mut w = World::new(&[("a", 3, 2)]);
+        w.pod_mut("demo-a-0").ready = false;
+        let p = w.plan();
+        assert_eq!(p.decommission_call, None);
+        assert_eq!(p.decommission.unwrap().message, "waiting for demo-a-0 to be Ready first");
+
+        let mut w = World::new(&[("a", 3, 2)]);
+        w.plan();
+        w.observed.ring.pending_partitions = 4;
+        let p = plan("demo", &w.spec, &w.observed);
+        assert_eq!(p.decommission_call, None);
+        assert!(p.decommission.unwrap().message.contains("4 pending"));
+    }
+
+    #[test]
+    fn scaling_waits_for_an_unfinished_rollout() {
+        for (now, want) in [(3, 2), (2, 3)] {
+            let mut w = World::new(&[("a", now, want)]);
+            let sts = w.observed.statefulsets.get_mut("a").unwrap();
+            sts.update_revision = Some("new".into());
+            for pod in &mut w.observed.pods {
+                pod.revision = Some("old".into());
+            }
+            let p = w.plan();
+            assert_eq!(p.decommission_call, None);
+            assert_eq!(p.added, None);
+            assert_eq!(replicas(&p), [("a", now)]);
+            assert_eq!(p.progress.unwrap().reason, "RollingUpdate");
+            assert_eq!(p.delete_pods, [format!("demo-a-{}", now - 1)]);
+        }
+    }
+
+    #[test]
+    fn a_paused_cluster_changes_nothing() {
+        let mut w = World::new(&[("a", 2, 3), ("gone", 1, 0)]);
+        w.spec.zones.retain(|z| z.name != "gone");
+        w.spec.paused = true;
+        w.pod_mut("demo-a-1").replace = true;
+        let p = w.plan();
+        assert_eq!(replicas(&p), [("a", 2)]);
+        assert_eq!(p.removed_zones["gone"], RemovedZone::Replicas(1));
+        assert_eq!((p.added, p.decommission_call), (None, None));
+        assert!(p.delete_pods.is_empty() && p.delete_pvcs.is_empty() && p.expand_pvcs.is_empty());
+        assert!(p.paused);
+        assert_eq!(p.progress.unwrap().reason, "Paused");
+
+        w.spec.paused = false;
+        assert!(!w.plan().paused);
+    }
+
+    #[test]
+    fn a_replaced_node_is_removed_by_force_then_its_claim_and_pod_deleted() {
+        let mut w = World::new(&[("a", 2, 2), ("b", 1, 1)]);
+        w.pod_mut("demo-a-0").replace = true;
+        // Alive: refused.
+        let p = w.plan();
+        assert_eq!(p.decommission_call, None);
+        assert!(p.problems[0].contains("is alive"), "{:?}", p.problems);
+        assert!(p.delete_pods.is_empty());
+
+        // Its machine is gone: asked at once (the annotation is the person's word), by force.
+        w.crash("demo-a-0", 2_000);
+        let p = w.plan();
+        let call = p.decommission_call.unwrap();
+        assert_eq!((call.node.as_str(), call.force), ("demo-a-0", true));
+        assert_ne!(call.address, "", "through another node");
+        assert_eq!(p.progress.unwrap().reason, "ReplacingNode");
+
+        w.set_membership("demo-a-0", "leaving");
+        let p = w.plan();
+        assert_eq!(p.decommission_call, None);
+        assert_eq!(p.progress.unwrap().reason, "ReplacingNode");
+
+        w.set_membership("demo-a-0", "left");
+        let p = w.plan();
+        assert_eq!(p.delete_pods, ["demo-a-0"]);
+        assert_eq!(p.delete_pvcs, ["data-demo-a-0"]);
+        assert_eq!(replicas(&p), [("a", 2), ("b", 1)], "the StatefulSet keeps its size");
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+
+        // The StatefulSet created a new pod (no annotation) that has not joined yet: nothing
+        // else starts, and the old left record raises no alarm.
+        let pod = w.pod_mut("demo-a-0");
+        (pod.replace, pod.ip) = (false, Some("10.0.9.9".into()));
+        w.down.clear();
+        let p = w.plan();
+        assert!(p.delete_pods.is_empty() && p.decommission_call.is_none());
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+    }
+
+    #[test]
+    fn lost_volumes_are_replaced_automatically_only_when_asked_and_after_the_grace() {
+        let mut w = World::new(&[("a", 2, 2), ("b", 1, 1)]);
+        w.crash("demo-a-0", 10_000);
+        let pod = w.pod_mut("demo-a-0");
+        pod.lost_volume = true;
+        pod.unschedulable = Some("Unschedulable: volume node affinity conflict".into());
+        let p = w.plan();
+        assert_eq!(p.decommission_call, None, "replaceLostVolumes is off");
+
+        w.spec.failure.replace_lost_volumes = true;
+        let p = w.plan();
+        assert_eq!(p.decommission_call, None, "down for 10s only");
+        assert!(p.progress.unwrap().message.contains("for 5m"));
+
+        w.down.insert("demo-a-0".into(), 300_000);
+        let call = w.plan().decommission_call.unwrap();
+        assert_eq!((call.node.as_str(), call.force), ("demo-a-0", true));
+    }
+
+    #[test]
+    fn growing_storage_expands_claims_then_recreates_the_statefulsets() {
+        let mut w = World::new(&[("a", 2, 2), ("b", 1, 1)]);
+        for sts in w.observed.statefulsets.values_mut() {
+            sts.claim_size = Some("10Gi".into());
+        }
+        for pvc in &mut w.observed.pvcs {
+            pvc.requested = Some("10Gi".into());
+            pvc.capacity = Some("10Gi".into());
+            pvc.expandable = Some(true);
+        }
+        assert_eq!(w.plan().storage, None, "nothing to do at the same size");
+
+        w.spec.storage.size = Quantity("20Gi".into());
+        let p = w.plan();
+        assert_eq!(p.expand_pvcs.len(), 3);
+        assert_eq!(p.expand_pvcs[0], ("data-demo-a-0".to_string(), "20Gi".to_string()));
+        assert!(p.recreate_statefulsets.is_empty(), "claims first");
+        assert_eq!(p.claim_sizes["a"], "10Gi", "the template keeps its size until then");
+        assert_eq!(p.progress.unwrap().reason, "ResizingStorage");
+
+        // Requested, not yet grown: the StatefulSets are re-created with the new template.
+        for pvc in &mut w.observed.pvcs {
+            pvc.requested = Some("20Gi".into());
+        }
+        let p = w.plan();
+        assert!(p.expand_pvcs.is_empty());
+        assert_eq!(p.recreate_statefulsets, ["a", "b"]);
+        assert_eq!(p.storage.as_ref().unwrap().expanded_claims, 0);
+
+        // Re-created, volumes grown: settled.
+        w.observed.statefulsets.remove("a");
+        let p = w.plan();
+        assert_eq!(replicas(&p)[0], ("a", 2), "a missing StatefulSet keeps its pods' count");
+        assert_eq!(p.claim_sizes["a"], "20Gi");
+        for sts in w.observed.statefulsets.values_mut() {
+            sts.claim_size = Some("20Gi".into());
+        }
+        w.observed.statefulsets.insert(
+            "a".into(),
+            ObservedStatefulSet {
+                replicas: 2,
+                ready_replicas: 2,
+                caught_up: true,
+                claim_size: Some("20Gi".into()),
+                ..ObservedStatefulSet::default()
+            },
+        );
+        for pvc in &mut w.observed.pvcs {
+            pvc.capacity = Some("20Gi".into());
+        }
+        let p = w.plan();
+        assert_eq!((p.storage, p.progress), (None, None));
+    }
+
+    #[test]
+    fn storage_that_cannot_grow_or_would_shrink_is_reported() {
+        let mut w = World::new(&[("a", 1, 1)]);
+        w.observed.statefulsets.get_mut("a").unwrap().claim_size = Some("10Gi".into());
+        w.observed.pvcs[0].requested = Some("10Gi".into());
+        w.observed.pvcs[0].expandable = Some(false);
+        w.spec.storage.size = Quantity("20Gi".into());
+        let p = w.plan();
+        assert!(p.expand_pvcs.is_empty() && p.recreate_statefulsets.is_empty());
+        assert!(p.problems[0].contains("does not allow volume expansion"), "{:?}", p.problems);
+        assert_eq!(p.claim_sizes["a"], "10Gi");
+
+        w.spec.storage.size = Quantity("5Gi".into());
+        let p = w.plan();
+        assert!(p.problems[0].contains("volumes cannot shrink"), "{:?}", p.problems);
     }
 
     #[test]
@@ -866,6 +1468,7 @@ mod tests {
             zone: "a".into(),
             ordinal: 2,
             terminating: false,
+            ..Default::default()
         });
         let p = w.plan();
         assert!(p.delete_pvcs.is_empty());

@@ -83,11 +83,18 @@ pub fn build(
     if plan.progress.is_none() && !unready.is_empty() {
         degraded.push(format!("not Ready: {}", unready.join(", ")));
     }
+    // A pod the scheduler cannot place (no Kubernetes node in its zone, a volume pinned to a
+    // machine that is gone) waits forever: say why, whatever else is going on.
+    for pod in observed.pods.iter().filter(|p| !p.terminating) {
+        if let Some(why) = &pod.unschedulable {
+            degraded.push(format!("{} is Pending: {why}", pod.name));
+        }
+    }
     if ring.answered == 0 && ready_nodes > 0 {
         degraded.push("no node answers its admin API: ring membership unknown".into());
     }
 
-    let settled = plan.progress.is_none();
+    let settled = plan.progress.is_none() || plan.paused;
     let ready =
         settled && degraded.is_empty() && ready_nodes == desired_nodes && not_normal.is_empty();
     let generation = cluster.metadata.generation;
@@ -151,6 +158,8 @@ pub fn build(
         members,
         rebalance,
         decommission: plan.decommission.clone(),
+        rollout: plan.rollout.clone(),
+        storage: plan.storage.clone(),
     }
 }
 
@@ -224,7 +233,12 @@ mod tests {
         for (i, zone) in ["a", "b", "c"].into_iter().enumerate() {
             observed.statefulsets.insert(
                 zone.into(),
-                ObservedStatefulSet { replicas: 1, ready_replicas: 1, caught_up: true },
+                ObservedStatefulSet {
+                    replicas: 1,
+                    ready_replicas: 1,
+                    caught_up: true,
+                    ..ObservedStatefulSet::default()
+                },
             );
             let name = format!("demo-{zone}-0");
             observed.pods.push(ObservedPod {
@@ -234,6 +248,7 @@ mod tests {
                 ip: Some(format!("10.0.0.{i}")),
                 ready: true,
                 terminating: false,
+                ..Default::default()
             });
             members.push((name, zone));
         }

@@ -99,6 +99,12 @@ pub fn validate(name: &str, spec: &DynamoClusterSpec) -> Result<(), InvalidSpec>
             problem(&format!("nodeConfig.limits.{field}"), "must be at least 1");
         }
     }
+    if spec.failure.force_remove_after().is_none() {
+        problem(
+            "failure.forceRemoveAfter",
+            &format!("{} (got '{}')", messages::DURATION_FORMAT, spec.failure.force_remove_after),
+        );
+    }
 
     if problems.is_empty() {
         Ok(())

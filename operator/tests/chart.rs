@@ -103,10 +103,34 @@ const NEEDED: &[(&str, &str, &[&str])] = &[
     ("", "configmaps", &["list", "watch", "create", "patch"]),
     ("policy", "poddisruptionbudgets", &["list", "watch", "create", "patch"]),
     ("", "secrets", &["get", "create"]),
-    ("", "pods", &["list"]),
-    ("", "persistentvolumeclaims", &["list", "delete"]),
+    ("", "pods", &["list", "delete"]),
+    ("", "persistentvolumeclaims", &["list", "patch", "delete"]),
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
+
+/// Cluster-scoped reads, granted by a ClusterRole whatever namespace is watched.
+const NEEDED_CLUSTER_WIDE: &[(&str, &str, &[&str])] = &[
+    ("storage.k8s.io", "storageclasses", &["list"]),
+    ("", "persistentvolumes", &["get"]),
+    ("", "nodes", &["list"]),
+];
+
+fn cluster_reader(docs: &[Value]) -> ClusterRole {
+    let role = of_kind(docs, "ClusterRole")
+        .into_iter()
+        .map(typed::<ClusterRole>)
+        .find(|r| r.metadata.name.as_deref().is_some_and(|n| n.ends_with("-cluster-reader")))
+        .expect("a cluster-reader ClusterRole");
+    for (group, resource, verbs) in NEEDED_CLUSTER_WIDE {
+        for verb in *verbs {
+            assert!(
+                grants(role.rules.as_ref().unwrap(), group, resource, verb),
+                "the cluster reader lacks {verb} on {group}/{resource}"
+            );
+        }
+    }
+    role
+}
 
 fn check_every_document(docs: &[Value]) {
     for doc in docs {
@@ -167,6 +191,7 @@ fn default_values_render_a_cluster_wide_operator() {
 
     let role: ClusterRole = typed(of_kind(&docs, "ClusterRole")[0]);
     let rules = role.rules.unwrap();
+    cluster_reader(&docs);
     for (group, resource, verbs) in NEEDED {
         for verb in *verbs {
             assert!(
@@ -191,7 +216,9 @@ fn default_values_render_a_cluster_wide_operator() {
 fn a_watched_namespace_gets_a_role_there() {
     let docs = render(&["watchNamespace=databases"]).unwrap();
     check_every_document(&docs);
-    assert!(of_kind(&docs, "ClusterRole").is_empty());
+    assert_eq!(of_kind(&docs, "ClusterRole").len(), 1, "only the cluster-scoped reads");
+    let reader = cluster_reader(&docs);
+    assert!(!grants(reader.rules.as_ref().unwrap(), "apps", "statefulsets", "patch"));
     let roles: Vec<Role> = of_kind(&docs, "Role").into_iter().map(typed).collect();
     let main = roles
         .iter()

@@ -53,6 +53,11 @@ impl FailureDetector {
         !self.down.contains_key(peer)
     }
 
+    /// How long `peer` has been down (since the first failure without a success since).
+    pub fn down_for(&self, peer: &NodeId, now: Instant) -> Option<Duration> {
+        self.down.get(peer).map(|d| now.saturating_duration_since(d.since))
+    }
+
     /// Down peers whose probe is due; each is scheduled again `retry` later, so a probe that
     /// never returns does not cause a storm.
     pub fn due_probes(&mut self, now: Instant) -> Vec<NodeId> {
@@ -97,6 +102,19 @@ mod tests {
         assert!(d.is_up(&id("b")), "one peer's failure says nothing about another");
         d.record_success(&id("a"));
         assert!(d.is_up(&id("a")));
+    }
+
+    #[test]
+    fn down_for_counts_from_the_first_failure_until_a_success() {
+        let t0 = Instant::now();
+        let mut d = FailureDetector::new(Duration::from_secs(1));
+        assert_eq!(d.down_for(&id("a"), t0), None);
+        d.record_failure(&id("a"), "refused", t0);
+        d.record_failure(&id("a"), "timed out", t0 + Duration::from_secs(3));
+        assert_eq!(d.down_for(&id("a"), t0 + Duration::from_secs(7)), Some(Duration::from_secs(7)));
+        d.record_success(&id("a"));
+        d.record_failure(&id("a"), "refused", t0 + Duration::from_secs(8));
+        assert_eq!(d.down_for(&id("a"), t0 + Duration::from_secs(9)), Some(Duration::from_secs(1)));
     }
 
     #[test]

@@ -88,6 +88,10 @@ pub trait Liveness: Send + Sync + 'static {
     /// A call to `node` got no answer: it is down until a probe succeeds.
     fn lost(&self, node: &NodeId, error: &str);
 
+    /// How long this node has found `node` unreachable without a success since; `None` while it
+    /// is up.
+    fn down_for(&self, node: &NodeId) -> Option<Duration>;
+
     /// Down peers whose next probe is due.
     fn due_probes(&self) -> Vec<NodeId>;
 

@@ -6,9 +6,9 @@
 //! Like a failure detector, the network remembers which nodes refused the last call
 //! (`is_up` is false for them) until a call succeeds again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
@@ -53,7 +53,7 @@ pub struct SimNet {
     nodes: RwLock<HashMap<NodeId, SimNode>>,
     faults: Mutex<HashMap<NodeId, Fault>>,
     /// What a failure detector would have learnt: peers whose last call was refused.
-    known_down: Mutex<HashSet<NodeId>>,
+    known_down: Mutex<HashMap<NodeId, Instant>>,
     /// (call, target) in the order made.
     calls: Mutex<Vec<(&'static str, NodeId)>>,
 }
@@ -70,7 +70,7 @@ impl SimNet {
             partitions,
             nodes: RwLock::new(HashMap::new()),
             faults: Mutex::new(HashMap::new()),
-            known_down: Mutex::new(HashSet::new()),
+            known_down: Mutex::new(HashMap::new()),
             calls: Mutex::new(Vec::new()),
         }
     }
@@ -119,7 +119,7 @@ impl SimNet {
         let fault = self.faults.lock().unwrap().get(to).copied();
         match fault {
             Some(Fault::Down) => {
-                self.known_down.lock().unwrap().insert(to.clone());
+                self.known_down.lock().unwrap().entry(to.clone()).or_insert_with(Instant::now);
                 Err(PeerError::Unreachable("connection refused".into()))
             }
             Some(Fault::Hang) => {
@@ -134,7 +134,11 @@ impl SimNet {
                         Ok(store)
                     }
                     None => {
-                        self.known_down.lock().unwrap().insert(to.clone());
+                        self.known_down
+                            .lock()
+                            .unwrap()
+                            .entry(to.clone())
+                            .or_insert_with(Instant::now);
                         Err(PeerError::Unreachable(format!("no node {to}")))
                     }
                 }
@@ -155,7 +159,7 @@ impl SimNet {
 
 impl Liveness for SimNet {
     fn is_up(&self, node: &NodeId) -> bool {
-        !self.known_down.lock().unwrap().contains(node)
+        !self.known_down.lock().unwrap().contains_key(node)
     }
 
     fn heard_from(&self, node: &NodeId) {
@@ -163,11 +167,15 @@ impl Liveness for SimNet {
     }
 
     fn lost(&self, node: &NodeId, _error: &str) {
-        self.known_down.lock().unwrap().insert(node.clone());
+        self.known_down.lock().unwrap().entry(node.clone()).or_insert_with(Instant::now);
+    }
+
+    fn down_for(&self, node: &NodeId) -> Option<Duration> {
+        self.known_down.lock().unwrap().get(node).map(Instant::elapsed)
     }
 
     fn due_probes(&self) -> Vec<NodeId> {
-        let mut down: Vec<NodeId> = self.known_down.lock().unwrap().iter().cloned().collect();
+        let mut down: Vec<NodeId> = self.known_down.lock().unwrap().keys().cloned().collect();
         down.sort();
         down
     }
@@ -291,7 +299,7 @@ impl Gossip for SimNet {
             };
             // As the gRPC peers: an answer proves the peer up, but a failed gossip round does
             // not mark it down (only replica, Merkle and transfer calls and probes do).
-            let was_down = self.known_down.lock().unwrap().contains(&id);
+            let was_down = self.known_down.lock().unwrap().contains_key(&id);
             if let Err(e) = self.enter("gossip", &id).await {
                 if !was_down {
                     self.known_down.lock().unwrap().remove(&id);

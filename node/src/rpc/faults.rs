@@ -95,6 +95,10 @@ impl<N: Liveness> Liveness for Faulty<N> {
         self.inner.lost(node, error)
     }
 
+    fn down_for(&self, node: &NodeId) -> Option<Duration> {
+        self.inner.down_for(node)
+    }
+
     fn due_probes(&self) -> Vec<NodeId> {
         self.inner.due_probes()
     }

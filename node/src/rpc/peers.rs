@@ -172,6 +172,11 @@ impl Liveness for Peers {
         }
     }
 
+    fn down_for(&self, node: &NodeId) -> Option<Duration> {
+        let now = Instant::now();
+        self.detector.lock().ok().and_then(|d| d.down_for(node, now))
+    }
+
     fn due_probes(&self) -> Vec<NodeId> {
         self.detector.lock().map(|mut d| d.due_probes(Instant::now())).unwrap_or_default()
     }

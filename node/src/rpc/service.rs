@@ -463,6 +463,13 @@ impl<N: Net> AdminService<N> {
             .await
             .into_iter()
             .map(|(node, result)| admin::NodeStatus {
+                down_for_ms: match &result {
+                    Ok(()) => 0,
+                    // Failed just now: at least that long, and as long as it has been down.
+                    Err(_) => {
+                        shared.net.down_for(&node.id).map_or(1, |d| d.as_millis().max(1) as u64)
+                    }
+                },
                 reachable: result.is_ok(),
                 error: result.err().unwrap_or_default(),
                 is_self: node.id == me,

@@ -19,7 +19,7 @@ pub use config::{config_map, node_toml, CONFIG_FILE, CONFIG_KEY};
 pub use pdb::{max_unavailable, pod_disruption_budget};
 pub use secret::{cluster_secret, random_secret, SECRET_KEY};
 pub use services::{client_service, headless_service};
-pub use statefulset::{seeds, statefulset, DATA_DIR, READY_SERVICE};
+pub use statefulset::{seeds, statefulset, DATA_DIR, READY_SERVICE, VOLUME_NAME};
 
 /// The node's one gRPC port (client, internode and admin APIs, gRPC health).
 pub const NODE_PORT: i32 = dynamo_api::contract::DEFAULT_PORT as i32;
@@ -36,6 +36,14 @@ pub const CLUSTER_LABEL: &str = "dynamokv.io/cluster";
 pub const ZONE_LABEL: &str = "dynamokv.io/zone";
 /// Annotation on the pod template: hash of the node configuration, so a change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "dynamokv.io/config-hash";
+/// Annotation on a DynamoCluster: changing its value restarts every node, one at a time (copied
+/// into the pod template, so it is a template change like any other).
+pub const RESTARTED_AT_ANNOTATION: &str = "dynamokv.io/restartedAt";
+/// Annotation on a node pod, value `true`: replace this node (its volume or machine is lost):
+/// remove its member by force, delete its claim and its pod, and let a new, empty one join.
+pub const REPLACE_ANNOTATION: &str = "dynamokv.io/replace";
+/// Label the StatefulSet controller puts on every pod: the revision of the template it runs.
+pub const REVISION_LABEL: &str = "controller-revision-hash";
 /// The Kubernetes node label a zone is pinned to by default.
 pub const TOPOLOGY_ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 

@@ -27,7 +27,7 @@ use super::secret::SECRET_KEY;
 use super::{
     child_meta, config_map_name, headless_service_name, pod_name, secret_name, statefulset_name,
     zone_labels, zone_selector, RenderOptions, CONFIG_HASH_ANNOTATION, NODE_PORT,
-    TOPOLOGY_ZONE_LABEL,
+    RESTARTED_AT_ANNOTATION, TOPOLOGY_ZONE_LABEL,
 };
 use crate::crd::{DynamoCluster, ZoneSpec};
 use dynamo_api::contract::env as node_env;
@@ -36,7 +36,7 @@ use dynamo_api::contract::env as node_env;
 pub const DATA_DIR: &str = "/var/lib/dynamo";
 pub use dynamo_api::contract::READY_SERVICE;
 /// Name of the volume claim template (PVCs are `<this>-<pod>`).
-pub(super) const VOLUME_NAME: &str = "data";
+pub const VOLUME_NAME: &str = "data";
 /// User and group the node runs as (the image's non-root user).
 const NODE_UID: i64 = 10001;
 
@@ -171,6 +171,17 @@ fn node_container(cluster: &DynamoCluster, zone: &ZoneSpec, options: &RenderOpti
     }
 }
 
+/// Annotations of the pod template: the hash of the node configuration (a settings change is a
+/// template change, so it rolls), and the cluster's `dynamokv.io/restartedAt` when set (changing
+/// it rolls every pod, as `kubectl rollout restart` does for a Deployment).
+fn template_annotations(cluster: &DynamoCluster) -> BTreeMap<String, String> {
+    let mut annotations = BTreeMap::from([(CONFIG_HASH_ANNOTATION.into(), config_hash(cluster))]);
+    if let Some(at) = cluster.annotations().get(RESTARTED_AT_ANNOTATION) {
+        annotations.insert(RESTARTED_AT_ANNOTATION.into(), at.clone());
+    }
+    annotations
+}
+
 /// The StatefulSet of `zone` with `replicas` pods. `replicas` is the operator's decision for
 /// this pass (one step from the current towards the spec), not necessarily the spec's.
 pub fn statefulset(
@@ -260,8 +271,10 @@ pub fn statefulset(
             replicas: Some(replicas),
             service_name: Some(headless_service_name(&name)),
             pod_management_policy: Some("Parallel".into()),
+            // The operator restarts pods itself, one at a time across every zone, when each
+            // restart is safe (crate::rollout); Kubernetes never restarts one on its own.
             update_strategy: Some(StatefulSetUpdateStrategy {
-                type_: Some("RollingUpdate".into()),
+                type_: Some("OnDelete".into()),
                 ..StatefulSetUpdateStrategy::default()
             }),
             persistent_volume_claim_retention_policy: Some(
@@ -277,10 +290,7 @@ pub fn statefulset(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.into(),
-                        config_hash(cluster),
-                    )])),
+                    annotations: Some(template_annotations(cluster)),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(pod),
@@ -348,7 +358,7 @@ mod tests {
                 "replicas": 1,
                 "serviceName": "demo-peers",
                 "podManagementPolicy": "Parallel",
-                "updateStrategy": {"type": "RollingUpdate"},
+                "updateStrategy": {"type": "OnDelete"},
                 "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete", "whenDeleted": "Retain"},
                 "selector": {"matchLabels": selector},
                 "template": {
