@@ -407,6 +407,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn liveness_and_hints_are_merged_over_the_reporters() {
+        let members = [("a", "z1", "normal"), ("b", "z2", "normal"), ("c", "z3", "normal")];
+        let mut a = report("a", &members);
+        let mut b = report("b", &members);
+        for (r, ms) in [(&mut a, 90_000), (&mut b, 30_000)] {
+            let c = r.nodes.iter_mut().find(|n| n.id == "c").unwrap();
+            (c.reachable, c.down_for_ms) = (false, ms);
+            r.hints.push(proto::HintSummary { target: "c".into(), count: 7, bytes: 70 });
+        }
+        let view = RingView::merge(&[a.clone(), b.clone()]);
+        let c = &view.members["c"];
+        assert_eq!((c.seen_up_by, c.seen_down_by), (0, 2));
+        assert_eq!(c.down_for, Some(Duration::from_secs(30)), "the shortest view counts");
+        assert!(c.gone_for(Duration::from_secs(30)));
+        assert!(!c.gone_for(Duration::from_secs(31)));
+        assert_eq!(view.hints_for["c"], 14);
+        assert_eq!(view.members["a"].seen_up_by, 1);
+
+        // One node still reaches it: not gone, whatever the others say.
+        b.nodes.iter_mut().find(|n| n.id == "c").unwrap().reachable = true;
+        let view = RingView::merge(&[a, b]);
+        assert!(!view.members["c"].gone_for(Duration::ZERO));
+    }
+
+    #[test]
     fn unknown_membership_values_are_ignored() {
         let mut a = report("a", &[("a", "z", "normal"), ("b", "z", "normal")]);
         a.nodes[0].membership = 0;

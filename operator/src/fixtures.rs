@@ -564,7 +564,8 @@ impl NodeAdmin for FakeNodes {
 /// Plays Kubernetes' part for the StatefulSets in namespace `default`: creates each missing pod
 /// (with an IP, its node process started) and its volume, deletes pods above the replicas (their
 /// node process stops), turns pods Ready exactly when their node is a normal member, and
-/// updates the StatefulSets' status. Volumes are left alone: deleting them is the operator's job.
+/// updates the StatefulSets' status. Pods are created with the revision of their StatefulSet's
+/// template (`controller-revision-hash`) and keep it, as with the `OnDelete` strategy. Volumes are left alone: deleting them is the operator's job.
 pub fn simulate_kubernetes(server: &FakeApiServer, nodes: &FakeNodes) {
     const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets";
     const PODS: &str = "/api/v1/namespaces/default/pods";
@@ -575,8 +576,15 @@ pub fn simulate_kubernetes(server: &FakeApiServer, nodes: &FakeNodes) {
     for sts in &statefulsets {
         let name = sts["metadata"]["name"].as_str().unwrap();
         let replicas = sts["spec"]["replicas"].as_i64().unwrap_or(1);
-        let labels = sts["spec"]["template"]["metadata"]["labels"].clone();
+        let mut labels = sts["spec"]["template"]["metadata"]["labels"].clone();
         let zone = labels["dynamokv.io/zone"].as_str().unwrap().to_string();
+        // The revision of the template, as the StatefulSet controller names it.
+        let template = serde_json::to_string(&sts["spec"]["template"]).unwrap();
+        let hash = template.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let revision = format!("{name}-{:x}", hash & 0xff_ffff);
+        labels[crate::render::REVISION_LABEL] = json!(revision);
         let mut ready = 0;
         for ordinal in 0..replicas {
             let pod = format!("{name}-{ordinal}");
@@ -618,7 +626,8 @@ pub fn simulate_kubernetes(server: &FakeApiServer, nodes: &FakeNodes) {
         }
         let mut updated = sts.clone();
         updated["status"] = json!({"replicas": replicas, "readyReplicas": ready,
-                                   "observedGeneration": sts["metadata"]["generation"]});
+                                   "observedGeneration": sts["metadata"]["generation"],
+                                   "updateRevision": revision});
         server.put(&format!("{STS}/{name}"), &updated);
     }
     for pod in &pods {

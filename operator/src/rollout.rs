@@ -72,6 +72,7 @@ pub fn plan(cluster: &str, spec: &DynamoClusterSpec, observed: &Observed) -> Rol
         }));
     }
     if revisions.is_empty() {
+        // No StatefulSet reports a revision yet (being created, or an API without it).
         return Rollout::default();
     }
     let total = pods.len() as i32 + missing.len() as i32;
@@ -86,7 +87,8 @@ pub fn plan(cluster: &str, spec: &DynamoClusterSpec, observed: &Observed) -> Rol
     let outdated: Vec<&ObservedPod> =
         pods.iter().filter(|(_, u)| !u).map(|(p, _)| *p).filter(|p| !p.terminating).collect();
     let terminating = pods.iter().map(|(p, _)| *p).find(|p| p.terminating);
-    let unfinished = !outdated.is_empty() || terminating.is_some();
+    // A StatefulSet that has not processed its latest spec may have a new revision to roll.
+    let unfinished = !outdated.is_empty() || terminating.is_some() || !stale.is_empty();
     let mut decide = |message: String, restarting: Option<String>, restart: bool| {
         status.message = message;
         status.restarting = restarting.clone();
@@ -97,11 +99,16 @@ pub fn plan(cluster: &str, spec: &DynamoClusterSpec, observed: &Observed) -> Rol
         }
     };
     if !unfinished {
-        return decide(format!("all {total} pods run the target revision"), None, false);
+        let message = if updated == total {
+            format!("all {total} pods run the target revision")
+        } else {
+            format!("{updated}/{total} pods run the target revision; the others are being created on it")
+        };
+        return decide(message, None, false);
     }
     if !stale.is_empty() {
         let message = format!(
-            "waiting for the StatefulSets of {} to report their update revision",
+            "waiting for the StatefulSets of {} to catch up with their spec",
             stale.join(", ")
         );
         return decide(message, None, false);
@@ -152,10 +159,12 @@ pub fn plan(cluster: &str, spec: &DynamoClusterSpec, observed: &Observed) -> Rol
         );
         return decide(message, None, false);
     }
+    // Hints for nodes that are gone (left, removed) are not waited for: they are never
+    // delivered and are dropped by the nodes in time.
     if let Some((target, hints)) = ring
         .hints_for
         .iter()
-        .filter(|(target, _)| **target != next.name)
+        .filter(|(target, _)| **target != next.name && pods.iter().any(|(p, _)| p.name == **target))
         .find(|(_, hints)| **hints > HINT_THRESHOLD)
     {
         let message = format!(
@@ -347,6 +356,8 @@ mod tests {
         assert!(r.status.unwrap().message.contains("held for demo-c-0"));
         w.observed.ring.hints_for.insert("demo-c-0".into(), HINT_THRESHOLD);
         assert_eq!(next(&w).restart.as_deref(), Some("demo-a-0"), "at the threshold it goes on");
+        w.observed.ring.hints_for.insert("demo-gone-0".into(), 10 * HINT_THRESHOLD);
+        assert_eq!(next(&w).restart.as_deref(), Some("demo-a-0"), "hints for a removed node");
 
         let mut w = World::new(1);
         w.observed.statefulsets.get_mut("b").unwrap().caught_up = false;

@@ -312,6 +312,36 @@ mod tests {
     }
 
     #[test]
+    fn why_a_pod_is_pending_is_in_the_status() {
+        let (c, mut observed) = settled();
+        observed.pods[0].ready = false;
+        observed.pods[0].unschedulable = Some(
+            "Unschedulable: 0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector".into(),
+        );
+        let p = plan("demo", &c.spec, &observed);
+        let s = build(&c, &observed, &p, &t(1));
+        let d = find(&s, DEGRADED).unwrap();
+        assert_eq!(d.status, "True");
+        assert!(
+            d.message.contains("demo-a-0 is Pending: Unschedulable: 0/3 nodes are available"),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn a_paused_cluster_says_so_and_is_not_ready() {
+        let (mut c, observed) = settled();
+        c.spec.paused = true;
+        let p = plan("demo", &c.spec, &observed);
+        let s = build(&c, &observed, &p, &t(1));
+        let progressing = find(&s, PROGRESSING).unwrap();
+        assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("True", "Paused"));
+        assert!(progressing.message.contains("spec.paused is true"));
+        assert_eq!(find(&s, DEGRADED).unwrap().status, "False");
+    }
+
+    #[test]
     fn an_invalid_spec_keeps_the_rest_of_the_status() {
         let (mut c, observed) = settled();
         let p = plan("demo", &c.spec, &observed);

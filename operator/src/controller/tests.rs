@@ -426,3 +426,134 @@ async fn metrics_count_passes_and_actions() {
     );
     assert!(!text.contains("dynamo_operator_reconciles_total 0"), "{text}");
 }
+
+impl Harness {
+    /// Pods deleted by the operator since the requests were last cleared.
+    fn deleted_pods(&self) -> Vec<String> {
+        self.server
+            .requests()
+            .iter()
+            .filter(|r| r.method == http::Method::DELETE && r.path.contains("/pods/"))
+            .map(|r| r.path.rsplit('/').next().unwrap().to_string())
+            .collect()
+    }
+
+    fn pod_revisions(&self) -> Vec<(String, String)> {
+        self.server
+            .list::<k8s_openapi::api::core::v1::Pod>("/api/v1/namespaces/default/pods")
+            .into_iter()
+            .map(|p| {
+                let revision = p.metadata.labels.unwrap()[render::REVISION_LABEL].clone();
+                (p.metadata.name.unwrap(), revision)
+            })
+            .collect()
+    }
+}
+
+/// Runs passes with Kubernetes catching up after each, until no pod is deleted in `quiet`
+/// consecutive rounds; returns every pod deleted, in order, and checks that no pass deleted a
+/// pod while another was missing or unready.
+async fn roll(h: &Harness, quiet: usize) -> Vec<String> {
+    let mut deleted = Vec::new();
+    let mut idle = 0;
+    while idle < quiet {
+        h.server.clear_requests();
+        h.pass().await;
+        let now = h.deleted_pods();
+        assert!(now.len() <= 1, "one pod at a time, got {now:?}");
+        // A second pass before Kubernetes recreates the pod must not delete another.
+        if !now.is_empty() {
+            h.server.clear_requests();
+            h.pass().await;
+            assert_eq!(h.deleted_pods(), Vec::<String>::new(), "deleted while {now:?} is down");
+            if h.status().rollout.is_some_and(|r| r.updated_pods + 1 < r.total_pods) {
+                assert_eq!(h.condition(PROGRESSING).1, "RollingUpdate");
+            }
+            assert_eq!(h.condition(DEGRADED).0, "False", "a rollout is not a degradation");
+        }
+        idle = if now.is_empty() { idle + 1 } else { 0 };
+        deleted.extend(now);
+        simulate_kubernetes(&h.server, &h.nodes);
+    }
+    deleted
+}
+
+#[tokio::test]
+async fn a_template_change_restarts_every_pod_once_one_at_a_time_in_order() {
+    let h = Harness::new(&[("zone-a", 2), ("zone-b", 1), ("zone-c", 1)]);
+    h.settle(8).await;
+    let before = h.pod_revisions();
+    h.edit(|s| s.image = "ghcr.io/dynamokv/dynamo-node:next".into());
+
+    let deleted = roll(&h, 3).await;
+    assert_eq!(deleted, ["demo-zone-a-1", "demo-zone-a-0", "demo-zone-b-0", "demo-zone-c-0"]);
+    let after = h.pod_revisions();
+    for ((pod, old), (_, new)) in before.iter().zip(&after) {
+        assert_ne!(old, new, "{pod} runs the new revision");
+    }
+    let rollout = h.status().rollout.expect("rollout status");
+    assert_eq!((rollout.updated_pods, rollout.total_pods, rollout.restarting), (4, 4, None));
+    assert_eq!(h.condition(READY).0, "True");
+    assert!(h.event_reasons().contains(&"RollingUpdate".to_string()));
+
+    // The restart annotation rolls every pod again, the same way.
+    let mut c = h.cluster();
+    c.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(render::RESTARTED_AT_ANNOTATION.into(), "2026-12-02T10:00:00Z".into());
+    h.server.put(CLUSTER, &c);
+    assert_eq!(roll(&h, 3).await.len(), 4);
+}
+
+#[tokio::test]
+async fn an_operator_restarted_mid_rollout_finishes_it() {
+    let mut h = Harness::new(&[("zone-a", 1), ("zone-b", 1), ("zone-c", 1)]);
+    h.settle(6).await;
+    h.edit(|s| s.resources.limits = None);
+    h.pass().await;
+    simulate_kubernetes(&h.server, &h.nodes);
+    h.server.clear_requests();
+    h.pass().await;
+    assert_eq!(h.deleted_pods(), ["demo-zone-a-0"]);
+    simulate_kubernetes(&h.server, &h.nodes);
+    h.restart();
+    assert_eq!(roll(&h, 3).await, ["demo-zone-b-0", "demo-zone-c-0"]);
+}
+
+#[tokio::test]
+async fn a_paused_cluster_is_left_alone_until_unpaused() {
+    let h = Harness::new(&[("zone-a", 1), ("zone-b", 1), ("zone-c", 1)]);
+    h.settle(6).await;
+    h.edit(|s| {
+        s.paused = true;
+        s.zones[0].replicas = 2;
+        s.image = "ghcr.io/dynamokv/dynamo-node:next".into();
+    });
+    h.server.clear_requests();
+    assert_eq!(h.pass().await, Action::requeue(IDLE_REQUEUE));
+    let writes: Vec<String> = h
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.method != http::Method::GET)
+        .map(|r| r.line())
+        .collect();
+    assert_eq!(writes.len(), 1, "only the status is written: {writes:?}");
+    assert!(writes[0].contains("/status"), "{writes:?}");
+    let (status, reason, _) = h.condition(PROGRESSING);
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Paused"));
+
+    let before = h.pod_revisions();
+    h.edit(|s| s.paused = false);
+    h.settle(12).await;
+    assert_eq!(h.replicas()[0].1, 2, "the scale-up ran");
+    let after = h.pod_revisions();
+    assert_eq!(after.len(), 4);
+    for (pod, old) in &before {
+        let new = &after.iter().find(|(p, _)| p == pod).unwrap().1;
+        assert_ne!(old, new, "{pod} was rolled to the new image");
+    }
+    let rollout = h.status().rollout.unwrap();
+    assert_eq!((rollout.updated_pods, rollout.total_pods), (4, 4));
+}
