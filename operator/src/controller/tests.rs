@@ -93,6 +93,16 @@ impl Harness {
         self.server.list::<K8sEvent>(EVENTS).into_iter().filter_map(|e| e.reason).collect()
     }
 
+    /// Every request that changed something, as `METHOD path`.
+    fn writes(&self) -> Vec<String> {
+        self.server
+            .requests()
+            .iter()
+            .filter(|r| r.method != http::Method::GET)
+            .map(|r| r.line())
+            .collect()
+    }
+
     fn pvcs(&self) -> Vec<String> {
         self.server
             .list::<PersistentVolumeClaim>(PVCS)
@@ -360,13 +370,7 @@ async fn an_invalid_spec_is_reported_and_nothing_is_applied() {
     h.edit(|s| s.replication.w = 5);
     assert_eq!(h.pass().await, Action::requeue(IDLE_REQUEUE));
     assert!(h.replicas().is_empty());
-    let writes: Vec<String> = h
-        .server
-        .requests()
-        .iter()
-        .filter(|r| r.method != http::Method::GET)
-        .map(|r| r.line())
-        .collect();
+    let writes = h.writes();
     assert_eq!(writes, [format!("POST {EVENTS}"), format!("PATCH {CLUSTER}/status")]);
     let status_patch =
         h.server.requests().into_iter().find(|r| r.path.ends_with("/status")).unwrap();
@@ -532,13 +536,7 @@ async fn a_paused_cluster_is_left_alone_until_unpaused() {
     });
     h.server.clear_requests();
     assert_eq!(h.pass().await, Action::requeue(IDLE_REQUEUE));
-    let writes: Vec<String> = h
-        .server
-        .requests()
-        .iter()
-        .filter(|r| r.method != http::Method::GET)
-        .map(|r| r.line())
-        .collect();
+    let writes = h.writes();
     assert_eq!(writes.len(), 1, "only the status is written: {writes:?}");
     assert!(writes[0].contains("/status"), "{writes:?}");
     let (status, reason, _) = h.condition(PROGRESSING);
