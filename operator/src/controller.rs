@@ -15,11 +15,13 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{
+    DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy,
+};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{predicates, watcher, WatchStreamExt};
+use kube::runtime::{predicates, watcher, Predicate, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -241,41 +243,60 @@ async fn reconcile_inner(cluster: &DynamoCluster, ctx: &Context) -> Result<Actio
         }
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let replacing = plan.progress.as_ref().is_some_and(|p| p.reason == "ReplacingNode");
+    if replacing {
+        // The claim first: its protection keeps it until the pod is gone, so the pod that
+        // replaces this one can never mount it again.
+        for pvc in &plan.delete_pvcs {
+            ignore_not_found(pvcs.delete(pvc, &DeleteParams::default()).await.map(|_| ()))
+                .map_err(Error::kube("delete", "PersistentVolumeClaim", pvc))?;
+        }
+    }
     for pod in &plan.delete_pods {
-        ignore_not_found(pods.delete(pod, &DeleteParams::default()).await.map(|_| ()))
-            .map_err(Error::kube("delete", "Pod", pod))?;
-        let (reason, note) = match &plan.progress {
-            Some(p) if p.reason == "ReplacingNode" => {
-                ctx.metrics.count(metrics::Action::Replaced);
-                (
-                    "ReplacingNode",
-                    format!("deleted pod {pod} (and its claim): a new, empty node takes its place"),
-                )
-            }
-            _ => {
-                ctx.metrics.count(metrics::Action::Restarted);
-                (
-                    "RollingUpdate",
-                    format!("restarting {pod} on the new revision (one pod at a time)"),
-                )
-            }
+        // Only the pod observed: never one its StatefulSet has created since.
+        let uid = observed.pods.iter().find(|p| &p.name == pod).and_then(|p| p.uid.clone());
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { uid, resource_version: None }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(pod, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => continue,
+            Err(e) => return Err(Error::kube("delete", "Pod", pod)(e)),
+        }
+        let (reason, note) = if replacing {
+            ctx.metrics.count(metrics::Action::Replaced);
+            (
+                "ReplacingNode",
+                format!("deleted pod {pod} and its claim: a new, empty node takes its place"),
+            )
+        } else {
+            ctx.metrics.count(metrics::Action::Restarted);
+            ("RollingUpdate", format!("restarting {pod} on the new revision (one pod at a time)"))
         };
         tracing::info!(cluster = %display_name(cluster), %pod, "{note}");
         publish(ctx, cluster, EventType::Normal, reason, "DeletePod", note).await;
     }
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     for (pvc, size) in &plan.expand_pvcs {
         let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": size}}}});
         let params = PatchParams { field_manager: Some(MANAGER.into()), ..PatchParams::default() };
-        pvcs.patch(pvc, &params, &Patch::Merge(&patch)).await.map_err(Error::kube(
-            "expand",
-            "PersistentVolumeClaim",
-            pvc,
-        ))?;
-        let note = format!("asked for claim {pvc} to grow to {size}");
-        publish(ctx, cluster, EventType::Normal, "ResizingStorage", "ExpandVolume", note).await;
+        match pvcs.patch(pvc, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                let note = format!("asked for claim {pvc} to grow to {size}");
+                publish(ctx, cluster, EventType::Normal, "ResizingStorage", "ExpandVolume", note)
+                    .await;
+            }
+            Err(e) => {
+                // One claim that cannot grow (quota, a static volume) must not stop the rest.
+                let problem = format!("claim {pvc} could not be expanded to {size}: {e}");
+                tracing::warn!(cluster = %display_name(cluster), "{problem}");
+                plan.problems.push(problem);
+            }
+        }
     }
-    for pvc in &plan.delete_pvcs {
+    let deleted_first = if replacing { plan.delete_pvcs.len() } else { 0 };
+    for pvc in &plan.delete_pvcs[deleted_first..] {
         ignore_not_found(pvcs.delete(pvc, &DeleteParams::default()).await.map(|_| ()))
             .map_err(Error::kube("delete", "PersistentVolumeClaim", pvc))?;
         ctx.metrics.count(metrics::Action::VolumeDeleted);
@@ -424,6 +445,7 @@ async fn observe(ctx: &Context, cluster: &DynamoCluster, ns: &str) -> Result<Obs
             });
         let claim = format!("{}-{pod_name}", render::VOLUME_NAME);
         observed.pods.push(ObservedPod {
+            uid: pod.metadata.uid.clone(),
             lost_volume: !scheduled && volumes.contains(&claim),
             revision: pod.labels().get(render::REVISION_LABEL).cloned(),
             replace: pod.annotations().get(render::REPLACE_ANNOTATION).map(String::as_str)
@@ -470,7 +492,14 @@ async fn observe(ctx: &Context, cluster: &DynamoCluster, ns: &str) -> Result<Obs
                 .as_ref()
                 .and_then(|s| s.capacity.as_ref())
                 .and_then(|c| c.get("storage").map(|q| q.0.clone())),
-            expandable: class.and_then(|c| expandable.classes.get(&c).copied()),
+            expandable: class.as_ref().and_then(|c| expandable.classes.get(c).copied()),
+            class,
+            bound: pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"),
+            filesystem_resize_pending: pvc
+                .status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .any(|c| c.type_ == "FileSystemResizePending" && c.status == "True"),
         });
     }
 
@@ -676,8 +705,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
     }
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    // Only spec changes (a new generation) of a DynamoCluster start a pass: the operator's own
-    // status writes must not, or a changing status would loop. Children's changes and requeues
+    // Only spec changes (a new generation) and annotation changes (restartedAt) of a
+    // DynamoCluster start a pass: the operator's own status writes must not, or a changing
+    // status would loop. Children's changes and requeues
     // start the others.
     let (reader, writer) = reflector::store();
     let (metrics, store) = (ctx.metrics.clone(), reader.clone());
@@ -695,7 +725,10 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
             _ => {}
         })
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .predicate_filter(
+            predicates::generation.combine(predicates::annotations),
+            Default::default(),
+        );
     Controller::for_stream(stream, reader)
         .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)))
         .owns(api::<StatefulSet>(&client, &children), owned.clone())

@@ -163,6 +163,7 @@ pub struct FailureSpec {
     /// reach, and not answering its own admin API) before a scale-down or a replacement removes
     /// it by force, without its cooperation. A duration: `90s`, `5m`, `1h30m`.
     #[serde(default = "default_force_remove_after")]
+    #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self != ''").message(messages::DURATION_FORMAT))]
     pub force_remove_after: String,
     /// Replace, without being asked, a node whose pod is stuck Pending because its volume is
@@ -308,7 +309,7 @@ impl PullPolicy {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self.size == oldSelf.size || quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) > 0").message(messages::STORAGE_SHRINK),
+    validation = Rule::new("self.size == oldSelf.size || quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) >= 0").message(messages::STORAGE_SHRINK),
     validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message(messages::STORAGE_CLASS_IMMUTABLE)
 )]
 pub struct StorageSpec {

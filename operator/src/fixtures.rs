@@ -261,6 +261,22 @@ impl State {
                 let body = body.unwrap_or_default();
                 let old = self.objects.get(&key).cloned();
                 let status_only = target.subresource.as_deref() == Some("status");
+                if target.resource == "statefulsets" && !status_only {
+                    if let Some(old) = &old {
+                        let templates = "volumeClaimTemplates";
+                        if old["spec"][templates] != body["spec"][templates]
+                            && !body["spec"][templates].is_null()
+                        {
+                            // As the API server does: a StatefulSet's claim template is fixed.
+                            let message = format!(
+                                "StatefulSet.apps \"{key}\" is invalid: spec: Forbidden: updates to statefulset spec for \
+                                 fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', \
+                                 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"
+                            );
+                            return (422, status_body(422, "Invalid", message));
+                        }
+                    }
+                }
                 let object = match (content_type, old) {
                     (ct, Some(old)) if ct.starts_with("application/apply-patch") => {
                         let mut new = old.clone();
@@ -601,12 +617,14 @@ pub fn simulate_kubernetes(server: &FakeApiServer, nodes: &FakeNodes) {
                     nodes.start(&pod, &zone, &format!("{ip}:7070"));
                     let claim = format!("data-{pod}");
                     if server.get::<Value>(&format!("{PVCS}/{claim}")).is_none() {
-                        let claim_labels =
-                            sts["spec"]["volumeClaimTemplates"][0]["metadata"]["labels"].clone();
+                        let template = &sts["spec"]["volumeClaimTemplates"][0];
+                        let size = template["spec"]["resources"]["requests"]["storage"].clone();
                         server.create(
                             PVCS,
                             &json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                            "metadata": {"name": claim, "labels": claim_labels}}),
+                            "metadata": {"name": claim, "labels": template["metadata"]["labels"]},
+                            "spec": template["spec"],
+                            "status": {"phase": "Bound", "capacity": {"storage": size}}}),
                         );
                     }
                     server.create(
@@ -629,6 +647,15 @@ pub fn simulate_kubernetes(server: &FakeApiServer, nodes: &FakeNodes) {
                                    "observedGeneration": sts["metadata"]["generation"],
                                    "updateRevision": revision});
         server.put(&format!("{STS}/{name}"), &updated);
+    }
+    // The resizer: a claim that asks for more than it has grows (every class expands here).
+    for mut pvc in server.list::<Value>(PVCS) {
+        let requested = pvc["spec"]["resources"]["requests"]["storage"].clone();
+        if !requested.is_null() && pvc["status"]["capacity"]["storage"] != requested {
+            pvc["status"]["capacity"]["storage"] = requested;
+            let name = pvc["metadata"]["name"].as_str().unwrap().to_string();
+            server.put(&format!("{PVCS}/{name}"), &pvc);
+        }
     }
     for pod in &pods {
         let name = pod["metadata"]["name"].as_str().unwrap();

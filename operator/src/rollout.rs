@@ -46,7 +46,13 @@ pub fn plan(cluster: &str, spec: &DynamoClusterSpec, observed: &Observed) -> Rol
     let mut missing = Vec::new();
     let mut stale = Vec::new();
     for zone in &spec.zones {
-        let Some(sts) = observed.statefulsets.get(&zone.name) else { continue };
+        let Some(sts) = observed.statefulsets.get(&zone.name) else {
+            // Being re-created (orphaned pods): its revision is unknown for now.
+            if observed.pods.iter().any(|p| p.zone == zone.name) {
+                stale.push(zone.name.as_str());
+            }
+            continue;
+        };
         let Some(target) = sts.update_revision.as_deref() else {
             stale.push(zone.name.as_str());
             continue;
@@ -113,18 +119,36 @@ pub fn plan(cluster: &str, spec: &DynamoClusterSpec, observed: &Observed) -> Rol
         );
         return decide(message, None, false);
     }
+    // Pods outside the rollout (a zone being removed, a pod above its StatefulSet's size)
+    // are nodes too: one of them down is one node down.
+    let others: Vec<&ObservedPod> =
+        observed.pods.iter().filter(|p| !pods.iter().any(|(q, _)| q.name == p.name)).collect();
+    if let Some(pod) = others.iter().find(|p| !p.ready || p.terminating) {
+        let message =
+            format!("waiting for {} to be Ready before restarting another node", pod.name);
+        return decide(message, None, false);
+    }
     if let Some(pod) = terminating {
         let message = format!("{} is restarting: waiting for it to terminate", pod.name);
         return decide(message, Some(pod.name.clone()), false);
     }
     if let Some(name) = missing.first() {
-        let message = format!("waiting for pod {name} to be recreated");
+        let message = format!(
+            "waiting for pod {name} to be recreated (if it does not appear, see the StatefulSet's FailedCreate events)"
+        );
         return decide(message, Some(name.clone()), false);
     }
     let unready: Vec<&ObservedPod> = pods.iter().map(|(p, _)| *p).filter(|p| !p.ready).collect();
     let updated_unready = unready.iter().find(|p| !outdated.iter().any(|o| o.name == p.name));
     if let Some(pod) = updated_unready {
-        let message = format!("{} runs the target revision: waiting for it to be Ready", pod.name);
+        let message = match &pod.unschedulable {
+            Some(why) => format!(
+                "{} runs the target revision but cannot be scheduled ({why}); if its machine or volume is \
+                 lost: kubectl annotate pod {} dynamokv.io/replace=true",
+                pod.name, pod.name
+            ),
+            None => format!("{} runs the target revision: waiting for it to be Ready", pod.name),
+        };
         return decide(message, Some(pod.name.clone()), false);
     }
     if unready.len() > 1 {
@@ -141,10 +165,22 @@ pub fn plan(cluster: &str, spec: &DynamoClusterSpec, observed: &Observed) -> Rol
         if pod.name == next.name {
             continue;
         }
-        match observed.ring.membership(&pod.name) {
-            Some(Membership::Normal) => {}
-            state => {
-                let state = state.map_or("not a ring member", Membership::as_str);
+        if observed.ring.answered == 0 {
+            let message =
+                "no node answers its admin API, so the ring is unknown: waiting (check that \
+                           the operator reaches the nodes' port 7070)"
+                    .to_string();
+            return decide(message, None, false);
+        }
+        match observed.ring.members.get(&pod.name) {
+            Some(m) if m.membership == Membership::Normal && m.seen_down_by > 0 => {
+                let message =
+                    format!("waiting for {}: {} node(s) cannot reach it", pod.name, m.seen_down_by);
+                return decide(message, None, false);
+            }
+            Some(m) if m.membership == Membership::Normal => {}
+            member => {
+                let state = member.map_or("not a ring member", |m| m.membership.as_str());
                 let message =
                     format!("waiting for {} to be a normal member (it is {state})", pod.name);
                 return decide(message, None, false);
@@ -385,6 +421,29 @@ mod tests {
         w.pod("demo-c-0").ready = false;
         w.refresh();
         assert_eq!(plan("demo", &w.spec, &w.observed).restart, None);
+    }
+
+    #[test]
+    fn nodes_outside_the_rollout_and_unreachable_ones_hold_it() {
+        // A node of a zone being removed is down.
+        let mut w = World::new(1);
+        let gone = ObservedPod { ready: false, ..ObservedPod::ready("demo-gone-0", "gone", 0) };
+        w.observed.pods.push(gone);
+        let r = plan("demo", &w.spec, &w.observed);
+        assert_eq!(r.restart, None);
+        assert!(r.status.unwrap().message.contains("demo-gone-0"));
+
+        // A zone whose StatefulSet is being re-created.
+        let mut w = World::new(1);
+        w.observed.statefulsets.remove("b");
+        assert_eq!(plan("demo", &w.spec, &w.observed).restart, None);
+
+        // A Ready pod its peers cannot reach.
+        let mut w = World::new(1);
+        w.observed.ring.members.get_mut("demo-c-0").unwrap().seen_down_by = 2;
+        let r = plan("demo", &w.spec, &w.observed);
+        assert_eq!(r.restart, None);
+        assert!(r.status.unwrap().message.contains("2 node(s) cannot reach it"));
     }
 
     #[test]

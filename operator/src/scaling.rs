@@ -63,6 +63,8 @@ pub struct ObservedPod {
     pub ready: bool,
     /// Being deleted.
     pub terminating: bool,
+    /// Pod uid (deletes are conditional on it, so a recreated pod is never deleted by mistake).
+    pub uid: Option<String>,
     /// Its `controller-revision-hash` label: the template revision it runs.
     pub revision: Option<String>,
     /// Annotated `dynamokv.io/replace=true`.
@@ -84,6 +86,7 @@ impl ObservedPod {
             ip: Some(format!("10.0.{last}.{}", ordinal + 1)),
             ready: true,
             terminating: false,
+            uid: None,
             revision: None,
             replace: false,
             unschedulable: None,
@@ -124,6 +127,12 @@ pub struct ObservedPvc {
     pub capacity: Option<String>,
     /// Whether its StorageClass allows expansion; `None` when the class is unknown.
     pub expandable: Option<bool>,
+    /// Its StorageClass (the default class when it names none).
+    pub class: Option<String>,
+    /// Bound to a volume (only a bound claim can be resized).
+    pub bound: bool,
+    /// Its volume grew but the filesystem grows only when the pod restarts.
+    pub filesystem_resize_pending: bool,
 }
 
 /// Everything a pass observed.
@@ -248,10 +257,10 @@ impl<'a> Planner<'a> {
                 .filter(|z| !in_spec.contains(z.as_str()))
                 .map(|z| (z.clone(), 0)),
         );
-        // A new cluster: nothing is ready and no node knows of any member. Its seeds (ordinal 0
-        // of each zone) start together; a zone added to a running cluster starts empty and grows
-        // one node at a time like any other.
-        let bootstrap = !observed.pods.iter().any(|p| p.ready) && observed.ring.members.is_empty();
+        // A new cluster: no pod and no node knows of any member. Its seeds (ordinal 0 of each
+        // zone) start together; a zone added to a running cluster starts empty and grows one
+        // node at a time like any other.
+        let bootstrap = observed.pods.is_empty() && observed.ring.members.is_empty();
         let current = zones
             .iter()
             .map(|(zone, desired)| {
@@ -259,14 +268,25 @@ impl<'a> Planner<'a> {
                     Some(sts) => sts.replicas,
                     None if bootstrap => (*desired).min(1),
                     // Deleted to be created again (a new claim template) with its pods
-                    // orphaned: as many as it had.
-                    None => observed
-                        .pods
-                        .iter()
-                        .filter(|p| &p.zone == zone)
-                        .map(|p| p.ordinal + 1)
-                        .max()
-                        .unwrap_or(0),
+                    // orphaned: as many as it had, counting a pod that is gone meanwhile but
+                    // whose node is still a member.
+                    None => {
+                        let members = observed
+                            .ring
+                            .members
+                            .iter()
+                            .filter(|(_, m)| m.membership != Membership::Left)
+                            .filter_map(|(id, _)| crate::render::ordinal_of(cluster, zone, id));
+                        observed
+                            .pods
+                            .iter()
+                            .filter(|p| &p.zone == zone)
+                            .map(|p| p.ordinal)
+                            .chain(members)
+                            .map(|ordinal| ordinal + 1)
+                            .max()
+                            .unwrap_or(0)
+                    }
                 };
                 (zone.clone(), now)
             })
@@ -294,12 +314,13 @@ impl<'a> Planner<'a> {
         self.check_members();
         let rollout = crate::rollout::plan(self.cluster, self.spec, self.observed);
         self.plan.rollout = rollout.status.clone();
-        let _busy = self.finish_leaves()
-            || self.replace()
-            || self.roll(rollout)
-            || self.scale_down()
-            || self.scale_up();
-        self.resize_storage();
+        // A lost node is replaced even while a leave is in flight: the leave may be waiting
+        // on transfers to that very node.
+        let lost = self.observed.pods.iter().any(|p| self.replacing(&p.name) && !p.ready);
+        let membership =
+            (lost && self.replace()) || self.finish_leaves() || (!lost && self.replace());
+        let busy = membership || self.roll(rollout) || self.scale_down() || self.scale_up();
+        self.resize_storage(busy);
         self.clean_volumes();
         self.finish();
         self.plan
@@ -369,6 +390,19 @@ impl<'a> Planner<'a> {
             )
         };
         match self.membership(&node) {
+            None | Some(Membership::Left) if self.observed.ring.answered == 0 || pod.ready => {
+                let problem = format!(
+                    "cannot replace {node} ({why}): {}",
+                    if pod.ready {
+                        "its pod is Ready; a running node is not replaced (remove the annotation)"
+                    } else {
+                        "no node answers its admin API, so whether it still holds data is unknown; check that \
+                         the operator reaches the nodes' port 7070"
+                    }
+                );
+                self.plan.problems.push(problem);
+                return false;
+            }
             None | Some(Membership::Left) => {
                 self.plan.delete_pods.push(node.clone());
                 let claim = crate::render::pvc_name(self.cluster, &pod.zone, pod.ordinal);
@@ -452,13 +486,22 @@ impl<'a> Planner<'a> {
         true
     }
 
-    /// Rule 8: expands every claim to `storage.size` when the spec grew it, then has each zone's
-    /// StatefulSet created again with the new claim template (pods orphaned, not restarted).
-    fn resize_storage(&mut self) {
+    /// Rule 8: expands every bound claim to `storage.size` when the spec grew it, then has each
+    /// zone's StatefulSet created again with the new claim template (pods orphaned, not
+    /// restarted): one zone per pass, only while nothing else is under way and every pod is
+    /// Ready. Until then each StatefulSet is rendered with the claim template it has (the API
+    /// server refuses a change of it).
+    fn resize_storage(&mut self, busy: bool) {
         let want = self.spec.storage.size.0.clone();
+        if quantity::bytes(&want).is_none() {
+            self.plan.problems.push(format!(
+                "storage.size '{want}' is not a size this operator can compare; write it like 10Gi or 500G"
+            ));
+        }
         let mut claims = 0;
         let mut expanded = 0;
         let mut blocked = BTreeSet::new();
+        let mut offline = Vec::new();
         for pvc in &self.observed.pvcs {
             let top = self.current.get(&pvc.zone).copied().unwrap_or(0);
             if pvc.terminating || pvc.ordinal >= top || self.spec.zone(&pvc.zone).is_none() {
@@ -476,20 +519,27 @@ impl<'a> Planner<'a> {
             }
             if quantity::greater(&want, requested) == Some(true) {
                 blocked.insert(pvc.zone.clone());
+                let class = pvc.class.as_deref().unwrap_or("(the default class)");
                 match pvc.expandable {
+                    // An unbound claim cannot be resized; it is expanded once bound.
+                    _ if !pvc.bound => {}
                     Some(true) => self.plan.expand_pvcs.push((pvc.name.clone(), want.clone())),
                     Some(false) => self.plan.problems.push(format!(
-                        "cannot grow claim {} to {want}: its StorageClass does not allow volume expansion \
+                        "cannot grow claim {} to {want}: StorageClass {class} does not allow volume expansion \
                          (allowVolumeExpansion is not true); set storage.size back to {requested}, or expand the volumes \
                          outside Kubernetes",
                         pvc.name
                     )),
                     None => self.plan.problems.push(format!(
-                        "cannot grow claim {} to {want}: its StorageClass is not found",
+                        "cannot grow claim {} to {want}: StorageClass {class} is not found (or the operator may not \
+                         list StorageClasses: check its ClusterRole)",
                         pvc.name
                     )),
                 }
                 continue;
+            }
+            if pvc.filesystem_resize_pending {
+                offline.push(pvc.name.clone());
             }
             // Unbound claims are provisioned at their request; bound ones have grown once their
             // capacity reaches it.
@@ -497,32 +547,43 @@ impl<'a> Planner<'a> {
                 expanded += 1;
             }
         }
-        let restarting = !self.plan.delete_pods.is_empty();
+        let all_ready = self.observed.pods.iter().all(|p| p.ready && !p.terminating);
+        let mut recreate = !busy && all_ready && self.plan.delete_pods.is_empty();
+        let mut behind = Vec::new();
         for zone in &self.spec.zones {
             let Some(sts) = self.observed.statefulsets.get(&zone.name) else {
                 self.plan.claim_sizes.insert(zone.name.clone(), want.clone());
+                recreate = false;
                 continue;
             };
+            recreate &= sts.caught_up;
             let have = sts.claim_size.clone().unwrap_or_else(|| want.clone());
-            let grow = quantity::greater(&want, &have) == Some(true);
-            if grow && !blocked.contains(&zone.name) && !restarting {
-                self.plan.recreate_statefulsets.push(zone.name.clone());
+            if quantity::greater(&want, &have) == Some(true) {
+                behind.push(zone.name.clone());
             }
-            self.plan.claim_sizes.insert(zone.name.clone(), if grow { have } else { want.clone() });
+            self.plan.claim_sizes.insert(zone.name.clone(), have);
         }
-        let templates_behind = self
-            .spec
-            .zones
-            .iter()
-            .any(|z| self.plan.claim_sizes.get(&z.name).is_some_and(|size| *size != want));
-        if claims > 0 && (expanded < claims || templates_behind) {
+        if recreate {
+            if let Some(zone) = behind.iter().find(|z| !blocked.contains(*z)) {
+                self.plan.recreate_statefulsets.push(zone.clone());
+            }
+        }
+        if claims > 0 && (expanded < claims || !behind.is_empty()) {
             let message = if !self.plan.expand_pvcs.is_empty() {
                 format!("expanding {} claim(s) to {want}", self.plan.expand_pvcs.len())
-            } else if templates_behind && !blocked.is_empty() {
+            } else if !behind.is_empty() && !blocked.is_empty() {
                 "waiting for the claims to be expanded".to_string()
-            } else if templates_behind {
-                "re-creating the StatefulSets with the new volume size (pods keep running)"
-                    .to_string()
+            } else if !behind.is_empty() {
+                format!(
+                    "re-creating the StatefulSets of {} with the new volume size, one at a time (pods keep running)",
+                    behind.join(", ")
+                )
+            } else if !offline.is_empty() {
+                format!(
+                    "the volumes of {} finish growing when their pod restarts (the driver resizes filesystems offline): \
+                     restart the cluster with the dynamokv.io/restartedAt annotation",
+                    offline.join(", ")
+                )
             } else {
                 format!("waiting for the volumes to reach {want}")
             };
@@ -887,10 +948,18 @@ impl<'a> Planner<'a> {
         {
             return;
         }
+        if self.observed.ring.answered == 0 {
+            // Whether a claim's node still holds data is unknown: delete nothing.
+            return;
+        }
         for pvc in &self.observed.pvcs {
             let kept = self.current.get(&pvc.zone).copied().unwrap_or(0);
             let node = pod_name(self.cluster, &pvc.zone, pvc.ordinal);
-            if pvc.ordinal >= kept && !pvc.terminating && self.pod(&node).is_none() {
+            let member = matches!(
+                self.membership(&node),
+                Some(Membership::Joining | Membership::Normal | Membership::Leaving)
+            );
+            if pvc.ordinal >= kept && !pvc.terminating && self.pod(&node).is_none() && !member {
                 self.plan.delete_pvcs.push(pvc.name.clone());
             }
         }
@@ -1340,6 +1409,7 @@ mod tests {
             pvc.requested = Some("10Gi".into());
             pvc.capacity = Some("10Gi".into());
             pvc.expandable = Some(true);
+            pvc.bound = true;
         }
         assert_eq!(w.plan().storage, None, "nothing to do at the same size");
 
@@ -1357,14 +1427,25 @@ mod tests {
         }
         let p = w.plan();
         assert!(p.expand_pvcs.is_empty());
-        assert_eq!(p.recreate_statefulsets, ["a", "b"]);
+        assert_eq!(p.recreate_statefulsets, ["a"], "one zone at a time");
         assert_eq!(p.storage.as_ref().unwrap().expanded_claims, 0);
 
-        // Re-created, volumes grown: settled.
+        // While a pod is down, no StatefulSet is re-created.
+        w.pod_mut("demo-b-0").ready = false;
+        assert!(w.plan().recreate_statefulsets.is_empty());
+        w.pod_mut("demo-b-0").ready = true;
+
+        // Re-created, volumes grown: settled. Meanwhile a's top pod went away: its node is
+        // still a member, so the zone keeps its size and its claim.
         w.observed.statefulsets.remove("a");
+        w.observed.pods.retain(|p| p.name != "demo-a-1");
         let p = w.plan();
-        assert_eq!(replicas(&p)[0], ("a", 2), "a missing StatefulSet keeps its pods' count");
+        assert_eq!(replicas(&p)[0], ("a", 2), "a missing StatefulSet keeps its nodes' count");
         assert_eq!(p.claim_sizes["a"], "20Gi");
+        assert!(p.delete_pvcs.is_empty(), "{:?}", p.delete_pvcs);
+        assert!(p.recreate_statefulsets.is_empty(), "b waits for a to be back");
+        w.add_pod("a", 1, "normal");
+        w.observed.pvcs.pop();
         for sts in w.observed.statefulsets.values_mut() {
             sts.claim_size = Some("20Gi".into());
         }
@@ -1391,6 +1472,7 @@ mod tests {
         w.observed.statefulsets.get_mut("a").unwrap().claim_size = Some("10Gi".into());
         w.observed.pvcs[0].requested = Some("10Gi".into());
         w.observed.pvcs[0].expandable = Some(false);
+        w.observed.pvcs[0].bound = true;
         w.spec.storage.size = Quantity("20Gi".into());
         let p = w.plan();
         assert!(p.expand_pvcs.is_empty() && p.recreate_statefulsets.is_empty());

@@ -555,3 +555,43 @@ async fn a_paused_cluster_is_left_alone_until_unpaused() {
     let rollout = h.status().rollout.unwrap();
     assert_eq!((rollout.updated_pods, rollout.total_pods), (4, 4));
 }
+
+#[tokio::test]
+async fn growing_storage_expands_every_claim_and_recreates_the_statefulsets_without_restarts() {
+    let h = Harness::new(&[("zone-a", 2), ("zone-b", 1), ("zone-c", 1)]);
+    h.server.create(
+        "/apis/storage.k8s.io/v1/storageclasses",
+        &serde_json::json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "standard",
+                         "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "test", "allowVolumeExpansion": true}),
+    );
+    h.settle(8).await;
+    let uids = |h: &Harness| -> Vec<String> {
+        h.server
+            .list::<k8s_openapi::api::core::v1::Pod>("/api/v1/namespaces/default/pods")
+            .into_iter()
+            .map(|p| p.metadata.uid.unwrap())
+            .collect()
+    };
+    let before = uids(&h);
+    h.edit(|s| {
+        s.storage.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("20Gi".into())
+    });
+    h.settle(12).await;
+    assert_eq!(uids(&h), before, "no pod was restarted");
+    for pvc in h.server.list::<PersistentVolumeClaim>(PVCS) {
+        let capacity = pvc.status.unwrap().capacity.unwrap()["storage"].0.clone();
+        assert_eq!(capacity, "20Gi", "{:?}", pvc.metadata.name);
+    }
+    for sts in h.server.list::<StatefulSet>(STS) {
+        let template = &sts.spec.volume_claim_templates.unwrap()[0];
+        let size =
+            &template.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()
+                ["storage"];
+        assert_eq!(size.0, "20Gi");
+    }
+    assert_eq!(h.replicas(), names(&[("demo-zone-a", 2), ("demo-zone-b", 1), ("demo-zone-c", 1)]));
+    assert!(h.event_reasons().contains(&"ResizingStorage".to_string()));
+    assert_eq!(h.status().storage, None, "settled");
+}
