@@ -79,6 +79,7 @@ pub fn status(out: &ClusterStatus, format: Format) -> String {
                     json!({
                         "id": n.id, "zone": n.zone, "address": n.address, "weight": n.weight,
                         "reachable": n.reachable, "error": n.error, "self": n.is_self,
+                        "down_for_ms": n.down_for.map(|d| d.as_millis() as u64),
                         "membership": n.membership.as_str(),
                         "primary_partitions": n.primary_partitions,
                         "replica_partitions": n.replica_partitions,

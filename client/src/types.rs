@@ -118,6 +118,8 @@ pub struct NodeInfo {
     pub reachable: bool,
     /// Why it is unreachable, when it is not.
     pub error: String,
+    /// How long the answering node has found it unreachable, without an answer since.
+    pub down_for: Option<std::time::Duration>,
     /// Whether this is the node that answered.
     pub is_self: bool,
     /// Partitions it owns as the first of the preference list.
@@ -294,6 +296,8 @@ impl From<admin::StatusResponse> for ClusterStatus {
                     address: n.address,
                     weight: n.weight,
                     reachable: n.reachable,
+                    down_for: (!n.reachable)
+                        .then(|| std::time::Duration::from_millis(n.down_for_ms)),
                     error: n.error,
                     is_self: n.is_self,
                     primary_partitions: n.primary_partitions,

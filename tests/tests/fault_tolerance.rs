@@ -78,6 +78,17 @@ async fn writes_for_a_down_replica_land_as_hints_and_are_handed_off_without_read
     })
     .await;
     println!("{} hints held for {target} while it was down", expected.len());
+    // The others report for how long they have found it down (the operator's grace period
+    // for a forced removal counts on it).
+    let down_for = |status: dynamo_client::ClusterStatus| {
+        status.nodes.iter().find(|n| n.id == target).and_then(|n| n.down_for)
+    };
+    let first = down_for(cluster.status(0).await.unwrap()).expect("seen down");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = down_for(cluster.status(1).await.unwrap()).expect("seen down by another");
+    let third = down_for(cluster.status(0).await.unwrap()).expect("still down");
+    assert!(third >= first + Duration::from_millis(1500), "{first:?} then {third:?}");
+    assert!(second > Duration::ZERO);
 
     cluster.restart(down).await.unwrap();
     poll("every hint is delivered", Duration::from_secs(30), || async {
