@@ -17,13 +17,16 @@
 //! When the pod is deleted, the process gets SIGTERM (SIGKILL after the grace period, at most
 //! 10 s), the namespace is removed, and the pod object is removed from the API.
 //!
-//! It also provisions volumes: a PersistentVolumeClaim of [`STORAGE_CLASS`] gets a hostPath
-//! PersistentVolume (a directory of the run) pre-bound to it; a volume whose claim is deleted is
-//! deleted with its directory, as a dynamic provisioner with reclaim policy Delete does.
+//! The machines it serves are a shared [`Machines`] set: the environment adds a Node (a new
+//! machine) or takes one away, and then the processes of that machine's pods are killed at once
+//! (SIGKILL, no grace: the machine is gone), their pod objects left to whoever deletes them.
+//!
+//! Each pass also runs the volume provisioner and resizer ([`crate::storage`]) for the machines
+//! that exist.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -34,30 +37,62 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::ResourceExt;
 use serde_json::json;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::network::{Network, PodNetwork};
 use crate::process::Process;
+use crate::storage::Provisioner;
 
 /// How often pods and volumes are reconciled and readiness probed.
 pub const TICK: Duration = Duration::from_millis(500);
-/// The StorageClass this kubelet provisions (the cluster's default).
-pub const STORAGE_CLASS: &str = "standard";
-/// Provisioner name on the StorageClass and on the volumes it makes.
-pub const PROVISIONER: &str = "e2e.dynamokv.io/hostpath";
 /// Longest a pod's process is given to exit on SIGTERM.
 const MAX_GRACE: Duration = Duration::from_secs(10);
 /// A pod annotated with this (value "true") has its process killed and not restarted: a
 /// crash-looping pod, for tests of what the operator does with a dead node.
 pub const CRASH_ANNOTATION: &str = "e2e.dynamokv.io/crash";
 
+/// The machines (fake Nodes) that exist, shared by the environment, which adds and removes
+/// them, and the kubelet, which runs the pods bound to them. Every change bumps a version, so
+/// the environment can wait until the kubelet has acted on it ([`Kubelet::acted`]).
+#[derive(Clone, Default)]
+pub struct Machines(Arc<Mutex<(u64, BTreeSet<String>)>>);
+
+impl Machines {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, BTreeSet<String>)> {
+        // Each change is one assignment: a panic cannot leave the set half-updated.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a machine; returns the new version.
+    pub fn add(&self, node: &str) -> u64 {
+        let mut m = self.lock();
+        m.1.insert(node.into());
+        m.0 += 1;
+        m.0
+    }
+
+    /// Takes a machine away; returns the new version.
+    pub fn remove(&self, node: &str) -> u64 {
+        let mut m = self.lock();
+        m.1.remove(node);
+        m.0 += 1;
+        m.0
+    }
+
+    /// The version and the machines.
+    pub fn snapshot(&self) -> (u64, BTreeSet<String>) {
+        self.lock().clone()
+    }
+}
+
 /// What the kubelet serves and how it runs images.
 pub struct KubeletConfig {
-    /// Names of the fake Nodes whose pods it runs.
-    pub nodes: Vec<String>,
+    /// The fake Nodes whose pods it runs.
+    pub machines: Machines,
     /// Image repository (without registry and tag, e.g. `dynamo-node`) -> the program its
     /// entrypoint runs.
     pub images: BTreeMap<String, PathBuf>,
@@ -69,6 +104,8 @@ pub struct KubeletConfig {
 struct RunningPod {
     namespace: String,
     name: String,
+    /// The machine it runs on.
+    node: String,
     net: PodNetwork,
     dir: PathBuf,
     program: PathBuf,
@@ -96,22 +133,42 @@ pub struct Kubelet {
     client: kube::Client,
     net: Arc<Network>,
     config: KubeletConfig,
+    provisioner: Provisioner,
     pods: HashMap<String, RunningPod>,
+    /// The [`Machines`] version whose removals have been carried out.
+    acted: watch::Sender<u64>,
 }
 
 impl Kubelet {
-    /// A kubelet for `config.nodes`, with pods on `net`.
+    /// A kubelet for `config.machines`, with pods on `net`.
     pub fn new(client: kube::Client, net: Arc<Network>, config: KubeletConfig) -> Kubelet {
-        Kubelet { client, net, config, pods: HashMap::new() }
+        let provisioner = Provisioner::new(client.clone(), config.dir.join("volumes"));
+        Kubelet {
+            client,
+            net,
+            config,
+            provisioner,
+            pods: HashMap::new(),
+            acted: watch::Sender::new(0),
+        }
+    }
+
+    /// The [`Machines`] version the kubelet has acted on: once it is at least the version a
+    /// [`Machines::remove`] returned, no process of that machine's pods runs any more.
+    pub fn acted(&self) -> watch::Receiver<u64> {
+        self.acted.subscribe()
     }
 
     /// Reconciles every [`TICK`] until `cancel`; errors of one pass are logged and retried.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut last_error = String::new();
         loop {
+            let (version, machines) = self.config.machines.snapshot();
+            self.stop_lost_machines(&machines).await;
+            self.acted.send_replace(version);
             let pass = async {
-                self.sync_volumes().await?;
-                self.sync_pods().await
+                self.provisioner.sync(&machines).await?;
+                self.sync_pods(&machines).await
             };
             if let Err(e) = pass.await {
                 let e = format!("{e:#}");
@@ -136,74 +193,33 @@ impl Kubelet {
         .await;
     }
 
-    async fn sync_volumes(&mut self) -> anyhow::Result<()> {
-        let claims: Api<PersistentVolumeClaim> = Api::all(self.client.clone());
-        let volumes: Api<PersistentVolume> = Api::all(self.client.clone());
-        let existing = volumes.list(&ListParams::default()).await?;
-        for pvc in claims.list(&ListParams::default()).await? {
-            let spec = pvc.spec.clone().unwrap_or_default();
-            let pending = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
-            if !pending
-                || spec.volume_name.is_some()
-                || spec.storage_class_name.as_deref() != Some(STORAGE_CLASS)
-                || pvc.metadata.deletion_timestamp.is_some()
-            {
-                continue;
-            }
-            let uid = pvc.uid().context("claim without uid")?;
-            let pv_name = format!("pvc-{uid}");
-            if existing.iter().any(|pv| pv.name_any() == pv_name) {
-                continue;
-            }
-            let dir = self.config.dir.join("volumes").join(&pv_name);
-            std::fs::create_dir_all(&dir)?;
-            let size = spec
-                .resources
-                .and_then(|r| r.requests)
-                .and_then(|r| r.get("storage").cloned())
-                .map(|q| q.0)
-                .unwrap_or_else(|| "1Gi".into());
-            let pv: PersistentVolume = serde_json::from_value(json!({
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": pv_name, "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},
-                "spec": {
-                    "capacity": {"storage": size},
-                    "accessModes": spec.access_modes.unwrap_or_else(|| vec!["ReadWriteOnce".into()]),
-                    "persistentVolumeReclaimPolicy": "Delete",
-                    "storageClassName": STORAGE_CLASS,
-                    "hostPath": {"path": dir.display().to_string(), "type": "Directory"},
-                    "claimRef": {"namespace": pvc.namespace(), "name": pvc.name_any(), "uid": uid},
-                },
-            }))?;
-            volumes.create(&PostParams::default(), &pv).await?;
-        }
-        for pv in existing {
-            let ours = pv.annotations().get("pv.kubernetes.io/provisioned-by").map(String::as_str)
-                == Some(PROVISIONER);
-            let released = matches!(
-                pv.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Released" | "Failed")
-            );
-            if ours && released && pv.metadata.deletion_timestamp.is_none() {
-                if let Some(path) =
-                    pv.spec.as_ref().and_then(|s| s.host_path.as_ref()).map(|h| &h.path)
-                {
-                    let _ = std::fs::remove_dir_all(path);
-                }
-                volumes.delete(&pv.name_any(), &DeleteParams::default()).await?;
+    /// Kills at once (no grace: the machine is gone) the processes of pods whose machine is no
+    /// longer in `machines`, and removes their network namespaces.
+    async fn stop_lost_machines(&mut self, machines: &BTreeSet<String>) {
+        let lost: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(_, p)| !machines.contains(&p.node))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in lost {
+            if let Some(pod) = self.pods.remove(&uid) {
+                eprintln!(
+                    "kubelet: machine {} is gone: killing {}/{}",
+                    pod.node, pod.namespace, pod.name
+                );
+                stop_pod(pod, Duration::ZERO).await;
             }
         }
-        Ok(())
     }
 
-    async fn sync_pods(&mut self) -> anyhow::Result<()> {
+    async fn sync_pods(&mut self, machines: &BTreeSet<String>) -> anyhow::Result<()> {
         let api: Api<Pod> = Api::all(self.client.clone());
         let pods = api.list(&ListParams::default()).await?;
         let mut seen = Vec::new();
         for pod in pods {
             let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
-            if !self.config.nodes.contains(&node) {
+            if !machines.contains(&node) {
                 continue;
             }
             let uid = pod.uid().context("pod without uid")?;
@@ -392,6 +408,7 @@ impl Kubelet {
         let mut running = RunningPod {
             namespace: namespace.into(),
             name: pod.name_any(),
+            node: spec.node_name.clone().unwrap_or_default(),
             net,
             dir,
             program,

@@ -13,3 +13,6 @@ pub mod kubelet;
 pub mod network;
 pub mod operator;
 pub mod process;
+pub mod readiness;
+pub mod storage;
+pub mod traffic;
