@@ -12,8 +12,9 @@
 //! The class allows expansion. When a bound claim asks for more than its volume has, the
 //! resizer grows the volume (there is no real quota: the new size is written to the volume's
 //! [`SIZE_FILE`], which a test reads), sets the PersistentVolume's capacity, then the claim's
-//! `status.capacity` and `status.allocatedResources`, clearing its resize conditions, as the
-//! external resizer does for a volume that needs no file-system resize on the node.
+//! `status.capacity` and `status.allocatedResources`, clearing its resize conditions
+//! ([`RESIZE_CONDITIONS`]), as the external resizer does for a volume that needs no file-system
+//! resize on the node.
 //!
 //! A volume whose claim is deleted is deleted with its directory (reclaim policy Delete).
 
@@ -40,6 +41,10 @@ pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 /// File in each volume's directory holding its size in bytes (decimal): what a quota would
 /// enforce, written at provisioning and on every expansion.
 pub const SIZE_FILE: &str = ".size";
+/// Claim conditions of an expansion, cleared once it is done (others, such as `Unused`, are
+/// kept).
+pub const RESIZE_CONDITIONS: [&str; 4] =
+    ["Resizing", "FileSystemResizePending", "ControllerResizeError", "NodeResizeError"];
 /// Annotation naming the provisioner on the volumes it made.
 const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 
@@ -190,13 +195,18 @@ impl Provisioner {
                 .await?;
         }
         let size = if want > has { request } else { capacity };
-        let reported = pvc
-            .status
-            .as_ref()
-            .and_then(|s| s.capacity.as_ref())
-            .and_then(|c| c.get("storage"))
-            .and_then(|q| parse_quantity(&q.0));
-        if reported.is_some_and(|r| r < parse_quantity(&size.0).unwrap_or(0)) {
+        let status = pvc.status.clone().unwrap_or_default();
+        let reported = status.capacity.as_ref().and_then(|c| c.get("storage"));
+        let conditions = status.conditions.unwrap_or_default();
+        let resizing = conditions.iter().any(|c| RESIZE_CONDITIONS.contains(&c.type_.as_str()));
+        let behind = reported
+            .and_then(|q| parse_quantity(&q.0))
+            .is_some_and(|r| r < parse_quantity(&size.0).unwrap_or(0));
+        if behind || resizing {
+            let kept: Vec<_> = conditions
+                .into_iter()
+                .filter(|c| !RESIZE_CONDITIONS.contains(&c.type_.as_str()))
+                .collect();
             let claims: Api<PersistentVolumeClaim> =
                 Api::namespaced(self.client.clone(), &pvc.namespace().unwrap_or_default());
             claims
@@ -207,7 +217,7 @@ impl Provisioner {
                         "capacity": {"storage": size},
                         "allocatedResources": {"storage": size},
                         "allocatedResourceStatuses": null,
-                        "conditions": null,
+                        "conditions": kept,
                     }})),
                 )
                 .await?;

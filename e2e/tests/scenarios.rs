@@ -12,10 +12,26 @@
 //!   4. the operator is killed during a decommission and a new one finishes it;
 //!   5. a deleted pod comes back with its data;
 //!   8. lowering a zone whose highest node has crashed removes that node by force (the others
-//!      take its partitions over from the surviving replicas) instead of waiting forever;
+//!      take its partitions over from the surviving replicas) once `forceRemoveAfter` has
+//!      passed, instead of waiting forever;
+//!   9. an image change, then a `nodeConfig` change, roll out one pod at a time over the whole
+//!      cluster, each pod restarted once per change;
+//!  10. the `dynamokv.io/restartedAt` annotation restarts every pod once, one at a time;
+//!  11. edits of immutable fields (partitions, engine, replication factor, a storage shrink,
+//!      the storage class) are rejected with the CRD's messages; `r` and `w` stay changeable;
+//!  12. the operator killed in the middle of a rollout: a new leader finishes it, still one pod
+//!      at a time;
+//!  13. growing `storage.size` expands every volume without restarting the nodes;
+//!  14. a machine lost with its volume: the stuck pod annotated `dynamokv.io/replace` (and, in a
+//!      second zone, `failure.replaceLostVolumes`) is replaced by an empty node that receives
+//!      its partitions;
+//!  15. a paused cluster ignores a scale-up until it is unpaused;
 //!   6. deleting the DynamoCluster garbage-collects its children and keeps the volumes.
 //!
-//! Run it with `scripts/e2e` (root, Go-built tools, release of the workspace's binaries).
+//! Scenarios 3 and 9 to 15 run client traffic throughout ([`Traffic`]) into one history, which
+//! the history checker judges at the end of each: no acknowledged write lost, no phantom,
+//! replicas converged. Run it with `scripts/e2e` (root, Go-built tools, release of the
+//! workspace's binaries).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -30,17 +46,34 @@ use dynamo_e2e::environment::Environment;
 use dynamo_e2e::kubelet::CRASH_ANNOTATION;
 use dynamo_e2e::operator::{self, Operator};
 use dynamo_e2e::process::run;
+use dynamo_e2e::readiness::{ReadinessLog, ReadinessWatcher};
+use dynamo_e2e::storage::{self, parse_quantity};
+use dynamo_e2e::traffic::Traffic;
 use dynamo_operator::crd::messages;
 use dynamo_tests::cluster::{local_replica_at, target_binary, Placement};
 use dynamo_tests::history;
 use dynamo_tests::nemesis::{converge_nodes, NodeAddress};
 use dynamo_tests::workload::{Endpoint, Recorder, Workload, WorkloadOptions};
-use serde_json::Value;
+use serde_json::{json, Value};
+
+// TODO(rebase): these land in dynamo_operator::crd::messages on main; use those then.
+const ENGINE_IMMUTABLE: &str = "engine is immutable";
+const FACTOR_IMMUTABLE: &str = "replication.factor is immutable";
+const STORAGE_SHRINK: &str = "storage.size";
 
 const NS: &str = "default";
 const CLUSTER: &str = "demo";
 /// Longest a cluster may take to settle after a change (joins and leaves move data).
 const SETTLE: Duration = Duration::from_secs(240);
+/// Label selector of the cluster's pods, claims and StatefulSets.
+const SELECTOR: &str = "dynamokv.io/cluster=demo";
+/// The node's gRPC port.
+const NODE_PORT: u16 = 7070;
+/// Another tag of the node's image: the kubelet runs every tag of `dynamo-node` with the same
+/// binary, so only the pod template changes.
+const NEXT_IMAGE: &str = "ghcr.io/dynamokv/dynamo-node:e2e-next";
+/// How long a rollout is watched after it looks finished, to catch a restart too many.
+const AFTER_ROLLOUT: Duration = Duration::from_secs(3);
 
 struct Suite {
     env: Environment,
@@ -48,6 +81,11 @@ struct Suite {
     operator: Option<Operator>,
     /// Keys written in scenario 1 with their values; every later scenario reads them back.
     written: BTreeMap<String, String>,
+    /// One history for every workload of the run (scenarios 3 and 9 to 15 use the same keys:
+    /// a value one of them wrote may be read by the next).
+    recorder: Arc<Recorder>,
+    /// Acknowledged writes in the history at the last check.
+    acked: usize,
 }
 
 /// A pod of the cluster as the API reports it.
@@ -59,11 +97,34 @@ struct PodInfo {
     node: String,
     ready: bool,
     terminating: bool,
+    /// Its `controller-revision-hash` label: the StatefulSet revision it was made from.
+    revision: String,
+    image: String,
+    phase: String,
+    /// The message of its `PodScheduled` condition when that is False (why it is Pending).
+    unschedulable: Option<String>,
 }
 
 impl PodInfo {
     fn address(&self) -> anyhow::Result<String> {
-        Ok(format!("{}:7070", self.ip.as_deref().context("pod has no IP yet")?))
+        Ok(format!("{}:{NODE_PORT}", self.ip.as_deref().context("pod has no IP yet")?))
+    }
+
+    /// The StatefulSet it belongs to (`demo-zone-a` for `demo-zone-a-0`).
+    fn statefulset(&self) -> &str {
+        self.name.rsplit_once('-').map_or(self.name.as_str(), |(sts, _)| sts)
+    }
+}
+
+/// The workload of scenarios 3 and 9 to 15: 4 clients on 40 hot keys.
+fn workload_options(prefix: &str) -> WorkloadOptions {
+    WorkloadOptions {
+        clients: 4,
+        keys: 40,
+        max_think: Duration::from_millis(20),
+        timeout: Duration::from_secs(5),
+        seed: 20_261_125,
+        prefix: prefix.into(),
     }
 }
 
@@ -138,13 +199,24 @@ impl Suite {
                 .into_iter()
                 .flatten()
                 .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            let unschedulable = p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+                .map(|c| c["message"].as_str().unwrap_or_default().to_string());
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
             pods.push(PodInfo {
-                name: p["metadata"]["name"].as_str().unwrap_or_default().into(),
-                uid: p["metadata"]["uid"].as_str().unwrap_or_default().into(),
+                name: text(&p["metadata"]["name"]),
+                uid: text(&p["metadata"]["uid"]),
                 ip: p["status"]["podIP"].as_str().map(Into::into),
-                node: p["spec"]["nodeName"].as_str().unwrap_or_default().into(),
+                node: text(&p["spec"]["nodeName"]),
                 ready,
                 terminating: p["metadata"]["deletionTimestamp"].is_string(),
+                revision: text(&p["metadata"]["labels"]["controller-revision-hash"]),
+                image: text(&p["spec"]["containers"][0]["image"]),
+                phase: text(&p["status"]["phase"]),
+                unschedulable,
             });
         }
         pods.sort_by(|a, b| a.name.cmp(&b.name));
@@ -194,15 +266,30 @@ impl Suite {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > timeout {
-                bail!(
-                    "{what}: not after {timeout:?}\ncluster status: {}\npods: {:#?}\noperator log:\n{}",
-                    serde_json::to_string_pretty(&self.cluster_status()).unwrap_or_default(),
-                    self.pods().unwrap_or_default(),
-                    self.operator.as_ref().map(|o| o.tail(30)).unwrap_or_default()
-                );
+                bail!("{what}: not after {timeout:?}\n{}", self.diagnosis());
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// The cluster's status, its pods and the end of the operator's log, for failures.
+    fn diagnosis(&self) -> String {
+        format!(
+            "cluster status: {}\npods: {:#?}\noperator log:\n{}",
+            serde_json::to_string_pretty(&self.cluster_status()).unwrap_or_default(),
+            self.pods().unwrap_or_default(),
+            self.operator.as_ref().map(|o| o.tail(30)).unwrap_or_default()
+        )
+    }
+
+    /// Status and reason of the cluster's condition `type_`.
+    fn condition(&self, type_: &str) -> Option<(String, String)> {
+        let status = self.cluster_status();
+        let c = status["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?.clone();
+        Some((
+            c["status"].as_str().unwrap_or_default().into(),
+            c["reason"].as_str().unwrap_or_default().into(),
+        ))
     }
 
     fn operator(&mut self) -> &mut Operator {
@@ -233,6 +320,135 @@ impl Suite {
         }
         Ok(())
     }
+
+    /// `kubectl patch` of the DynamoCluster with a JSON merge patch.
+    fn patch(&self, patch: &Value) -> anyhow::Result<()> {
+        self.kubectl(&[
+            "patch",
+            "dynamocluster",
+            CLUSTER,
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ])
+        .map(drop)
+    }
+
+    /// Each StatefulSet's `status.updateRevision`, or an error while a StatefulSet has not
+    /// observed its latest spec.
+    fn update_revisions(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let list = self.get_json(&["statefulsets", "-n", NS, "-l", SELECTOR])?;
+        let mut out = BTreeMap::new();
+        for sts in list["items"].as_array().into_iter().flatten() {
+            let name = sts["metadata"]["name"].as_str().unwrap_or_default();
+            ensure!(
+                sts["status"]["observedGeneration"] == sts["metadata"]["generation"],
+                "StatefulSet {name} has not observed its latest spec"
+            );
+            out.insert(
+                name.into(),
+                sts["status"]["updateRevision"].as_str().unwrap_or_default().into(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// A rollout is over: the cluster is Ready with `nodes` nodes, every StatefulSet has
+    /// observed its spec, every pod is Ready and carries its StatefulSet's `updateRevision`,
+    /// and `status.rollout` counts every pod updated with none restarting.
+    fn rolled_out(&self, nodes: i64) -> bool {
+        if !self.cluster_ready(nodes) {
+            return false;
+        }
+        let (Ok(revisions), Ok(pods)) = (self.update_revisions(), self.pods()) else {
+            return false;
+        };
+        let rollout = &self.cluster_status()["rollout"];
+        pods.len() as i64 == nodes
+            && pods.iter().all(|p| {
+                p.ready && !p.terminating && revisions.get(p.statefulset()) == Some(&p.revision)
+            })
+            && rollout["updatedPods"].as_i64() == Some(nodes)
+            && rollout["totalPods"].as_i64() == Some(nodes)
+            && rollout["restarting"].as_str().is_none_or(str::is_empty)
+    }
+
+    /// The names of the pods that exist now: the members that should stay up.
+    fn members(&self) -> anyhow::Result<BTreeSet<String>> {
+        Ok(self.pods()?.into_iter().map(|p| p.name).collect())
+    }
+
+    /// A readiness watcher on the cluster's pods, from now.
+    async fn readiness(&self) -> anyhow::Result<ReadinessWatcher> {
+        ReadinessWatcher::start(self.env.control_plane.client().await?, NS, SELECTOR).await
+    }
+
+    /// Client traffic against the Ready pods, following them as they are replaced, recorded in
+    /// the run's history; with the watcher feeding it.
+    async fn traffic(&self, prefix: &str) -> anyhow::Result<(ReadinessWatcher, Traffic)> {
+        let watcher = self.readiness().await?;
+        let traffic = Traffic::start(
+            self.recorder.clone(),
+            workload_options(prefix),
+            NODE_PORT,
+            watcher.ready_pods(),
+        );
+        Ok((watcher, traffic))
+    }
+
+    /// Stops what [`Suite::traffic`] started, after the requests in flight.
+    async fn stop_traffic((watcher, traffic): (ReadinessWatcher, Traffic)) {
+        let report = traffic.stop().await;
+        watcher.stop().await;
+        println!("e2e:   traffic: {} rounds of clients", report.rounds);
+    }
+
+    /// Stops the traffic; if `outcome` is a success, checks the history and that every key of
+    /// scenario 1 reads back from every pod.
+    async fn finish_traffic(
+        &mut self,
+        traffic: (ReadinessWatcher, Traffic),
+        outcome: anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        Suite::stop_traffic(traffic).await;
+        outcome?;
+        self.check_history().await?;
+        for p in self.pods()? {
+            self.check_written(&p.address()?).await?;
+        }
+        Ok(())
+    }
+
+    /// Lets the cluster converge and checks the whole history of the run: no acknowledged
+    /// write lost, no phantom, replicas equal. Fails if the traffic made too few acknowledged
+    /// writes since the last check to mean anything.
+    async fn check_history(&mut self) -> anyhow::Result<()> {
+        let nodes: Vec<NodeAddress> = self
+            .pods()?
+            .iter()
+            .map(|p| Ok(NodeAddress { id: p.name.clone(), address: p.address()? }))
+            .collect::<anyhow::Result<_>>()?;
+        let ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
+        let placement = Placement::of(&client(&nodes[0].address), &ids).await?;
+        let keys = workload_options("").key_names();
+        let final_state = converge_nodes(&nodes, &placement, &keys, &self.recorder).await?;
+        let history = self.recorder.history();
+        let verdict = history::check(&history, &final_state);
+        let stats = history::Stats::of(&history, &final_state);
+        let new_acks = stats.acked_writes() - self.acked;
+        self.acked = stats.acked_writes();
+        println!(
+            "e2e:   history: {} ops, {} acknowledged writes ({new_acks} new), {} ok",
+            stats.total(),
+            stats.acked_writes(),
+            stats.ok()
+        );
+        ensure!(verdict.is_ok(), "history check failed:\n{verdict}");
+        ensure!(new_acks > 50, "too few acknowledged writes ({new_acks}) to mean anything");
+        Ok(())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -246,7 +462,14 @@ async fn kubernetes_end_to_end() -> anyhow::Result<()> {
     println!("e2e: run directory (logs of every process) {}", dir.display());
     let images = BTreeMap::from([("dynamo-node".to_string(), target_binary("dynamo-node")?)]);
     let env = Environment::start(&dir, images).await?;
-    let mut suite = Suite { env, repo, operator: None, written: BTreeMap::new() };
+    let mut suite = Suite {
+        env,
+        repo,
+        operator: None,
+        written: BTreeMap::new(),
+        recorder: Arc::new(Recorder::new()),
+        acked: 0,
+    };
     let result = scenarios(&mut suite).await;
     if let Some(o) = suite.operator.as_mut() {
         o.kill();
@@ -269,6 +492,13 @@ async fn scenarios(s: &mut Suite) -> anyhow::Result<()> {
     step("4 restart the operator during a decommission", operator_restart(s)).await?;
     step("5 delete a pod", delete_pod(s)).await?;
     step("8 lower a zone whose node has crashed", remove_crashed_node(s)).await?;
+    step("9 roll out an image change, then a nodeConfig change", image_and_config(s)).await?;
+    step("10 restart every pod with the restartedAt annotation", restart_annotation(s)).await?;
+    step("11 immutable fields are rejected by the API server", immutable_fields(s)).await?;
+    step("12 restart the operator during a rollout", operator_restart_mid_rollout(s)).await?;
+    step("13 grow the volumes", grow_storage(s)).await?;
+    step("14 replace a node whose machine and volume are lost", replace_lost_nodes(s)).await?;
+    step("15 pause the cluster", pause(s)).await?;
     step("6 delete the DynamoCluster", delete_cluster(s)).await?;
     Ok(())
 }
@@ -495,7 +725,7 @@ async fn scale_down_and_watch(s: &mut Suite, restart_operator: bool) -> anyhow::
 }
 
 async fn scale_down(s: &mut Suite) -> anyhow::Result<()> {
-    let recorder = Arc::new(Recorder::new());
+    // The stable pods keep their addresses through this scenario: fixed endpoints will do.
     let stable: Vec<PodInfo> =
         s.pods()?.into_iter().filter(|p| p.name != "demo-zone-a-1").collect();
     let endpoints: Vec<Endpoint> = stable
@@ -507,40 +737,14 @@ async fn scale_down(s: &mut Suite) -> anyhow::Result<()> {
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    let options = WorkloadOptions {
-        clients: 4,
-        keys: 40,
-        max_think: Duration::from_millis(20),
-        timeout: Duration::from_secs(5),
-        seed: 20_261_125,
-        prefix: "e2e".into(),
-    };
-    let workload = Workload::start(endpoints, &options, recorder.clone());
+    let options = workload_options("e2e");
+    let workload = Workload::start(endpoints, &options, s.recorder.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let outcome = scale_down_and_watch(s, false).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     workload.stop().await;
     outcome?;
-
-    let nodes: Vec<NodeAddress> = s
-        .pods()?
-        .iter()
-        .map(|p| Ok(NodeAddress { id: p.name.clone(), address: p.address()? }))
-        .collect::<anyhow::Result<_>>()?;
-    let ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
-    let placement = Placement::of(&client(&nodes[0].address), &ids).await?;
-    let final_state = converge_nodes(&nodes, &placement, &options.key_names(), &recorder).await?;
-    let history = recorder.history();
-    let report = history::check(&history, &final_state);
-    let stats = history::Stats::of(&history, &final_state);
-    println!(
-        "e2e:   workload during the scale-down: {} ops, {} acknowledged writes, {} ok",
-        stats.total(),
-        stats.acked_writes(),
-        stats.ok()
-    );
-    ensure!(report.is_ok(), "history check failed:\n{report}");
-    ensure!(stats.acked_writes() > 50, "too few acknowledged writes to mean anything");
+    s.check_history().await?;
     for p in s.pods()? {
         s.check_written(&p.address()?).await?;
     }
@@ -592,8 +796,11 @@ async fn delete_pod(s: &mut Suite) -> anyhow::Result<()> {
 }
 
 async fn remove_crashed_node(s: &mut Suite) -> anyhow::Result<()> {
+    // Forced removal waits this long after the node became unreachable (default 5 minutes).
+    s.patch(&json!({"spec": {"failure": {"forceRemoveAfter": "10s"}}}))?;
     s.scale(0, 2)?;
     s.wait(SETTLE, "4 nodes Ready", |s| s.cluster_ready(4)).await?;
+    let crashed_at = Instant::now();
     s.kubectl(&[
         "annotate",
         "pod",
@@ -611,6 +818,12 @@ async fn remove_crashed_node(s: &mut Suite) -> anyhow::Result<()> {
         s.cluster_ready(3) && s.pod("demo-zone-a-1").is_err()
     })
     .await?;
+    let took = crashed_at.elapsed();
+    println!("e2e:   the crashed node was removed {:.1} s after it crashed", took.as_secs_f64());
+    ensure!(
+        took >= Duration::from_secs(10),
+        "the crashed node was removed after {took:?}, before forceRemoveAfter (10 s) passed"
+    );
     let observer = s.pod("demo-zone-b-0")?.address()?;
     let m = Suite::membership(&observer, "demo-zone-a-1").await?;
     ensure!(m == Some(MemberState::Left), "the crashed node is {m:?}, not left");
@@ -632,6 +845,541 @@ async fn remove_crashed_node(s: &mut Suite) -> anyhow::Result<()> {
         }
         s.check_written(&address).await?;
     }
+    Ok(())
+}
+
+/// What starts a rollout.
+enum Trigger {
+    /// A merge patch of the DynamoCluster that changes the pod template.
+    Patch(Value),
+    /// A new value of the `dynamokv.io/restartedAt` annotation.
+    Restart,
+}
+
+/// The annotation that restarts every pod once when its value changes.
+const RESTARTED_AT: &str = "dynamokv.io/restartedAt";
+
+/// Starts a rollout with `trigger` and waits until it is over: every member replaced and
+/// [`Suite::rolled_out`]. With `kill_operator`, the operator is killed (`kill -9`) as soon as
+/// the first pod has been replaced, and a new one started 3 s later. Then checks that at no
+/// instant two members were not Ready, that each was restarted exactly once, and that the status
+/// showed the rolling update. Returns the readiness log.
+async fn roll(
+    s: &mut Suite,
+    what: &str,
+    trigger: Trigger,
+    kill_operator: bool,
+) -> anyhow::Result<ReadinessLog> {
+    let members = s.members()?;
+    let nodes = members.len() as i64;
+    let before = s.update_revisions()?;
+    let watcher = s.readiness().await?;
+    let template_change = matches!(trigger, Trigger::Patch(_));
+    match trigger {
+        Trigger::Patch(patch) => s.patch(&patch)?,
+        Trigger::Restart => {
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            s.kubectl(&[
+                "annotate",
+                "dynamocluster",
+                CLUSTER,
+                "-n",
+                NS,
+                "--overwrite",
+                &format!("{RESTARTED_AT}={now}"),
+            ])?;
+        }
+    }
+    let start = Instant::now();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut killed = !kill_operator;
+    let outcome = loop {
+        s.env.control_plane.check_alive()?;
+        let restarts = watcher.log().restarts();
+        if !killed && restarts.values().sum::<usize>() >= 1 {
+            println!(
+                "e2e:   killing the operator after {:.1} s; restarts so far {restarts:?}; \
+                 rollout status {}",
+                start.elapsed().as_secs_f64(),
+                s.cluster_status()["rollout"]
+            );
+            s.operator().kill();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            s.operator().start()?;
+            killed = true;
+        }
+        if let Some((status, reason)) = s.condition("Progressing") {
+            seen.insert(format!("Progressing={status}: {reason}"));
+        }
+        let rollout = &s.cluster_status()["rollout"];
+        if !rollout.is_null() {
+            seen.insert(format!(
+                "rollout {}/{} restarting {}",
+                rollout["updatedPods"], rollout["totalPods"], rollout["restarting"]
+            ));
+        }
+        let everyone = members.iter().all(|m| restarts.get(m).is_some_and(|r| *r >= 1));
+        if everyone && s.rolled_out(nodes) {
+            break Ok(start.elapsed());
+        }
+        if start.elapsed() > SETTLE {
+            break Err(anyhow::anyhow!(
+                "{what}: not rolled out after {SETTLE:?}; restarts {restarts:?}\n{}",
+                s.diagnosis()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    if outcome.is_ok() {
+        tokio::time::sleep(AFTER_ROLLOUT).await;
+    }
+    let log = watcher.stop().await;
+    let took = outcome.with_context(|| format!("readiness of the pods:\n{log}"))?;
+    let peak = log.max_not_ready(&members);
+    let restarts = log.restarts();
+    println!(
+        "e2e:   {what}: rolled out in {:.1} s; restarts {restarts:?}; at most {} pod(s) not \
+         Ready at once; rollout status {}",
+        took.as_secs_f64(),
+        peak.count,
+        s.cluster_status()["rollout"]
+    );
+    println!("e2e:   status seen: {seen:?}");
+    ensure!(
+        peak.count <= 1,
+        "{what}: {} pods were not Ready at once ({:?}, {:.1} s in):\n{log}",
+        peak.count,
+        peak.pods,
+        peak.at.as_secs_f64()
+    );
+    ensure!(
+        members.iter().all(|m| restarts.get(m) == Some(&1)),
+        "{what}: every pod should be restarted exactly once; restarts {restarts:?}:\n{log}"
+    );
+    if template_change {
+        let after = s.update_revisions()?;
+        ensure!(
+            after.iter().all(|(sts, rev)| before.get(sts) != Some(rev)),
+            "{what}: a StatefulSet's updateRevision did not change: {before:?} -> {after:?}"
+        );
+    }
+    ensure!(
+        seen.iter().any(|c| c.ends_with(": RollingUpdate")),
+        "{what}: the Progressing condition never said RollingUpdate; seen {seen:?}"
+    );
+    Ok(log)
+}
+
+async fn image_and_config(s: &mut Suite) -> anyhow::Result<()> {
+    let traffic = s.traffic("s9-").await?;
+    let outcome = image_and_config_changes(s).await;
+    s.finish_traffic(traffic, outcome).await
+}
+
+async fn image_and_config_changes(s: &mut Suite) -> anyhow::Result<()> {
+    let image = json!({"spec": {"image": NEXT_IMAGE}});
+    roll(s, "image change", Trigger::Patch(image), false).await?;
+    let pods = s.pods()?;
+    ensure!(
+        pods.iter().all(|p| p.image == NEXT_IMAGE),
+        "pods run {:?}, not {NEXT_IMAGE}",
+        pods.iter().map(|p| (&p.name, &p.image)).collect::<Vec<_>>()
+    );
+    let config = json!({"spec": {"nodeConfig": {"requestTimeoutMs": 2500}}});
+    roll(s, "nodeConfig change", Trigger::Patch(config), false).await?;
+    let toml = s.kubectl(&[
+        "get",
+        "configmap",
+        "demo-config",
+        "-n",
+        NS,
+        "-o",
+        "jsonpath={.data.node\\.toml}",
+    ])?;
+    ensure!(toml.contains("request_timeout_ms = 2500"), "node.toml is now:\n{toml}");
+    Ok(())
+}
+
+async fn restart_annotation(s: &mut Suite) -> anyhow::Result<()> {
+    let traffic = s.traffic("s10-").await?;
+    let outcome = roll(s, "restartedAt", Trigger::Restart, false).await.map(drop);
+    s.finish_traffic(traffic, outcome).await
+}
+
+async fn immutable_fields(s: &mut Suite) -> anyhow::Result<()> {
+    let traffic = s.traffic("s11-").await?;
+    let outcome = immutable_edits(s).await;
+    s.finish_traffic(traffic, outcome).await
+}
+
+async fn immutable_edits(s: &mut Suite) -> anyhow::Result<()> {
+    let generation = |s: &Suite| {
+        s.get_json(&["dynamocluster", CLUSTER, "-n", NS])
+            .map(|dc| dc["metadata"]["generation"].clone())
+    };
+    let before = generation(s)?;
+    let cases = [
+        ("partitions", json!({"spec": {"partitions": 512}}), Some(messages::PARTITIONS_IMMUTABLE)),
+        ("engine", json!({"spec": {"nodeConfig": {"engine": "memory"}}}), Some(ENGINE_IMMUTABLE)),
+        ("factor", json!({"spec": {"replication": {"factor": 2}}}), Some(FACTOR_IMMUTABLE)),
+        ("storage shrink", json!({"spec": {"storage": {"size": "5Gi"}}}), Some(STORAGE_SHRINK)),
+        // The class stays fixed (the claims cannot move); its message is the CRD's business.
+        ("storage class", json!({"spec": {"storage": {"storageClassName": "other"}}}), None),
+    ];
+    for (what, patch, message) in cases {
+        let err = match s.patch(&patch) {
+            Ok(()) => bail!("the API server accepted a change of {what}: {patch}"),
+            Err(e) => e.to_string(),
+        };
+        if let Some(message) = message {
+            ensure!(
+                err.contains(message),
+                "{what}: expected the CRD's message {message:?}, got: {err}"
+            );
+        }
+        let said = err.lines().filter(|l| l.contains("Invalid")).collect::<Vec<_>>().join(" ");
+        println!(
+            "e2e:   {what} rejected: {}",
+            said.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }
+    ensure!(generation(s)? == before, "a rejected edit changed the DynamoCluster's generation");
+
+    // r and w stay changeable. The first edit may start a rollout that the second one
+    // redirects; the cluster must settle on the final spec, one pod at a time.
+    let members = s.members()?;
+    let watcher = s.readiness().await?;
+    s.patch(&json!({"spec": {"replication": {"r": 1, "w": 3}}}))?;
+    let replication =
+        s.get_json(&["dynamocluster", CLUSTER, "-n", NS])?["spec"]["replication"].clone();
+    ensure!(
+        replication == json!({"factor": 3, "r": 1, "w": 3}),
+        "replication after the edit: {replication}"
+    );
+    s.patch(&json!({"spec": {"replication": {"r": 2, "w": 2}}}))?;
+    let settled = s
+        .wait(SETTLE, "the cluster settled on r=2, w=2", |s| {
+            s.rolled_out(members.len() as i64)
+                && s.kubectl(&[
+                    "get",
+                    "configmap",
+                    "demo-config",
+                    "-n",
+                    NS,
+                    "-o",
+                    "jsonpath={.data.node\\.toml}",
+                ])
+                .is_ok_and(|t| t.contains("r = 2") && t.contains("w = 2"))
+        })
+        .await;
+    tokio::time::sleep(AFTER_ROLLOUT).await;
+    let log = watcher.stop().await;
+    settled.with_context(|| format!("readiness of the pods:\n{log}"))?;
+    let peak = log.max_not_ready(&members);
+    println!(
+        "e2e:   r/w edited and reverted: restarts {:?}, at most {} pod(s) not Ready at once",
+        log.restarts(),
+        peak.count
+    );
+    ensure!(
+        peak.count <= 1,
+        "{} pods were not Ready at once ({:?}):\n{log}",
+        peak.count,
+        peak.pods
+    );
+    for p in s.pods()? {
+        let status = client(&p.address()?).status().await?;
+        ensure!(
+            (status.r, status.w) == (2, 2),
+            "{} runs with r={} w={}",
+            p.name,
+            status.r,
+            status.w
+        );
+    }
+    Ok(())
+}
+
+async fn operator_restart_mid_rollout(s: &mut Suite) -> anyhow::Result<()> {
+    let traffic = s.traffic("s12-").await?;
+    let outcome =
+        roll(s, "restart with the operator killed", Trigger::Restart, true).await.map(drop);
+    s.finish_traffic(traffic, outcome).await
+}
+
+async fn grow_storage(s: &mut Suite) -> anyhow::Result<()> {
+    let traffic = s.traffic("s13-").await?;
+    let outcome = grow(s, "20Gi").await;
+    s.finish_traffic(traffic, outcome).await
+}
+
+/// A claim of a current pod.
+struct ClaimInfo {
+    name: String,
+    /// Its volume's name.
+    volume: String,
+    /// `status.capacity`, in bytes.
+    capacity: Option<u128>,
+    /// `status.conditions` (resize conditions while an expansion is under way).
+    conditions: Value,
+}
+
+/// The claims of the current pods.
+fn claims(s: &Suite) -> anyhow::Result<Vec<ClaimInfo>> {
+    let mut out = Vec::new();
+    for pod in s.pods()? {
+        let name = format!("data-{}", pod.name);
+        let pvc = s.get_json(&["pvc", &name, "-n", NS])?;
+        out.push(ClaimInfo {
+            volume: pvc["spec"]["volumeName"].as_str().unwrap_or_default().to_string(),
+            capacity: pvc["status"]["capacity"]["storage"].as_str().and_then(parse_quantity),
+            conditions: pvc["status"]["conditions"].clone(),
+            name,
+        });
+    }
+    Ok(out)
+}
+
+async fn grow(s: &mut Suite, size: &str) -> anyhow::Result<()> {
+    let want = parse_quantity(size);
+    let members = s.members()?;
+    let watcher = s.readiness().await?;
+    s.patch(&json!({"spec": {"storage": {"size": size}}}))?;
+    let grown = s
+        .wait(SETTLE, &format!("every claim and StatefulSet at {size}"), |s| {
+            let claims_grown = claims(s)
+                .is_ok_and(|c| c.len() == members.len() && c.iter().all(|c| c.capacity == want));
+            let templates =
+                s.get_json(&["statefulsets", "-n", NS, "-l", SELECTOR]).is_ok_and(|l| {
+                    l["items"].as_array().into_iter().flatten().all(|sts| {
+                        sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]
+                            ["storage"]
+                            .as_str()
+                            .and_then(parse_quantity)
+                            == want
+                    })
+                });
+            claims_grown && templates && s.cluster_ready(members.len() as i64)
+        })
+        .await;
+    tokio::time::sleep(AFTER_ROLLOUT).await;
+    let log = watcher.stop().await;
+    let took = grown.with_context(|| format!("readiness of the pods:\n{log}"))?;
+    for ClaimInfo { name: claim, volume, conditions, .. } in claims(s)? {
+        let resizing =
+            conditions.as_array().into_iter().flatten().any(|c| {
+                storage::RESIZE_CONDITIONS.contains(&c["type"].as_str().unwrap_or_default())
+            });
+        ensure!(!resizing, "{claim} still has resize conditions: {conditions}");
+        let pv = s.get_json(&["pv", &volume])?;
+        let capacity = pv["spec"]["capacity"]["storage"].as_str().and_then(parse_quantity);
+        ensure!(capacity == want, "{volume} (of {claim}) has capacity {capacity:?}, not {size}");
+        let dir = PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap_or_default());
+        storage::check_recorded(&dir, size)?;
+    }
+    let restarts = log.restarts();
+    let peak = log.max_not_ready(&members);
+    println!(
+        "e2e:   volumes at {size} after {:.1} s; restarts {restarts:?}; at most {} pod(s) not \
+         Ready at once",
+        took.as_secs_f64(),
+        peak.count
+    );
+    ensure!(
+        restarts.values().all(|r| *r <= 1),
+        "a pod was restarted more than once for a volume expansion: {restarts:?}\n{log}"
+    );
+    ensure!(
+        peak.count <= 1,
+        "{} pods were not Ready at once ({:?}):\n{log}",
+        peak.count,
+        peak.pods
+    );
+    Ok(())
+}
+
+/// How a node whose machine is lost is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replacement {
+    /// The stuck pod annotated `dynamokv.io/replace=true`.
+    Annotation,
+    /// `spec.failure.replaceLostVolumes: true`: the operator sees the pod stuck on a volume of
+    /// a Node that no longer exists.
+    Automatic,
+}
+
+async fn replace_lost_nodes(s: &mut Suite) -> anyhow::Result<()> {
+    let traffic = s.traffic("s14-").await?;
+    let outcome = async {
+        replace_lost(s, "zone-a", Replacement::Annotation).await?;
+        replace_lost(s, "zone-b", Replacement::Automatic).await
+    }
+    .await;
+    s.finish_traffic(traffic, outcome).await
+}
+
+/// Loses the machine of `zone`'s first pod with its volume, adds a replacement machine in the
+/// zone, has the node replaced `how`, and checks that the old member was removed, that a new
+/// empty node joined on the new machine with a new volume, and that it received every key.
+async fn replace_lost(s: &mut Suite, zone: &str, how: Replacement) -> anyhow::Result<()> {
+    let name = format!("demo-{zone}-0");
+    let claim = format!("data-{name}");
+    let before = s.pod(&name)?;
+    let claim_uid = s.get_json(&["pvc", &claim, "-n", NS])?["metadata"]["uid"].clone();
+    let others: BTreeSet<String> = s.members()?.into_iter().filter(|m| *m != name).collect();
+    let observer = s.pod(others.last().context("no other pod")?)?.address()?;
+    let epoch = client(&observer).ring().await?.epoch;
+    if how == Replacement::Automatic {
+        s.patch(&json!({"spec": {"failure": {"replaceLostVolumes": true}}}))?;
+    }
+    let watcher = s.readiness().await?;
+    let lost = s.env.lose_node(&before.node).await?;
+    println!("e2e:   machine {} lost with {:?}", before.node, lost);
+    if how == Replacement::Annotation {
+        s.wait(Duration::from_secs(60), &format!("{name} recreated and unschedulable"), |s| {
+            s.pod(&name).is_ok_and(|p| p.uid != before.uid && p.unschedulable.is_some())
+        })
+        .await?;
+    }
+    let machine = s.env.add_node(zone).await?;
+    println!("e2e:   replacement machine {machine} Ready");
+    if how == Replacement::Annotation {
+        // The scheduler retries on the new Node and still cannot place the pod: its volume is
+        // pinned to the machine that is gone.
+        s.wait(Duration::from_secs(60), "the pod stuck on its volume's node affinity", |s| {
+            s.pod(&name).is_ok_and(|p| {
+                p.unschedulable
+                    .as_deref()
+                    .is_some_and(|m| m.contains("volume node affinity conflict"))
+            })
+        })
+        .await?;
+        let stuck = s.pod(&name)?;
+        println!("e2e:   {name} is {}: {}", stuck.phase, stuck.unschedulable.unwrap_or_default());
+        s.kubectl(&["annotate", "pod", &name, "-n", NS, "dynamokv.io/replace=true"])?;
+    }
+    // The old member must leave the ring before the new, empty one joins under the same name.
+    let mut seen: Vec<Option<MemberState>> = Vec::new();
+    let start = Instant::now();
+    let took = loop {
+        s.env.control_plane.check_alive()?;
+        let m = Suite::membership(&observer, &name).await.ok().flatten();
+        if seen.last() != Some(&m) {
+            seen.push(m);
+        }
+        let placed = s.pod(&name).is_ok_and(|p| p.ready && p.node == machine);
+        if placed && s.cluster_ready(3) {
+            break start.elapsed();
+        }
+        if start.elapsed() > SETTLE {
+            bail!(
+                "{name} not replaced on {machine} after {SETTLE:?}; its membership went {seen:?}\n{}",
+                s.diagnosis()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let log = watcher.stop().await;
+    println!(
+        "e2e:   {name} replaced ({how:?}) on {machine} {:.1} s after the machine was added; \
+         its membership went {seen:?}",
+        took.as_secs_f64()
+    );
+    ensure!(
+        seen.iter().any(|m| matches!(m, None | Some(MemberState::Left))),
+        "{name} was never removed from the ring before it rejoined: {seen:?}"
+    );
+    let pvc = s.get_json(&["pvc", &claim, "-n", NS])?;
+    ensure!(pvc["metadata"]["uid"] != claim_uid, "{claim} is the old claim");
+    let volume = s.get_json(&["pv", pvc["spec"]["volumeName"].as_str().unwrap_or_default()])?;
+    let pinned = volume["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]
+        ["matchExpressions"][0]["values"][0]
+        .clone();
+    ensure!(pinned == machine.as_str(), "the new volume is pinned to {pinned}, not {machine}");
+    let ring = client(&observer).ring().await?;
+    ensure!(ring.epoch > epoch, "the ring did not change ({epoch} -> {})", ring.epoch);
+    let peak = log.max_not_ready(&others);
+    ensure!(peak.count == 0, "other pods went down meanwhile ({:?}):\n{log}", peak.pods);
+    // N=3 on three nodes: the new node holds every key, streamed from the others.
+    let address = s.pod(&name)?.address()?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut missing = 0;
+        for key in s.written.keys() {
+            if local_replica_at(&address, key.as_bytes()).await?.live_values().is_empty() {
+                missing += 1;
+            }
+        }
+        if missing == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the new {name} still lacks {missing} of {} keys after 120 s",
+            s.written.len()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
+async fn pause(s: &mut Suite) -> anyhow::Result<()> {
+    let traffic = s.traffic("s15-").await?;
+    let outcome = paused_scale_up(s).await;
+    s.finish_traffic(traffic, outcome).await
+}
+
+async fn paused_scale_up(s: &mut Suite) -> anyhow::Result<()> {
+    let members = s.members()?;
+    let watcher = s.readiness().await?;
+    s.patch(&json!({"spec": {"paused": true}}))?;
+    s.wait(Duration::from_secs(60), "Progressing: Paused", |s| {
+        s.condition("Progressing").is_some_and(|(_, reason)| reason == "Paused")
+    })
+    .await?;
+    let pods_before: Vec<(String, String)> =
+        s.pods()?.into_iter().map(|p| (p.name, p.uid)).collect();
+    s.scale(2, 2)?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        let replicas =
+            s.get_json(&["statefulset", "demo-zone-c", "-n", NS])?["spec"]["replicas"].clone();
+        ensure!(replicas == 1, "paused, yet demo-zone-c was scaled to {replicas}");
+        let pods: Vec<(String, String)> = s.pods()?.into_iter().map(|p| (p.name, p.uid)).collect();
+        ensure!(pods == pods_before, "paused, yet the pods changed: {pods_before:?} -> {pods:?}");
+        let progressing = s.condition("Progressing");
+        ensure!(
+            progressing.as_ref().is_some_and(|(_, reason)| reason == "Paused"),
+            "paused, yet Progressing is {progressing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("e2e:   nothing changed in 15 s while paused");
+    s.patch(&json!({"spec": {"paused": false}}))?;
+    let took = s.wait(SETTLE, "4 nodes Ready after unpausing", |s| s.cluster_ready(4)).await?;
+    println!("e2e:   unpaused: the new node joined in {:.1} s", took.as_secs_f64());
+    let new = s.pod("demo-zone-c-1")?;
+    let status = client(&new.address()?).status().await?;
+    ensure!(
+        status.nodes.iter().all(|n| n.membership == MemberState::Normal) && status.nodes.len() == 4,
+        "memberships: {:?}",
+        status.nodes.iter().map(|n| (&n.id, &n.membership)).collect::<Vec<_>>()
+    );
+    s.scale(2, 1)?;
+    s.wait(SETTLE, "back to 3 nodes", |s| {
+        s.cluster_ready(3)
+            && s.pod("demo-zone-c-1").is_err()
+            && !s.exists("pvc", "data-demo-zone-c-1", NS)
+    })
+    .await?;
+    let log = watcher.stop().await;
+    let peak = log.max_not_ready(&members);
+    ensure!(peak.count == 0, "existing pods went down ({:?}):\n{log}", peak.pods);
+    ensure!(
+        log.restarts().iter().filter(|(name, _)| members.contains(*name)).all(|(_, r)| *r == 0),
+        "existing pods were restarted: {:?}",
+        log.restarts()
+    );
     Ok(())
 }
 
