@@ -56,11 +56,6 @@ use dynamo_tests::nemesis::{converge_nodes, NodeAddress};
 use dynamo_tests::workload::{Endpoint, Recorder, Workload, WorkloadOptions};
 use serde_json::{json, Value};
 
-// TODO(rebase): these land in dynamo_operator::crd::messages on main; use those then.
-const ENGINE_IMMUTABLE: &str = "engine is immutable";
-const FACTOR_IMMUTABLE: &str = "replication.factor is immutable";
-const STORAGE_SHRINK: &str = "storage.size";
-
 const NS: &str = "default";
 const CLUSTER: &str = "demo";
 /// Longest a cluster may take to settle after a change (joins and leaves move data).
@@ -1019,24 +1014,29 @@ async fn immutable_edits(s: &mut Suite) -> anyhow::Result<()> {
     };
     let before = generation(s)?;
     let cases = [
-        ("partitions", json!({"spec": {"partitions": 512}}), Some(messages::PARTITIONS_IMMUTABLE)),
-        ("engine", json!({"spec": {"nodeConfig": {"engine": "memory"}}}), Some(ENGINE_IMMUTABLE)),
-        ("factor", json!({"spec": {"replication": {"factor": 2}}}), Some(FACTOR_IMMUTABLE)),
-        ("storage shrink", json!({"spec": {"storage": {"size": "5Gi"}}}), Some(STORAGE_SHRINK)),
-        // The class stays fixed (the claims cannot move); its message is the CRD's business.
-        ("storage class", json!({"spec": {"storage": {"storageClassName": "other"}}}), None),
+        ("partitions", json!({"spec": {"partitions": 512}}), messages::PARTITIONS_IMMUTABLE),
+        (
+            "engine",
+            json!({"spec": {"nodeConfig": {"engine": "memory"}}}),
+            messages::ENGINE_IMMUTABLE,
+        ),
+        ("factor", json!({"spec": {"replication": {"factor": 2}}}), messages::FACTOR_IMMUTABLE),
+        ("storage shrink", json!({"spec": {"storage": {"size": "5Gi"}}}), messages::STORAGE_SHRINK),
+        (
+            "storage class",
+            json!({"spec": {"storage": {"storageClassName": "other"}}}),
+            messages::STORAGE_CLASS_IMMUTABLE,
+        ),
     ];
     for (what, patch, message) in cases {
         let err = match s.patch(&patch) {
             Ok(()) => bail!("the API server accepted a change of {what}: {patch}"),
             Err(e) => e.to_string(),
         };
-        if let Some(message) = message {
-            ensure!(
-                err.contains(message),
-                "{what}: expected the CRD's message {message:?}, got: {err}"
-            );
-        }
+        ensure!(
+            err.contains(message),
+            "{what}: expected the CRD's message {message:?}, got: {err}"
+        );
         let said = err.lines().filter(|l| l.contains("Invalid")).collect::<Vec<_>>().join(" ");
         println!(
             "e2e:   {what} rejected: {}",
