@@ -228,12 +228,14 @@ pub fn state_of(pod: &Pod) -> PodState {
 /// Pod name -> pod IP of the Ready pods.
 pub type ReadyPods = BTreeMap<String, String>;
 
-/// The background watch. Stop it with [`ReadinessWatcher::stop`] to get the log.
+/// The background watch. Stop it with [`ReadinessWatcher::stop`] to get the log; dropping it
+/// (a test that failed early) stops the watch too.
 pub struct ReadinessWatcher {
     log: Arc<Mutex<ReadinessLog>>,
     ready: watch::Receiver<ReadyPods>,
     cancel: CancellationToken,
-    task: JoinHandle<()>,
+    /// Joined by `stop`; `None` after it.
+    task: Option<JoinHandle<()>>,
 }
 
 impl ReadinessWatcher {
@@ -259,7 +261,7 @@ impl ReadinessWatcher {
             started_tx,
             cancel.clone(),
         ));
-        let watcher = ReadinessWatcher { log, ready, cancel, task };
+        let watcher = ReadinessWatcher { log, ready, cancel, task: Some(task) };
         tokio::time::timeout(Duration::from_secs(30), started)
             .await
             .context("the pod watch did not list the pods within 30 s")?
@@ -278,10 +280,19 @@ impl ReadinessWatcher {
     }
 
     /// Stops the watch; the full log.
-    pub async fn stop(self) -> ReadinessLog {
+    pub async fn stop(mut self) -> ReadinessLog {
         self.cancel.cancel();
-        let _ = self.task.await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
         lock(&self.log).clone()
+    }
+}
+
+impl Drop for ReadinessWatcher {
+    fn drop(&mut self) {
+        // The task ends at its next event or at once if idle; nobody waits for it here.
+        self.cancel.cancel();
     }
 }
 

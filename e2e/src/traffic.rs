@@ -19,10 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::readiness::ReadyPods;
 
-/// The running traffic; [`Traffic::stop`] ends it.
+/// The running traffic; [`Traffic::stop`] ends it after the requests in flight (dropping it
+/// ends it too, without waiting).
 pub struct Traffic {
     cancel: CancellationToken,
-    task: JoinHandle<TrafficReport>,
+    /// Joined by `stop`; `None` after it.
+    task: Option<JoinHandle<TrafficReport>>,
 }
 
 /// What the traffic did.
@@ -44,17 +46,27 @@ impl Traffic {
         let cancel = CancellationToken::new();
         // Not detached: `stop` cancels and joins it.
         let task = tokio::spawn(run(recorder, options, port, pods, cancel.clone()));
-        Traffic { cancel, task }
+        Traffic { cancel, task: Some(task) }
     }
 
     /// Stops the clients after their requests in flight (recorded) and reports.
-    pub async fn stop(self) -> TrafficReport {
+    pub async fn stop(mut self) -> TrafficReport {
         self.cancel.cancel();
-        match self.task.await {
-            Ok(report) => report,
-            // A client panicked: surface it in the test rather than losing it.
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        match self.task.take() {
+            None => TrafficReport::default(),
+            Some(task) => match task.await {
+                Ok(report) => report,
+                // A client panicked: surface it in the test rather than losing it.
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            },
         }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        // The clients stop after their current request; nobody waits for them here.
+        self.cancel.cancel();
     }
 }
 
