@@ -1289,9 +1289,11 @@ async fn replace_lost(s: &mut Suite, zone: &str, how: Replacement) -> anyhow::Re
     let start = Instant::now();
     let took = loop {
         s.env.control_plane.check_alive()?;
-        let m = Suite::membership(&observer, &name).await.ok().flatten();
-        if seen.last() != Some(&m) {
-            seen.push(m);
+        // A status call that fails says nothing about the membership (not "gone").
+        if let Ok(m) = Suite::membership(&observer, &name).await {
+            if seen.last() != Some(&m) {
+                seen.push(m);
+            }
         }
         let placed = s.pod(&name).is_ok_and(|p| p.ready && p.node == machine);
         if placed && s.cluster_ready(3) {
