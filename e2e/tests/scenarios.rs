@@ -1286,9 +1286,20 @@ async fn replace_lost(s: &mut Suite, zone: &str, how: Replacement) -> anyhow::Re
     }
     // The old member must leave the ring before the new, empty one joins under the same name.
     let mut seen: Vec<Option<MemberState>> = Vec::new();
+    // What the operator said meanwhile (Progressing reason and message), for failures.
+    let mut said: Vec<String> = Vec::new();
     let start = Instant::now();
     let took = loop {
         s.env.control_plane.check_alive()?;
+        let status = s.cluster_status();
+        for c in status["conditions"].as_array().into_iter().flatten() {
+            if c["type"] == "Progressing" && c["status"] == "True" {
+                let line = format!("{}: {}", c["reason"], c["message"]);
+                if said.last() != Some(&line) {
+                    said.push(line);
+                }
+            }
+        }
         // A status call that fails says nothing about the membership (not "gone").
         if let Ok(m) = Suite::membership(&observer, &name).await {
             if seen.last() != Some(&m) {
@@ -1301,7 +1312,8 @@ async fn replace_lost(s: &mut Suite, zone: &str, how: Replacement) -> anyhow::Re
         }
         if start.elapsed() > SETTLE {
             bail!(
-                "{name} not replaced on {machine} after {SETTLE:?}; its membership went {seen:?}\n{}",
+                "{name} not replaced on {machine} after {SETTLE:?}; its membership went {seen:?}; \
+                 the operator said {said:#?}\n{}",
                 s.diagnosis()
             );
         }
@@ -1315,7 +1327,8 @@ async fn replace_lost(s: &mut Suite, zone: &str, how: Replacement) -> anyhow::Re
     );
     ensure!(
         seen.iter().any(|m| matches!(m, None | Some(MemberState::Left))),
-        "{name} was never removed from the ring before it rejoined: {seen:?}"
+        "{name} was never removed from the ring before it rejoined: its membership went \
+         {seen:?}; the operator said {said:#?}"
     );
     let pvc = s.get_json(&["pvc", &claim, "-n", NS])?;
     ensure!(pvc["metadata"]["uid"] != claim_uid, "{claim} is the old claim");
