@@ -618,8 +618,13 @@ async fn create_cluster(s: &mut Suite) -> anyhow::Result<()> {
     ensure!(s.exists("poddisruptionbudget", CLUSTER, NS), "no PodDisruptionBudget");
 
     // The nodes found each other through the headless Service names (cluster DNS).
+    // The EndpointSlice controller follows pod readiness on its own schedule: it may trail
+    // the cluster's Ready condition by a moment.
+    s.wait(Duration::from_secs(30), "3 ready endpoints behind the client Service", |s| {
+        s.service_endpoints().is_ok_and(|e| e.len() == 3)
+    })
+    .await?;
     let endpoints = s.service_endpoints()?;
-    ensure!(endpoints.len() == 3, "client Service endpoints: {endpoints:?}");
     let ring = client(&endpoints[0]).ring().await?;
     ensure!(ring.members.len() == 3, "ring members: {:?}", ring.members);
 
