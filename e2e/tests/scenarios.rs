@@ -1259,7 +1259,9 @@ async fn replace_lost(s: &mut Suite, zone: &str, how: Replacement) -> anyhow::Re
     let observer = s.pod(others.last().context("no other pod")?)?.address()?;
     let epoch = client(&observer).ring().await?.epoch;
     if how == Replacement::Automatic {
-        s.patch(&json!({"spec": {"failure": {"replaceLostVolumes": true}}}))?;
+        s.patch(
+            &json!({"spec": {"failure": {"replaceLostVolumes": true, "forceRemoveAfter": "10s"}}}),
+        )?;
     }
     let watcher = s.readiness().await?;
     let lost = s.env.lose_node(&before.node).await?;

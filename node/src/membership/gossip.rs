@@ -46,6 +46,9 @@ pub struct Membership {
     net: Arc<dyn Gossip>,
     placement: watch::Sender<Arc<Placement>>,
     started: Instant,
+    /// Started on a data directory that had never run a node: a new incarnation, whatever
+    /// records of its name the cluster keeps.
+    fresh: bool,
 }
 
 fn lock(view: &Mutex<View>) -> std::sync::MutexGuard<'_, View> {
@@ -74,11 +77,11 @@ impl Membership {
                 view.layout.partitions, config.partitions
             )));
         }
-        let generation = store
-            .meta_get(META_GENERATION)?
-            .and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0)
-            + 1;
+        let stored = store.meta_get(META_GENERATION)?;
+        let fresh = stored.is_none();
+        let generation =
+            stored.and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes)).unwrap_or(0)
+                + 1;
         store.meta_put(META_GENERATION, &generation.to_be_bytes())?;
         let me = &config.me;
         // A node that had left and is started again is being added back: it joins anew.
@@ -109,6 +112,7 @@ impl Membership {
             net,
             placement,
             started: Instant::now(),
+            fresh,
         });
         m.after_change(true)?;
         Ok(m)
@@ -152,9 +156,15 @@ impl Membership {
             if let (Some(mine), Some(seen)) = (before, view.nodes.get(self.me())) {
                 if seen.rank() <= mine.rank() {
                     // Ours is the newest copy: nothing to do.
-                } else if seen.removed_by.is_some() && seen.generation == mine.generation {
+                } else if seen.removed_by.is_some()
+                    && seen.generation == mine.generation
+                    && !(self.fresh && mine.status == Status::Joining)
+                {
                     // Another node removed this one while it did not answer (a forced
-                    // decommission): accept it as our own entry, and leave.
+                    // decommission): accept it as our own entry, and leave. Not when this
+                    // process started on an empty data directory and has not joined yet: the
+                    // removal was of an earlier incarnation under the same name (a lost volume
+                    // replaced), whose records start at the same generation.
                     tracing::warn!(
                         by = ?seen.removed_by,
                         status = seen.status.as_str(),
@@ -474,8 +484,22 @@ mod tests {
 
     #[test]
     fn a_forced_removal_is_accepted_by_the_same_incarnation_and_undone_by_a_restart() {
+        // A new node on an empty volume, joining under the name of one removed by force, whose
+        // records carry the same generation: it is not the node removed, and takes its name
+        // back to join anew.
+        let fresh = start(Arc::new(Store::open(Arc::new(MemoryEngine::default()), 8).unwrap()));
+        let mut old = fresh.view();
+        let entry = old.nodes.get_mut(&NodeId("a".into())).unwrap();
+        (entry.status, entry.version) = (Status::Left, entry.version + 5);
+        entry.removed_by = Some(NodeId("b".into()));
+        let generation = entry.generation;
+        let merged = fresh.receive(&old).unwrap();
+        let mine = &merged.nodes[&NodeId("a".into())];
+        assert_eq!((mine.status, mine.generation), (Status::Joining, generation + 1));
+
         // Node b removes a (which it cannot reach) on its behalf.
         let a = start(Arc::new(Store::open(Arc::new(MemoryEngine::default()), 8).unwrap()));
+        a.update_self(|me| me.status = Status::Normal).unwrap();
         let mut theirs = a.view();
         let entry = theirs.nodes.get_mut(&NodeId("a".into())).unwrap();
         entry.status = Status::Leaving;

@@ -32,11 +32,18 @@ use crate::version::Clock;
 
 pub use dynamo_api::contract::channel;
 
+/// A peer's address, its client, and when the client was made.
+type PeerClient = (String, InternodeClient<Channel>, Instant);
+
+/// Least time between two fresh channels to the same peer.
+const RECONNECT_AFTER: Duration = Duration::from_secs(2);
+
 /// See the module docs.
 pub struct Peers {
     me: NodeId,
-    /// Peer id -> (address, client). Behind a lock so membership changes can replace it.
-    clients: RwLock<HashMap<NodeId, (String, InternodeClient<Channel>)>>,
+    /// Peer id -> (address, client, when the client was made). Behind a lock so membership
+    /// changes can replace it.
+    clients: RwLock<HashMap<NodeId, PeerClient>>,
     /// Per-call timeout for replicate and fetch; forwarded writes get twice this plus a second,
     /// so the remote coordinator's own quorum error arrives before our timeout fires.
     timeout: Duration,
@@ -62,7 +69,26 @@ impl Peers {
     fn observe<T>(&self, peer: &NodeId, result: &Result<T, PeerError>) {
         match result {
             Ok(_) | Err(PeerError::Remote { .. }) => self.heard_from(peer),
-            Err(e) => self.lost(peer, &e.to_string()),
+            Err(e) => {
+                self.lost(peer, &e.to_string());
+                if matches!(e, PeerError::Unreachable(_) | PeerError::Timeout) {
+                    self.reconnect(peer);
+                }
+            }
+        }
+    }
+
+    /// A fresh channel to a peer that did not answer: the old one may be stuck connecting to
+    /// an address that is gone (a pod replaced under the same DNS name has a new IP) and would
+    /// keep retrying it with growing backoff. At most once per [`RECONNECT_AFTER`].
+    fn reconnect(&self, peer: &NodeId) {
+        let Ok(mut clients) = self.clients.write() else { return };
+        let Some((address, client, made)) = clients.get_mut(peer) else { return };
+        if made.elapsed() < RECONNECT_AFTER {
+            return;
+        }
+        if let Ok(fresh) = Self::make_client(address, self.timeout) {
+            (*client, *made) = (fresh, Instant::now());
         }
     }
 
@@ -70,12 +96,12 @@ impl Peers {
     pub fn set_addresses(&self, members: &[(NodeId, String)]) {
         let Ok(mut clients) = self.clients.write() else { return };
         for (id, address) in members {
-            if *id == self.me || clients.get(id).is_some_and(|(a, _)| a == address) {
+            if *id == self.me || clients.get(id).is_some_and(|(a, _, _)| a == address) {
                 continue;
             }
-            match self.new_client(address) {
+            match Self::make_client(address, self.timeout) {
                 Ok(c) => {
-                    clients.insert(id.clone(), (address.clone(), c));
+                    clients.insert(id.clone(), (address.clone(), c, Instant::now()));
                 }
                 Err(e) => {
                     tracing::warn!(%id, %address, error = %e, "ignoring a peer with a bad address")
@@ -84,8 +110,8 @@ impl Peers {
         }
     }
 
-    fn new_client(&self, address: &str) -> Result<InternodeClient<Channel>, String> {
-        Ok(InternodeClient::new(channel(address, self.timeout * 2 + Duration::from_secs(1))?)
+    fn make_client(address: &str, timeout: Duration) -> Result<InternodeClient<Channel>, String> {
+        Ok(InternodeClient::new(channel(address, timeout * 2 + Duration::from_secs(1))?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
@@ -95,7 +121,7 @@ impl Peers {
             .read()
             .map_err(|_| PeerError::Unreachable("peer table lock poisoned".into()))?
             .get(to)
-            .map(|(_, c)| c.clone())
+            .map(|(_, c, _)| c.clone())
             .ok_or_else(|| PeerError::Unreachable(format!("{to} is not a known member")))
     }
 
@@ -338,12 +364,12 @@ impl Gossip for Peers {
                     .read()
                     .ok()?
                     .get(id)
-                    .filter(|(a, _)| a == address)
-                    .map(|(_, c)| c.clone())
+                    .filter(|(a, _, _)| a == address)
+                    .map(|(_, c, _)| c.clone())
             });
             let mut client = match known {
                 Some(c) => c,
-                None => self.new_client(address).map_err(PeerError::Unreachable)?,
+                None => Self::make_client(address, self.timeout).map_err(PeerError::Unreachable)?,
             };
             let reply = client
                 .gossip(self.request(GossipRequest { view }, timeout))

@@ -20,7 +20,7 @@ use crate::handoff::transfer::{Progress, TransferState};
 use crate::membership::claimant::gains;
 use crate::membership::gossip::Membership;
 use crate::membership::view::View;
-use crate::net::Net;
+use crate::net::{Net, PeerError};
 use crate::ring::NodeId;
 use crate::storage::{Store, TREE_SHAPE};
 use crate::version::Clock;
@@ -441,7 +441,17 @@ impl<N: Net> AdminService<N> {
                 if node.id == me {
                     return (node, Ok(()));
                 }
-                let result = match net.ping(&node.id, STATUS_PING_TIMEOUT).await {
+                // Bounded here whatever the transport does (a peer whose address has no route
+                // can hold a connection attempt far longer than the call's own deadline).
+                let ping = tokio::time::timeout(
+                    STATUS_PING_TIMEOUT,
+                    net.ping(&node.id, STATUS_PING_TIMEOUT),
+                );
+                let answer = ping.await.unwrap_or_else(|_| {
+                    net.lost(&node.id, "no answer to a status ping in time");
+                    Err(PeerError::Timeout)
+                });
+                let result = match answer {
                     Ok(p) if p.node_id != node.id.0 => Err(format!(
                         "the node at {} is '{}', not '{}'",
                         node.address, p.node_id, node.id
