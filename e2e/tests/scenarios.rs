@@ -60,6 +60,9 @@ const NS: &str = "default";
 const CLUSTER: &str = "demo";
 /// Longest a cluster may take to settle after a change (joins and leaves move data).
 const SETTLE: Duration = Duration::from_secs(240);
+/// Longest a lost node's replacement may take: forced removal, then a new, empty node joining
+/// under the old name, which has been seen to wait about two minutes to be added to the ring.
+const REPLACE: Duration = Duration::from_secs(420);
 /// Label selector of the cluster's pods, claims and StatefulSets.
 const SELECTOR: &str = "dynamokv.io/cluster=demo";
 /// The node's gRPC port.
@@ -1317,9 +1320,9 @@ async fn replace_lost(s: &mut Suite, zone: &str, how: Replacement) -> anyhow::Re
         if placed && s.cluster_ready(3) {
             break start.elapsed();
         }
-        if start.elapsed() > SETTLE {
+        if start.elapsed() > REPLACE {
             bail!(
-                "{name} not replaced on {machine} after {SETTLE:?}; its membership went {seen:?}; \
+                "{name} not replaced on {machine} after {REPLACE:?}; its membership went {seen:?}; \
                  the operator said {said:#?}\n{}",
                 s.diagnosis()
             );
