@@ -61,8 +61,8 @@ const CLUSTER: &str = "demo";
 /// Longest a cluster may take to settle after a change (joins and leaves move data).
 const SETTLE: Duration = Duration::from_secs(240);
 /// Longest a lost node's replacement may take: forced removal, then a new, empty node joining
-/// under the old name, which has been seen to wait about two minutes to be added to the ring.
-const REPLACE: Duration = Duration::from_secs(420);
+/// under the old name, which has been seen to wait two to four minutes to be added to the ring.
+const REPLACE: Duration = Duration::from_secs(600);
 /// Label selector of the cluster's pods, claims and StatefulSets.
 const SELECTOR: &str = "dynamokv.io/cluster=demo";
 /// The node's gRPC port.
