@@ -22,6 +22,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use dynamo_operator::quantity;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -141,7 +142,7 @@ impl Provisioner {
         }
         let spec = pvc.spec.clone().unwrap_or_default();
         let size = requested(pvc).unwrap_or_else(|| Quantity("1Gi".into()));
-        let bytes = parse_quantity(&size.0)
+        let bytes = quantity::bytes(&size.0)
             .with_context(|| format!("claim {} requests {:?}", pvc.name_any(), size.0))?;
         let dir = self.dir.join(&pv_name);
         std::fs::create_dir_all(&dir)?;
@@ -176,9 +177,9 @@ impl Provisioner {
         pv: &PersistentVolume,
     ) -> anyhow::Result<()> {
         let Some(request) = requested(pvc) else { return Ok(()) };
-        let want = parse_quantity(&request.0).context("unparsable request")?;
+        let want = quantity::bytes(&request.0).context("unparsable request")?;
         let capacity = capacity_of(pv).context("volume without capacity")?;
-        let has = parse_quantity(&capacity.0).context("unparsable volume capacity")?;
+        let has = quantity::bytes(&capacity.0).context("unparsable volume capacity")?;
         if want > has {
             let dir = host_path(pv).context("not a hostPath volume")?;
             if !dir.is_dir() {
@@ -200,8 +201,8 @@ impl Provisioner {
         let conditions = status.conditions.unwrap_or_default();
         let resizing = conditions.iter().any(|c| RESIZE_CONDITIONS.contains(&c.type_.as_str()));
         let behind = reported
-            .and_then(|q| parse_quantity(&q.0))
-            .is_some_and(|r| r < parse_quantity(&size.0).unwrap_or(0));
+            .and_then(|q| quantity::bytes(&q.0))
+            .is_some_and(|r| r < quantity::bytes(&size.0).unwrap_or(0));
         if behind || resizing {
             let kept: Vec<_> = conditions
                 .into_iter()
@@ -270,45 +271,9 @@ pub fn recorded_size(dir: &Path) -> anyhow::Result<u128> {
     text.trim().parse().with_context(|| format!("{} holds {text:?}, not a size", file.display()))
 }
 
-/// A Kubernetes quantity (`10Gi`, `500M`, `1.5Gi`, `1e9`, `2048`) in whole units, rounded up;
-/// `None` for anything else (negative numbers, unknown suffixes).
-pub fn parse_quantity(q: &str) -> Option<u128> {
-    let q = q.trim();
-    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(q.len());
-    let (number, suffix) = q.split_at(split);
-    // Scale as (numerator, denominator): 1m is 1/1000.
-    let (num, den): (u128, u128) = match suffix {
-        "" => (1, 1),
-        "Ki" => (1 << 10, 1),
-        "Mi" => (1 << 20, 1),
-        "Gi" => (1 << 30, 1),
-        "Ti" => (1 << 40, 1),
-        "Pi" => (1 << 50, 1),
-        "Ei" => (1 << 60, 1),
-        "m" => (1, 1000),
-        "k" => (1_000, 1),
-        "M" => (1_000_000, 1),
-        "G" => (1_000_000_000, 1),
-        "T" => (1_000_000_000_000, 1),
-        "P" => (1_000_000_000_000_000, 1),
-        "E" => (1_000_000_000_000_000_000, 1),
-        exponent => {
-            let e: u32 = exponent.strip_prefix(['e', 'E'])?.parse().ok()?;
-            (10u128.checked_pow(e)?, 1)
-        }
-    };
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() && fraction.is_empty() {
-        return None;
-    }
-    let digits: u128 = format!("{whole}{fraction}").parse().ok()?;
-    let den = den.checked_mul(10u128.checked_pow(u32::try_from(fraction.len()).ok()?)?)?;
-    Some(digits.checked_mul(num)?.div_ceil(den))
-}
-
 /// Fails unless the volume directory `dir` records `size` (a quantity such as `20Gi`).
 pub fn check_recorded(dir: &Path, size: &str) -> anyhow::Result<()> {
-    let want = parse_quantity(size).with_context(|| format!("{size:?} is not a quantity"))?;
+    let want = quantity::bytes(size).with_context(|| format!("{size:?} is not a quantity"))?;
     let got = recorded_size(dir)?;
     if got != want {
         bail!("{} records {got} bytes, expected {want} ({size})", dir.display());
@@ -319,26 +284,6 @@ pub fn check_recorded(dir: &Path, size: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantities_parse_to_bytes() {
-        assert_eq!(parse_quantity("10Gi"), Some(10 << 30));
-        assert_eq!(parse_quantity("20Gi"), Some(20 << 30));
-        assert_eq!(parse_quantity("512Mi"), Some(512 << 20));
-        assert_eq!(parse_quantity("1.5Gi"), Some(3 << 29));
-        assert_eq!(parse_quantity("500M"), Some(500_000_000));
-        assert_eq!(parse_quantity("2048"), Some(2048));
-        assert_eq!(parse_quantity("1e3"), Some(1000));
-        assert_eq!(parse_quantity("1E"), Some(1_000_000_000_000_000_000));
-        // Fractions of a unit round up, as a volume size must.
-        assert_eq!(parse_quantity("1500m"), Some(2));
-        assert_eq!(parse_quantity("0.1"), Some(1));
-        for bad in ["", "Gi", "-1Gi", "10GB", "1.2.3", "ten"] {
-            assert_eq!(parse_quantity(bad), None, "{bad:?}");
-        }
-        assert!(parse_quantity("20Gi") > parse_quantity("10Gi"));
-        assert!(parse_quantity("10G") < parse_quantity("10Gi"));
-    }
 
     #[test]
     fn the_volume_node_is_read_from_its_affinity() {

@@ -47,9 +47,10 @@ use dynamo_e2e::kubelet::CRASH_ANNOTATION;
 use dynamo_e2e::operator::{self, Operator};
 use dynamo_e2e::process::run;
 use dynamo_e2e::readiness::{ReadinessLog, ReadinessWatcher};
-use dynamo_e2e::storage::{self, parse_quantity};
+use dynamo_e2e::storage;
 use dynamo_e2e::traffic::Traffic;
 use dynamo_operator::crd::messages;
+use dynamo_operator::quantity;
 use dynamo_tests::cluster::{local_replica_at, target_binary, Placement};
 use dynamo_tests::history;
 use dynamo_tests::nemesis::{converge_nodes, NodeAddress};
@@ -155,6 +156,19 @@ impl Suite {
             bail!("{}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The `node.toml` the operator rendered into the cluster's ConfigMap.
+    fn node_toml(&self) -> anyhow::Result<String> {
+        self.kubectl(&[
+            "get",
+            "configmap",
+            "demo-config",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.data.node\\.toml}",
+        ])
     }
 
     fn get_json(&self, args: &[&str]) -> anyhow::Result<Value> {
@@ -1012,15 +1026,7 @@ async fn image_and_config_changes(s: &mut Suite) -> anyhow::Result<()> {
     );
     let config = json!({"spec": {"nodeConfig": {"requestTimeoutMs": 2500}}});
     roll(s, "nodeConfig change", Trigger::Patch(config), false).await?;
-    let toml = s.kubectl(&[
-        "get",
-        "configmap",
-        "demo-config",
-        "-n",
-        NS,
-        "-o",
-        "jsonpath={.data.node\\.toml}",
-    ])?;
+    let toml = s.node_toml()?;
     ensure!(toml.contains("request_timeout_ms = 2500"), "node.toml is now:\n{toml}");
     Ok(())
 }
@@ -1090,16 +1096,7 @@ async fn immutable_edits(s: &mut Suite) -> anyhow::Result<()> {
     let settled = s
         .wait(SETTLE, "the cluster settled on r=2, w=2", |s| {
             s.rolled_out(members.len() as i64)
-                && s.kubectl(&[
-                    "get",
-                    "configmap",
-                    "demo-config",
-                    "-n",
-                    NS,
-                    "-o",
-                    "jsonpath={.data.node\\.toml}",
-                ])
-                .is_ok_and(|t| t.contains("r = 2") && t.contains("w = 2"))
+                && s.node_toml().is_ok_and(|t| t.contains("r = 2") && t.contains("w = 2"))
         })
         .await;
     tokio::time::sleep(AFTER_ROLLOUT).await;
@@ -1164,7 +1161,7 @@ fn claims(s: &Suite) -> anyhow::Result<Vec<ClaimInfo>> {
         let pvc = s.get_json(&["pvc", &name, "-n", NS])?;
         out.push(ClaimInfo {
             volume: pvc["spec"]["volumeName"].as_str().unwrap_or_default().to_string(),
-            capacity: pvc["status"]["capacity"]["storage"].as_str().and_then(parse_quantity),
+            capacity: pvc["status"]["capacity"]["storage"].as_str().and_then(quantity::bytes),
             conditions: pvc["status"]["conditions"].clone(),
             name,
         });
@@ -1173,7 +1170,7 @@ fn claims(s: &Suite) -> anyhow::Result<Vec<ClaimInfo>> {
 }
 
 async fn grow(s: &mut Suite, size: &str) -> anyhow::Result<()> {
-    let want = parse_quantity(size);
+    let want = quantity::bytes(size);
     let members = s.members()?;
     let watcher = s.readiness().await?;
     s.patch(&json!({"spec": {"storage": {"size": size}}}))?;
@@ -1187,7 +1184,7 @@ async fn grow(s: &mut Suite, size: &str) -> anyhow::Result<()> {
                         sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]
                             ["storage"]
                             .as_str()
-                            .and_then(parse_quantity)
+                            .and_then(quantity::bytes)
                             == want
                     })
                 });
@@ -1204,7 +1201,7 @@ async fn grow(s: &mut Suite, size: &str) -> anyhow::Result<()> {
             });
         ensure!(!resizing, "{claim} still has resize conditions: {conditions}");
         let pv = s.get_json(&["pv", &volume])?;
-        let capacity = pv["spec"]["capacity"]["storage"].as_str().and_then(parse_quantity);
+        let capacity = pv["spec"]["capacity"]["storage"].as_str().and_then(quantity::bytes);
         ensure!(capacity == want, "{volume} (of {claim}) has capacity {capacity:?}, not {size}");
         let dir = PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap_or_default());
         storage::check_recorded(&dir, size)?;

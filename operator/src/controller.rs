@@ -409,7 +409,22 @@ async fn observe(ctx: &Context, cluster: &DynamoCluster, ns: &str) -> Result<Obs
         );
     }
 
-    let volumes = match lost_volumes(ctx, ns, &params).await {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let pod_list = pods.list(&params).await.map_err(Error::kube("list", "Pod", &selector))?;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let claim_list = pvcs.list(&params).await.map_err(Error::kube(
+        "list",
+        "PersistentVolumeClaim",
+        &selector,
+    ))?;
+    // Only the claims of pods the scheduler has not placed can be lost volumes worth a look.
+    let unscheduled: std::collections::BTreeSet<String> = pod_list
+        .iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none())
+        .map(|p| format!("{}-{}", render::VOLUME_NAME, p.name_any()))
+        .collect();
+    let suspects = claim_list.iter().filter(|c| unscheduled.contains(&c.name_any()));
+    let volumes = match lost_volumes(ctx, suspects).await {
         Ok(lost) => lost,
         Err(e) => {
             // Without read access to PersistentVolumes and Nodes (an older chart), lost volumes
@@ -418,8 +433,7 @@ async fn observe(ctx: &Context, cluster: &DynamoCluster, ns: &str) -> Result<Obs
             Default::default()
         }
     };
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    for pod in pods.list(&params).await.map_err(Error::kube("list", "Pod", &selector))? {
+    for pod in pod_list {
         let Some(zone) = zone_of(pod.labels()) else { continue };
         let pod_name = pod.name_any();
         let Some(ordinal) = render::ordinal_of(&name, &zone, &pod_name) else { continue };
@@ -465,10 +479,7 @@ async fn observe(ctx: &Context, cluster: &DynamoCluster, ns: &str) -> Result<Obs
         tracing::warn!(%e, "cannot read StorageClasses; volumes will not be expanded");
         Classes::default()
     });
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
-    for pvc in
-        pvcs.list(&params).await.map_err(Error::kube("list", "PersistentVolumeClaim", &selector))?
-    {
+    for pvc in claim_list {
         let Some(zone) = zone_of(pvc.labels()) else { continue };
         let pvc_name = pvc.name_any();
         let Some(ordinal) =
@@ -554,17 +565,13 @@ async fn expandable_classes(ctx: &Context) -> Result<Classes> {
 /// are) to a Kubernetes node that no longer exists: the data on it is gone with the machine.
 async fn lost_volumes(
     ctx: &Context,
-    ns: &str,
-    params: &ListParams,
+    claims: impl Iterator<Item = &PersistentVolumeClaim>,
 ) -> Result<std::collections::BTreeSet<String>> {
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let mut lost = std::collections::BTreeSet::new();
     let mut known_nodes: Option<std::collections::BTreeSet<String>> = None;
-    for claim in
-        claims.list(params).await.map_err(Error::kube("list", "PersistentVolumeClaim", ""))?
-    {
+    for claim in claims {
         let Some(volume) = claim.spec.as_ref().and_then(|s| s.volume_name.clone()) else {
             continue;
         };
