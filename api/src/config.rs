@@ -20,12 +20,46 @@ pub struct NodeArgs {
     /// This node's unique, stable id (letters, digits, '.', '_', '-').
     #[arg(long, env = env::ID)]
     pub id: Option<String>,
-    /// Address to serve gRPC on (client, internode and admin APIs), HOST:PORT. Default 127.0.0.1:7070.
+    /// Address to serve the client API on, HOST:PORT. Default 127.0.0.1:7070.
     #[arg(long, env = env::LISTEN)]
     pub listen: Option<String>,
-    /// Address other nodes and clients use to reach this node; default: --listen.
+    /// Address clients use to reach this node's client API; default: --listen.
     #[arg(long, env = env::ADVERTISE)]
     pub advertise: Option<String>,
+    /// Address to serve the internode and admin APIs on (mutual TLS), HOST:PORT. Default
+    /// 127.0.0.1:7071.
+    #[arg(long, env = env::PEER_LISTEN)]
+    pub peer_listen: Option<String>,
+    /// Address other nodes and admins use to reach this node's peer port; default: the host of
+    /// --advertise with the port of --peer-listen.
+    #[arg(long, env = env::PEER_ADVERTISE)]
+    pub peer_advertise: Option<String>,
+    /// Address to serve plaintext gRPC health on (probes; nothing else), HOST:PORT. Default
+    /// 127.0.0.1:7072.
+    #[arg(long, env = env::HEALTH_LISTEN)]
+    pub health_listen: Option<String>,
+    /// PEM file of the cluster's CA certificate: peers and client certificates must be issued
+    /// by it. Required unless --dev --insecure.
+    #[arg(long, env = env::TLS_CA_CERT)]
+    pub tls_ca_cert: Option<PathBuf>,
+    /// PEM file of this node's certificate (role peer, issued by the cluster CA, naming the
+    /// addresses it is reached at). Required unless --dev --insecure.
+    #[arg(long, env = env::TLS_CERT)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of this node's private key. Required unless --dev --insecure.
+    #[arg(long, env = env::TLS_KEY)]
+    pub tls_key: Option<PathBuf>,
+    /// File of accepted bearer tokens, one `<role> <name> sha256:<hex>` per line (hashes, not
+    /// tokens). Without it only client certificates authenticate clients.
+    #[arg(long, env = env::TOKENS_FILE)]
+    pub tokens_file: Option<PathBuf>,
+    /// Development mode: allows a missing cluster secret (a built-in one is used) and, with
+    /// --insecure, plaintext. Never in production.
+    #[arg(long, env = env::DEV, num_args = 0..=1, default_missing_value = "true")]
+    pub dev: Option<bool>,
+    /// Serve and call in plaintext with no authentication. Refused unless --dev.
+    #[arg(long, env = env::INSECURE, num_args = 0..=1, default_missing_value = "true")]
+    pub insecure: Option<bool>,
     /// Zone (data center) of this node; preference lists spread replicas over zones. Default "default".
     #[arg(long, env = env::ZONE)]
     pub zone: Option<String>,
@@ -90,8 +124,8 @@ pub enum EngineKind {
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     pub name: String,
-    /// Seals contexts (HMAC key). Empty means a built-in default: fine for a laptop, not for
-    /// production, where a client could then forge contexts.
+    /// Seals contexts (HMAC key). Required; empty is allowed only in development mode (`dev`),
+    /// where a built-in secret is used.
     pub secret: String,
     pub partitions: u32,
     /// N; `None` means 3.
@@ -174,6 +208,18 @@ impl Default for BackgroundConfig {
     }
 }
 
+/// TLS material: PEM files. All three are needed unless the node runs `dev` and `insecure`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The cluster CA's certificate.
+    pub ca_cert: Option<PathBuf>,
+    /// This node's certificate (role peer).
+    pub cert: Option<PathBuf>,
+    /// This node's private key.
+    pub key: Option<PathBuf>,
+}
+
 /// The whole node configuration, as read from TOML (every field optional there).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -181,6 +227,18 @@ pub struct NodeConfig {
     pub id: String,
     pub listen: String,
     pub advertise: Option<String>,
+    /// Internode and admin APIs (mutual TLS).
+    pub peer_listen: String,
+    pub peer_advertise: Option<String>,
+    /// Plaintext gRPC health only, for probes.
+    pub health_listen: String,
+    pub tls: TlsConfig,
+    /// Accepted bearer tokens (hashed); see `dynamo_api::security`.
+    pub tokens_file: Option<PathBuf>,
+    /// Development mode: a missing secret gets a built-in one; `insecure` is allowed.
+    pub dev: bool,
+    /// Plaintext and no authentication (only with `dev`).
+    pub insecure: bool,
     pub zone: String,
     pub weight: u32,
     pub data_dir: Option<PathBuf>,
@@ -204,6 +262,13 @@ impl Default for NodeConfig {
             id: String::new(),
             listen: "127.0.0.1:7070".into(),
             advertise: None,
+            peer_listen: format!("127.0.0.1:{}", crate::contract::DEFAULT_PEER_PORT),
+            peer_advertise: None,
+            health_listen: format!("127.0.0.1:{}", crate::contract::DEFAULT_HEALTH_PORT),
+            tls: TlsConfig::default(),
+            tokens_file: None,
+            dev: false,
+            insecure: false,
             zone: default_zone(),
             weight: default_weight(),
             data_dir: None,
@@ -280,6 +345,25 @@ impl NodeConfig {
         }
         set!(self.id, args.id);
         set!(self.listen, args.listen);
+        set!(self.peer_listen, args.peer_listen);
+        set!(self.health_listen, args.health_listen);
+        set!(self.dev, args.dev);
+        set!(self.insecure, args.insecure);
+        if args.peer_advertise.is_some() {
+            self.peer_advertise = args.peer_advertise;
+        }
+        if args.tls_ca_cert.is_some() {
+            self.tls.ca_cert = args.tls_ca_cert;
+        }
+        if args.tls_cert.is_some() {
+            self.tls.cert = args.tls_cert;
+        }
+        if args.tls_key.is_some() {
+            self.tls.key = args.tls_key;
+        }
+        if args.tokens_file.is_some() {
+            self.tokens_file = args.tokens_file;
+        }
         set!(self.zone, args.zone);
         set!(self.weight, args.weight);
         set!(self.engine, args.engine);
@@ -312,9 +396,25 @@ impl NodeConfig {
         Ok(())
     }
 
-    /// The address other nodes use for this one.
+    /// The address clients use for this node's client API.
     pub fn advertise_addr(&self) -> &str {
         self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// The address other nodes and admins use for this node's peer port: `peer_advertise`, or
+    /// the host of the client address with the port of `peer_listen`.
+    pub fn peer_advertise_addr(&self) -> String {
+        if let Some(a) = &self.peer_advertise {
+            return a.clone();
+        }
+        let host = self.advertise_addr().rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
+        let port = self.peer_listen.rsplit_once(':').map_or("", |(_, p)| p);
+        format!("{host}:{port}")
+    }
+
+    /// Whether calls are plaintext and unauthenticated (`dev` and `insecure`).
+    pub fn is_insecure(&self) -> bool {
+        self.dev && self.insecure
     }
 
     /// This node as a ring member.
@@ -346,6 +446,34 @@ impl NodeConfig {
         if let Some(a) = &self.advertise {
             validate_address("advertise", a)?;
         }
+        let peer: SocketAddr = self.peer_listen.parse().map_err(|_| {
+            invalid(
+                "peer-listen",
+                format!("'{}' is not HOST:PORT, e.g. 127.0.0.1:7071", self.peer_listen),
+            )
+        })?;
+        let health: SocketAddr = self.health_listen.parse().map_err(|_| {
+            invalid(
+                "health-listen",
+                format!("'{}' is not HOST:PORT, e.g. 127.0.0.1:7072", self.health_listen),
+            )
+        })?;
+        if peer.port() == listen.port()
+            || health.port() == listen.port()
+            || health.port() == peer.port()
+        {
+            return Err(invalid(
+                "peer-listen",
+                format!(
+                    "listen ({listen}), peer-listen ({peer}) and health-listen ({health}) must \
+                     use three different ports"
+                ),
+            ));
+        }
+        if let Some(a) = &self.peer_advertise {
+            validate_address("peer-advertise", a)?;
+        }
+        self.validate_security()?;
         if self.zone.trim().is_empty() {
             return Err(invalid("zone", "must not be empty"));
         }
@@ -407,6 +535,45 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// TLS material and the cluster secret are required, except in development mode.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        if self.insecure && !self.dev {
+            return Err(invalid(
+                "insecure",
+                "plaintext without authentication is refused outside development mode: give \
+                 the node TLS material (tls.ca_cert, tls.cert, tls.key), or also pass --dev on \
+                 a throw-away cluster",
+            ));
+        }
+        if !self.insecure {
+            let tls = &self.tls;
+            for (setting, value) in
+                [("tls.ca_cert", &tls.ca_cert), ("tls.cert", &tls.cert), ("tls.key", &tls.key)]
+            {
+                if value.is_none() {
+                    return Err(invalid(
+                        setting,
+                        format!(
+                            "is required: nodes serve only TLS. Give the PEM file with \
+                             --{} (the operator and `dynamoctl dev up` create them), or run a \
+                             throw-away plaintext node with --dev --insecure",
+                            setting.replace("tls.", "tls-").replace('_', "-")
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.cluster.secret.is_empty() && !self.dev {
+            return Err(invalid(
+                "cluster-secret",
+                "is required: it seals the contexts clients get back, and without it anyone can \
+                 forge one. Set cluster.secret (or --cluster-secret / DYNAMO_CLUSTER_SECRET) to \
+                 the same random string on every node, e.g. `openssl rand -hex 32`",
+            ));
+        }
+        Ok(())
+    }
+
     /// The TOML form of this configuration (what `dynamoctl dev up` and tests write).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("NodeConfig always serializes to TOML")
@@ -448,6 +615,8 @@ mod tests {
         NodeConfig {
             id: "node-1".into(),
             engine: EngineKind::Memory,
+            dev: true,
+            insecure: true,
             seeds: vec![
                 "127.0.0.1:7071".into(),
                 "dynamo-zone-b-0.dynamo-peers.default.svc:7070".into(),
@@ -489,6 +658,45 @@ mod tests {
         assert!(error_of(c).starts_with("seeds:"));
         let c = NodeConfig { listen: "0.0.0.0:7070".into(), ..base() };
         assert!(error_of(c).starts_with("advertise:"));
+        let c = NodeConfig { peer_listen: "127.0.0.1:7070".into(), ..base() };
+        assert!(error_of(c).contains("three different ports"));
+    }
+
+    #[test]
+    fn security_settings_are_required_outside_development() {
+        let secure = NodeConfig { dev: false, insecure: false, ..base() };
+        assert!(error_of(secure.clone()).starts_with("tls.ca_cert: is required"));
+        let with_tls = NodeConfig {
+            tls: TlsConfig {
+                ca_cert: Some("ca.pem".into()),
+                cert: Some("node.pem".into()),
+                key: Some("node.key".into()),
+            },
+            ..secure.clone()
+        };
+        assert!(error_of(with_tls.clone()).starts_with("cluster-secret: is required"));
+        let mut ok = with_tls.clone();
+        ok.cluster.secret = "s3cret".into();
+        ok.validate().unwrap();
+        assert!(!ok.is_insecure());
+        let c = NodeConfig { insecure: true, ..secure };
+        assert!(error_of(c).starts_with("insecure: plaintext"));
+        // Development mode alone still needs TLS; with --insecure it runs in plaintext.
+        let c = NodeConfig { insecure: false, ..base() };
+        assert!(error_of(c).starts_with("tls.ca_cert"));
+        assert!(base().is_insecure());
+    }
+
+    #[test]
+    fn the_peer_address_follows_the_client_address() {
+        let c = NodeConfig {
+            advertise: Some("dynamo-a-0.dynamo-peers.ns.svc:7070".into()),
+            peer_listen: "0.0.0.0:7071".into(),
+            ..base()
+        };
+        assert_eq!(c.peer_advertise_addr(), "dynamo-a-0.dynamo-peers.ns.svc:7071");
+        let c = NodeConfig { peer_advertise: Some("10.0.0.1:9000".into()), ..c };
+        assert_eq!(c.peer_advertise_addr(), "10.0.0.1:9000");
     }
 
     #[test]

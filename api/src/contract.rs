@@ -4,8 +4,19 @@
 
 use std::time::Duration;
 
-/// The port a node serves gRPC on by default (client, internode and admin APIs, health).
+/// The port a node serves the client API on by default (TLS; clients' credentials).
 pub const DEFAULT_PORT: u16 = 7070;
+
+/// The port a node serves the internode and admin APIs on by default (mutual TLS): a
+/// NetworkPolicy lets only the cluster's nodes and its operator reach it.
+pub const DEFAULT_PEER_PORT: u16 = 7071;
+
+/// The port a node serves gRPC health on by default, in plaintext and without credentials, for
+/// kubelet probes (which speak neither TLS nor tokens); it serves nothing else.
+pub const DEFAULT_HEALTH_PORT: u16 = 7072;
+
+/// Metadata key of a bearer token: `authorization: Bearer <token>`.
+pub const AUTHORIZATION_KEY: &str = "authorization";
 
 /// gRPC health service name that is SERVING once the node has joined the ring (readiness).
 pub const READY_SERVICE: &str = "dynamo.ready";
@@ -53,6 +64,15 @@ pub mod env {
     pub const REQUEST_TIMEOUT_MS: &str = "DYNAMO_REQUEST_TIMEOUT_MS";
     pub const SYNC_WRITES: &str = "DYNAMO_SYNC_WRITES";
     pub const FAULT_INJECTION: &str = "DYNAMO_FAULT_INJECTION";
+    pub const PEER_LISTEN: &str = "DYNAMO_PEER_LISTEN";
+    pub const PEER_ADVERTISE: &str = "DYNAMO_PEER_ADVERTISE";
+    pub const HEALTH_LISTEN: &str = "DYNAMO_HEALTH_LISTEN";
+    pub const TLS_CA_CERT: &str = "DYNAMO_TLS_CA_CERT";
+    pub const TLS_CERT: &str = "DYNAMO_TLS_CERT";
+    pub const TLS_KEY: &str = "DYNAMO_TLS_KEY";
+    pub const TOKENS_FILE: &str = "DYNAMO_TOKENS_FILE";
+    pub const DEV: &str = "DYNAMO_DEV";
+    pub const INSECURE: &str = "DYNAMO_INSECURE";
 
     /// Every variable above: anything else starting with `DYNAMO_` is not read by the node.
     pub const ALL: &[&str] = &[
@@ -75,6 +95,15 @@ pub mod env {
         REQUEST_TIMEOUT_MS,
         SYNC_WRITES,
         FAULT_INJECTION,
+        PEER_LISTEN,
+        PEER_ADVERTISE,
+        HEALTH_LISTEN,
+        TLS_CA_CERT,
+        TLS_CERT,
+        TLS_KEY,
+        TOKENS_FILE,
+        DEV,
+        INSECURE,
     ];
 }
 

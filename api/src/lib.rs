@@ -10,6 +10,7 @@
 pub mod config;
 pub mod contract;
 pub mod ring;
+pub mod security;
 
 /// Generated protobuf and tonic code (from `proto/`), clients and servers.
 pub mod pb {
