@@ -63,7 +63,8 @@ impl<N: Net> Node<N> {
         let membership = Membership::start(
             MembershipConfig {
                 me: config.member(),
-                address: config.advertise_addr().to_string(),
+                address: config.peer_advertise_addr(),
+                client_address: config.advertise_addr().to_string(),
                 seeds: config.seeds.clone(),
                 partitions: config.cluster.partitions,
                 n: quorum.n,

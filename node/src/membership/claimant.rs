@@ -195,7 +195,8 @@ mod tests {
     fn state(id: &str, zone: &str, status: Status) -> NodeState {
         NodeState {
             id: NodeId(id.into()),
-            address: format!("{id}:7070"),
+            address: format!("{id}:7071"),
+            client_address: format!("{id}:7070"),
             zone: zone.into(),
             weight: 1,
             status,

@@ -28,7 +28,10 @@ const META_GENERATION: &[u8] = b"generation";
 #[derive(Debug, Clone)]
 pub struct MembershipConfig {
     pub me: Member,
+    /// Where other nodes reach this one (peer port).
     pub address: String,
+    /// Where clients reach this one (client port), published in the ring for them.
+    pub client_address: String,
     pub seeds: Vec<String>,
     pub partitions: u32,
     pub n: usize,
@@ -94,6 +97,7 @@ impl Membership {
             NodeState {
                 id: me.id.clone(),
                 address: config.address.clone(),
+                client_address: config.client_address.clone(),
                 zone: me.zone.clone(),
                 weight: me.weight,
                 status,
@@ -421,6 +425,7 @@ mod tests {
         let config = MembershipConfig {
             me: Member { id: NodeId("a".into()), zone: "z".into(), weight: 1 },
             address: "127.0.0.1:1".into(),
+            client_address: String::new(),
             seeds: vec![],
             partitions: 8,
             n: 1,
@@ -550,6 +555,7 @@ mod tests {
         let config = MembershipConfig {
             me: Member { id: id.clone(), zone: "z".into(), weight: 1 },
             address: address.clone(),
+            client_address: String::new(),
             seeds,
             partitions: 8,
             n: 1,

@@ -45,8 +45,11 @@ impl Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeState {
     pub id: NodeId,
-    /// HOST:PORT where it serves.
+    /// HOST:PORT of its peer port (internode and admin APIs).
     pub address: String,
+    /// HOST:PORT of its client port; empty in views written before the ports were separate.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_address: String,
     pub zone: String,
     pub weight: u32,
     pub status: Status,
@@ -184,6 +187,7 @@ mod tests {
         NodeState {
             id: NodeId(id.into()),
             address: format!("{id}:1"),
+            client_address: String::new(),
             zone: "z".into(),
             weight: 1,
             status,

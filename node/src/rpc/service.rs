@@ -59,6 +59,16 @@ where
     f(req.into_inner()).await.map(Response::new).map_err(Status::from)
 }
 
+/// Where clients reach a node: its client address, or (in a view written before the ports were
+/// separate) its one address.
+fn client_address(node: &crate::membership::view::NodeState) -> String {
+    if node.client_address.is_empty() {
+        node.address.clone()
+    } else {
+        node.client_address.clone()
+    }
+}
+
 /// The node named by a request's `hint_for` field (empty means none).
 fn hint_target(hint_for: &str) -> Option<NodeId> {
     (!hint_for.is_empty()).then(|| NodeId(hint_for.to_string()))
@@ -160,6 +170,42 @@ impl<N: Net> Client for ClientService<N> {
             })
             .await,
         )
+    }
+
+    async fn ring(
+        &self,
+        req: Request<client::RingRequest>,
+    ) -> Result<Response<client::RingResponse>, Status> {
+        handle(req, |_| async move {
+            let shared = &self.0;
+            let placement = shared.coordinator.placement();
+            let ring = placement.ring()?;
+            let view = shared.membership.view();
+            let members: Vec<client::RingMember> = ring
+                .members()
+                .iter()
+                .map(|m| client::RingMember {
+                    address: view.nodes.get(&m.id).map(client_address).unwrap_or_default(),
+                    peer_address: view
+                        .nodes
+                        .get(&m.id)
+                        .map(|n| n.address.clone())
+                        .unwrap_or_default(),
+                    id: m.id.0.clone(),
+                    zone: m.zone.clone(),
+                    weight: m.weight,
+                })
+                .collect();
+            let owners = ring.owner_indices();
+            Ok(client::RingResponse {
+                partitions: ring.partitions(),
+                n: shared.quorum.n as u32,
+                members,
+                owners,
+                epoch: placement.epoch,
+            })
+        })
+        .await
     }
 }
 
@@ -292,37 +338,6 @@ impl<N: Net> Admin for AdminService<N> {
         req: Request<admin::StatusRequest>,
     ) -> Result<Response<admin::StatusResponse>, Status> {
         handle(req, |_| self.status_now()).await
-    }
-
-    async fn ring(
-        &self,
-        req: Request<admin::RingRequest>,
-    ) -> Result<Response<admin::RingResponse>, Status> {
-        handle(req, |_| async move {
-            let shared = &self.0;
-            let placement = shared.coordinator.placement();
-            let ring = placement.ring()?;
-            let view = shared.membership.view();
-            let members: Vec<admin::RingMember> = ring
-                .members()
-                .iter()
-                .map(|m| admin::RingMember {
-                    address: view.nodes.get(&m.id).map(|n| n.address.clone()).unwrap_or_default(),
-                    id: m.id.0.clone(),
-                    zone: m.zone.clone(),
-                    weight: m.weight,
-                })
-                .collect();
-            let owners = ring.owner_indices();
-            Ok(admin::RingResponse {
-                partitions: ring.partitions(),
-                n: shared.quorum.n as u32,
-                members,
-                owners,
-                epoch: placement.epoch,
-            })
-        })
-        .await
     }
 
     async fn decommission(
@@ -486,7 +501,8 @@ impl<N: Net> AdminService<N> {
                 primary_partitions: count(&|r| r.primary_partitions(&node.id).len()),
                 replica_partitions: count(&|r| r.replica_partitions(&node.id, n).len()),
                 membership: member_state(node.status) as i32,
-                address: node.address,
+                address: client_address(&node),
+                peer_address: node.address,
                 id: node.id.0,
                 zone: node.zone,
                 weight: node.weight,
