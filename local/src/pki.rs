@@ -33,6 +33,21 @@ const CA_KEY_FILE: &str = "ca.key";
 /// The node's token file (hashes only) in the folder.
 pub const TOKENS_FILE: &str = "tokens";
 
+/// The `tls` settings of node `id` whose material is in `dir` (what
+/// [`LocalPki::issue_node`] writes there); pure, for planning a cluster's configuration.
+pub fn node_tls(dir: &Path, id: &str) -> TlsConfig {
+    TlsConfig {
+        ca_cert: Some(dir.join(CA_CERT_FILE)),
+        cert: Some(dir.join(format!("{id}.crt"))),
+        key: Some(dir.join(format!("{id}.key"))),
+    }
+}
+
+/// The tokens file in `dir` (what [`LocalPki::token`] maintains).
+pub fn tokens_path(dir: &Path) -> PathBuf {
+    dir.join(TOKENS_FILE)
+}
+
 /// See the module docs.
 pub struct LocalPki {
     dir: PathBuf,
@@ -102,7 +117,7 @@ impl LocalPki {
 
     /// The token file the nodes read (`tokens_file`).
     pub fn tokens_path(&self) -> PathBuf {
-        self.dir.join(TOKENS_FILE)
+        tokens_path(&self.dir)
     }
 
     /// Issues node `id`'s certificate (role peer; SANs 127.0.0.1, localhost and `ips`), writes
@@ -121,8 +136,8 @@ impl LocalPki {
             ips: all,
             lifetime: CERT_LIFETIME,
         };
-        let (cert, key) = self.write_issued(id, &request)?;
-        Ok(TlsConfig { ca_cert: Some(self.ca_cert_path()), cert: Some(cert), key: Some(key) })
+        self.write_issued(id, &request)?;
+        Ok(node_tls(&self.dir, id))
     }
 
     /// Issues a client certificate `name` with `role`, writes it and its key (`<name>.crt`,
