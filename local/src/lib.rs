@@ -181,6 +181,12 @@ impl NodeProcess {
         let err = log.try_clone().map_err(io("cannot duplicate the log file"))?;
         let mut command = Command::new(bin);
         command.arg("--config").arg(&self.config_path);
+        // node.toml says everything: a DYNAMO_* variable of the caller's shell (e.g. the
+        // DYNAMO_INSECURE an insecure dev cluster's export line set for dynamoctl) must not
+        // override it.
+        for var in dynamo_api::contract::env::ALL {
+            command.env_remove(var);
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
