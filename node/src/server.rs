@@ -19,7 +19,7 @@ use crate::config::{EngineKind, NodeConfig};
 use crate::net::Net;
 use crate::node::Node;
 use crate::ring::NodeId;
-use crate::rpc::auth::{AuthLayer, Policy};
+use crate::rpc::auth::{AuthLayer, Policy, TokenFileWorker};
 use crate::rpc::faults::{FaultSwitch, Faulty};
 use crate::rpc::pb::admin::admin_server::AdminServer;
 use crate::rpc::pb::client::client_server::ClientServer;
@@ -89,7 +89,7 @@ async fn serve<N: Net>(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let tls = server_tls(&config)?;
-    let policy = Arc::new(Policy { insecure: config.is_insecure(), tokens: tokens(&config)? });
+    let policy = Arc::new(Policy::new(config.is_insecure(), tokens(&config)?));
     let node =
         Node::new(config, store, net, faults).map_err(|e| StartError::Storage(e.to_string()))?;
     let config = &node.config;
@@ -97,6 +97,9 @@ async fn serve<N: Net>(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ClientServer<ClientService<N>>>().await;
     node.start_workers(&mut runner, health);
+    if let (Some(path), false) = (&config.tokens_file, config.is_insecure()) {
+        runner.spawn(TokenFileWorker::new(path.clone(), policy.clone()));
+    }
     let shared =
         node.shared(runner.statuses(), cluster_identity(config)?, node_credentials(config)?);
 

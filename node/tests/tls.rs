@@ -305,3 +305,29 @@ async fn gossip_from_another_cluster_or_with_an_invalid_layout_changes_nothing()
     assert_eq!(shape(&ring_restarted), shape(&ring_before), "the restarted node has the same ring");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_removed_from_the_token_file_is_refused_without_a_restart() {
+    let node = start().await;
+    let rw = node.credentials(None, Some("rw-token"));
+    node.client(&rw).put(request(&rw, put("k", "v"))).await.unwrap();
+    // Revoke "app" (rw-token); keep the others.
+    let tokens = Tokens::new(vec![TokenEntry::for_token(Role::Admin, "ops", "admin-token")]);
+    // A later modification time than the first write, whatever the file system's resolution.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(node.dir.path().join("tokens"), tokens.render()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match node.client(&rw).put(request(&rw, put("k", "v2"))).await {
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unauthenticated, "{}", e.message());
+                break;
+            }
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Ok(_) => panic!("the revoked token was still accepted after 30 s"),
+        }
+    }
+    node.stop().await;
+}

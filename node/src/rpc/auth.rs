@@ -71,11 +71,20 @@ pub fn access(path: &str) -> Access {
 pub struct Policy {
     /// Check nothing (`--dev --insecure`).
     pub insecure: bool,
-    /// Accepted bearer tokens.
-    pub tokens: Tokens,
+    /// Accepted bearer tokens; replaced when the token file changes.
+    pub tokens: std::sync::RwLock<Tokens>,
 }
 
 impl Policy {
+    pub fn new(insecure: bool, tokens: Tokens) -> Policy {
+        Policy { insecure, tokens: std::sync::RwLock::new(tokens) }
+    }
+
+    /// Replaces the accepted tokens (the token file changed).
+    pub fn set_tokens(&self, tokens: Tokens) {
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = tokens;
+    }
+
     /// The caller of `path`, or why it may not call it.
     pub fn check(
         &self,
@@ -127,7 +136,8 @@ impl Policy {
                             how(needed)
                         ))
                     })?;
-                let entry = self.tokens.verify(token).ok_or_else(|| {
+                let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
+                let entry = tokens.verify(token).ok_or_else(|| {
                     Error::Unauthenticated(format!(
                         "{path}: the bearer token is not one this node accepts (revoked, or \
                          from another cluster); this call needs {}",
@@ -159,6 +169,59 @@ impl Policy {
                 how(needed)
             ))),
         }
+    }
+}
+
+/// Reloads the token file when it changes (a token added or revoked, a Secret updated), so no
+/// restart is needed. A file that no longer parses keeps the tokens in force and is logged.
+pub struct TokenFileWorker {
+    path: std::path::PathBuf,
+    policy: Arc<Policy>,
+    seen: Option<std::time::SystemTime>,
+}
+
+impl TokenFileWorker {
+    pub fn new(path: std::path::PathBuf, policy: Arc<Policy>) -> TokenFileWorker {
+        let seen = modified(&path);
+        TokenFileWorker { path, policy, seen }
+    }
+}
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// How often the token file is checked for changes.
+pub const TOKENS_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl crate::worker::Worker for TokenFileWorker {
+    fn name(&self) -> &'static str {
+        "tokens"
+    }
+
+    fn wait(&self) -> std::time::Duration {
+        TOKENS_RELOAD_INTERVAL
+    }
+
+    fn step(&mut self) -> BoxFuture<'_, crate::worker::WorkerState> {
+        Box::pin(async move {
+            let now = modified(&self.path);
+            if now == self.seen {
+                return crate::worker::WorkerState::Idle;
+            }
+            self.seen = now;
+            match Tokens::load(&self.path) {
+                Ok(tokens) => {
+                    tracing::info!(tokens = tokens.entries().len(), "token file reloaded");
+                    self.policy.set_tokens(tokens);
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "the token file changed but cannot be used; keeping the tokens in force"
+                ),
+            }
+            crate::worker::WorkerState::Busy
+        })
     }
 }
 
@@ -218,14 +281,14 @@ mod tests {
     use dynamo_api::security::TokenEntry;
 
     fn policy() -> Policy {
-        Policy {
-            insecure: false,
-            tokens: Tokens::new(vec![
+        Policy::new(
+            false,
+            Tokens::new(vec![
                 TokenEntry::for_token(Role::Read, "reader", "r-token"),
                 TokenEntry::for_token(Role::ReadWrite, "app", "rw-token"),
                 TokenEntry::for_token(Role::Admin, "ops", "admin-token"),
             ]),
-        }
+        )
     }
 
     fn bearer(token: &str) -> http::HeaderMap {
@@ -280,7 +343,7 @@ mod tests {
 
     #[test]
     fn an_insecure_node_checks_nothing() {
-        let p = Policy { insecure: true, tokens: Tokens::default() };
+        let p = Policy::new(true, Tokens::default());
         let caller = p
             .check(
                 "/dynamo.admin.v1.Admin/Decommission",
