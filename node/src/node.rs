@@ -159,6 +159,7 @@ impl<N: Net> Node<N> {
             self.net.clone(),
             n,
             bg.transfer_keys_per_sec,
+            bg.page_bytes,
             self.progress.clone(),
         ));
         runner.spawn(HintWorker::new(

@@ -27,7 +27,7 @@ use crate::net::{
     PeerIdentity, PutOutcome, Replicas,
 };
 use crate::ring::{NodeId, PartitionId};
-use crate::storage::TREE_SHAPE;
+use crate::storage::{Budget, TREE_SHAPE};
 use crate::version::Clock;
 use dynamo_api::security::Credentials;
 
@@ -383,9 +383,14 @@ impl PartitionSource for Peers {
         from: &NodeId,
         partition: PartitionId,
         after: Option<Vec<u8>>,
-        limit: u32,
+        budget: Budget,
     ) -> Result<PartitionPage, PeerError> {
-        let message = StreamPartitionRequest { partition, after, limit };
+        let message = StreamPartitionRequest {
+            partition,
+            after,
+            limit: budget.items.min(u32::MAX as usize) as u32,
+            max_bytes: budget.bytes as u64,
+        };
         let reply =
             self.call(from, message, self.timeout * 5, |mut c, r| async move {
                 c.stream_partition(r).await

@@ -23,10 +23,17 @@ use crate::membership::gossip::Membership;
 use crate::membership::view::View;
 use crate::net::{Net, PeerError};
 use crate::ring::NodeId;
-use crate::storage::{Store, TREE_SHAPE};
+use crate::storage::{Budget, Store, SCAN_BYTES, TREE_SHAPE};
 use crate::version::Clock;
 use crate::worker::Statuses;
 use dynamo_api::security::Credentials;
+
+/// Most entries one partition page may ask for.
+const MAX_PAGE_ITEMS: u32 = 4096;
+
+/// Most bytes one partition page may ask for: well under the message limit, which must also
+/// hold one object of up to `limits.max_object_bytes` (a page always carries at least one).
+pub const MAX_PAGE_BYTES: usize = 16 << 20;
 
 /// How long `Status` waits for each peer's ping.
 const STATUS_PING_TIMEOUT: Duration = Duration::from_millis(800);
@@ -323,9 +330,15 @@ impl<N: Net> Internode for InternodeService<N> {
         req: Request<internode::StreamPartitionRequest>,
     ) -> Result<Response<internode::StreamPartitionResponse>, Status> {
         handle(req, |req| async move {
-            let limit = req.limit.clamp(1, 4096) as usize;
-            let page = self.0.store.scan_partition(req.partition, req.after.as_deref(), limit)?;
-            let done = page.len() < limit;
+            let budget = Budget {
+                items: req.limit.clamp(1, MAX_PAGE_ITEMS) as usize,
+                bytes: match req.max_bytes {
+                    0 => SCAN_BYTES,
+                    b => b.min(MAX_PAGE_BYTES as u64) as usize,
+                },
+            };
+            let (page, done) =
+                self.0.store.partition_page(req.partition, req.after.as_deref(), budget)?;
             Ok(internode::StreamPartitionResponse {
                 entries: page
                     .into_iter()

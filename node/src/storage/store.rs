@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use super::{Engine, Keyspace, WriteOp};
+use super::{Budget, Engine, Keyspace, WriteOp};
 use crate::error::{Error, Result};
 use crate::merkle::{self, Hash, MerkleTree, TreeShape};
 use crate::ring::{NodeId, PartitionId};
@@ -152,8 +152,10 @@ impl Store {
     fn load(&self) -> Result<()> {
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page =
-                self.engine.scan(Keyspace::Data, b"", after.as_deref(), 1024).map_err(storage)?;
+            let page = self
+                .engine
+                .scan(Keyspace::Data, b"", after.as_deref(), Budget::items(1024))
+                .map_err(storage)?;
             let Some(last) = page.last() else { break };
             after = Some(last.0.clone());
             for (k, v) in &page {
@@ -167,8 +169,10 @@ impl Store {
         let mut stats = lock(&self.hint_stats)?;
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page =
-                self.engine.scan(Keyspace::Hints, b"", after.as_deref(), 1024).map_err(storage)?;
+            let page = self
+                .engine
+                .scan(Keyspace::Hints, b"", after.as_deref(), Budget::items(1024))
+                .map_err(storage)?;
             let Some(last) = page.last() else { break };
             after = Some(last.0.clone());
             for (k, v) in &page {
@@ -286,7 +290,7 @@ impl Store {
         loop {
             let page = self
                 .engine
-                .scan(Keyspace::Data, &prefix, after.as_deref(), 1024)
+                .scan(Keyspace::Data, &prefix, after.as_deref(), Budget::items(1024))
                 .map_err(storage)?;
             let Some(last) = page.last() else { break };
             after = Some(last.0.clone());
@@ -383,7 +387,7 @@ impl Store {
         let after = after.map(|(p, k)| hint_key(target, p, k));
         let page = self
             .engine
-            .scan(Keyspace::Hints, &hint_prefix(target), after.as_deref(), limit)
+            .scan(Keyspace::Hints, &hint_prefix(target), after.as_deref(), Budget::items(limit))
             .map_err(storage)?;
         let mut out = Vec::with_capacity(page.len());
         for (k, v) in page {
@@ -446,18 +450,37 @@ impl Store {
             .map_err(storage)
     }
 
-    /// Up to `limit` replicas of a partition after `after`, in key order, as (key, clock).
+    /// The replicas of a partition after `after`, in key order, as (key, clock), as many as
+    /// `budget` admits (at least one when there is one).
     pub fn scan_partition(
         &self,
         partition: PartitionId,
         after: Option<&[u8]>,
-        limit: usize,
+        budget: Budget,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let prefix = partition.to_be_bytes();
         let after = after.map(|k| data_key(partition, k));
         let page =
-            self.engine.scan(Keyspace::Data, &prefix, after.as_deref(), limit).map_err(storage)?;
+            self.engine.scan(Keyspace::Data, &prefix, after.as_deref(), budget).map_err(storage)?;
         Ok(page.into_iter().map(|(k, v)| (k[4..].to_vec(), v)).collect())
+    }
+
+    /// One page of a partition for a transfer: what `budget` admits after `after`, and whether
+    /// it is the last page (nothing follows it).
+    pub fn partition_page(
+        &self,
+        partition: PartitionId,
+        after: Option<&[u8]>,
+        budget: Budget,
+    ) -> Result<(super::Entries, bool)> {
+        let page = self.scan_partition(partition, after, budget)?;
+        let done = match page.last() {
+            None => true,
+            Some((last, _)) => {
+                self.scan_partition(partition, Some(last), Budget::items(1))?.is_empty()
+            }
+        };
+        Ok((page, done))
     }
 
     /// Deletes this node's copy of every key of `partition` (one it no longer replicates),
@@ -466,7 +489,7 @@ impl Store {
         let mut removed = 0;
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page = self.scan_partition(partition, after.as_deref(), 256)?;
+            let page = self.scan_partition(partition, after.as_deref(), Budget::items(256))?;
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
             for (key, _) in page {
@@ -490,7 +513,7 @@ impl Store {
 
     /// Whether this node holds any key of `partition`.
     pub fn holds(&self, partition: PartitionId) -> Result<bool> {
-        Ok(!self.scan_partition(partition, None, 1)?.is_empty())
+        Ok(!self.scan_partition(partition, None, Budget::items(1))?.is_empty())
     }
 
     /// Estimated number of keys held (replicas only, not hints).
@@ -535,6 +558,36 @@ mod tests {
         assert_eq!(store.get(3, b"k1").unwrap().live_values().len(), 1);
         assert_eq!(store.with_tree(3, |t| t.root()).unwrap(), kept_root_before);
         assert_eq!(store.drop_partition(2).unwrap(), 0);
+    }
+
+    #[test]
+    fn partition_pages_are_cut_at_their_byte_budget_and_end_exactly() {
+        let store = Store::open(Arc::new(MemoryEngine::default()), 8).unwrap();
+        // 10 values of 100 KiB: one 256-key page would be 1 MB.
+        let big =
+            Clock::new().update(&VersionVector::default(), Value::Data(vec![7; 100 << 10]), 7);
+        for i in 0..10 {
+            store.merge(1, format!("k{i}").as_bytes(), &big).unwrap();
+        }
+        let budget = Budget { items: 256, bytes: 350 << 10 };
+        let (mut after, mut pages, mut keys) = (None::<Vec<u8>>, 0, 0);
+        loop {
+            let (page, done) = store.partition_page(1, after.as_deref(), budget).unwrap();
+            let bytes: usize = page.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+            assert!(page.len() == 1 || bytes <= budget.bytes, "page of {bytes} bytes");
+            pages += 1;
+            keys += page.len();
+            after = page.last().map(|(k, _)| k.clone());
+            if done {
+                break;
+            }
+        }
+        assert_eq!((keys, pages), (10, 4), "3 values per page, and no empty last page");
+        // A value over the budget still moves, one per page.
+        let tiny = Budget { items: 256, bytes: 1 };
+        let (page, done) = store.partition_page(1, None, tiny).unwrap();
+        assert_eq!((page.len(), done), (1, false));
+        assert_eq!(store.partition_page(2, None, tiny).unwrap(), (vec![], true));
     }
 
     #[test]
