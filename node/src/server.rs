@@ -27,7 +27,7 @@ use crate::rpc::pb::internode::internode_server::InternodeServer;
 use crate::rpc::peers::{ClusterIdentity, Peers};
 use crate::rpc::service::{AdminService, ClientService, InternodeService};
 use crate::rpc::MAX_MESSAGE_BYTES;
-use crate::storage::{Engine, MemoryEngine, RocksEngine, Store};
+use crate::storage::{Engine, MemoryEngine, MergeCaps, RocksEngine, Store};
 use crate::worker::Runner;
 
 /// How long workers get to stop after the server did.
@@ -61,7 +61,8 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     };
     let store = Arc::new(
         Store::open(engine, config.cluster.partitions)
-            .map_err(|e| StartError::Storage(e.to_string()))?,
+            .map_err(|e| StartError::Storage(e.to_string()))?
+            .with_merge_caps(MergeCaps::from_limits(&config.limits)),
     );
     let me = NodeId(config.id.clone());
     let peers = Peers::new(

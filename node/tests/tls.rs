@@ -331,3 +331,32 @@ async fn a_token_removed_from_the_token_file_is_refused_without_a_restart() {
     }
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_replications_leave_the_key_readable() {
+    use dynamo_api::pb::internode::ReplicateRequest;
+    use dynamo_node::version::{Clock, Value, VersionVector};
+    let node = start().await;
+    let peer = node.credentials(Some((&node.ca, Role::Peer)), None);
+    let siblings = |actor: u64, n: usize| {
+        (0..n).fold(Clock::new(), |c, i| {
+            c.update(&VersionVector::default(), Value::Data(format!("{actor}-{i}").into()), actor)
+        })
+    };
+    let replicate = |clock: Clock| ReplicateRequest {
+        key: b"k".to_vec(),
+        clock: clock.encode(),
+        from: "evil".into(),
+        hint_for: String::new(),
+    };
+    // 300 concurrent values: more than a client write may leave (64), but what a replica sends
+    // is copied as it is.
+    node.internode(&peer).replicate(replicate(siblings(1, 300))).await.unwrap();
+    // 300 more from another actor: merged, 600 values, over the merge cap (4 x 64): refused.
+    let refused = node.internode(&peer).replicate(replicate(siblings(2, 300))).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{}", refused.message());
+    let values = value_of(&node, "k").await;
+    assert_eq!(values.len(), 300, "the key is still readable, with what was accepted");
+    assert!(values.iter().all(|v| v.starts_with(b"1-")));
+    node.stop().await;
+}

@@ -80,6 +80,34 @@ pub struct Store {
     trees: Vec<Mutex<MerkleTree>>,
     /// Hints per target node, kept in step with the hint keyspace.
     hint_stats: Mutex<BTreeMap<NodeId, HintStats>>,
+    /// What a replica merge may leave in one key.
+    caps: MergeCaps,
+}
+
+/// The most a replica merge may leave in one key. A client write is checked against the
+/// sibling and object limits by its coordinator, but writes through different coordinators can
+/// each pass and then meet in a merge, so merges get more room (4x the limits); past that (only
+/// reachable by hostile replication or a long partition), the merge is refused with an error and
+/// the key keeps a readable version on every replica, to be resolved by a client write. A merge
+/// never produces an object the decoder or one message cannot hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeCaps {
+    pub siblings: usize,
+    /// Encoded bytes of the merged version.
+    pub bytes: usize,
+}
+
+impl MergeCaps {
+    /// 4x the client limits, within the decoder's limits and half the message limit.
+    pub fn from_limits(limits: &crate::config::Limits) -> MergeCaps {
+        MergeCaps {
+            siblings: limits.max_siblings.saturating_mul(4).min(crate::version::MAX_VALUES),
+            bytes: limits
+                .max_object_bytes
+                .saturating_mul(4)
+                .min(dynamo_api::contract::MAX_MESSAGE_BYTES / 2),
+        }
+    }
 }
 
 fn storage(e: super::StorageError) -> Error {
@@ -143,6 +171,7 @@ impl Store {
             actor,
             trees: (0..partitions).map(|_| Mutex::new(MerkleTree::new(TREE_SHAPE))).collect(),
             hint_stats: Mutex::new(BTreeMap::new()),
+            caps: MergeCaps::from_limits(&crate::config::Limits::default()),
         };
         store.load()?;
         Ok(store)
@@ -186,6 +215,12 @@ impl Store {
         Ok(())
     }
 
+    /// Sets what a replica merge may leave in one key (from the node's limits).
+    pub fn with_merge_caps(mut self, caps: MergeCaps) -> Store {
+        self.caps = caps;
+        self
+    }
+
     /// The actor id under which this node creates versions.
     pub fn actor(&self) -> Actor {
         self.actor
@@ -218,7 +253,17 @@ impl Store {
         clock: &Clock,
         old: Option<Hash>,
     ) -> Result<()> {
-        let bytes = clock.encode();
+        self.write_encoded(partition, key, clock.encode(), old)
+    }
+
+    /// [`Store::write`] of a clock already encoded.
+    fn write_encoded(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        bytes: Vec<u8>,
+        old: Option<Hash>,
+    ) -> Result<()> {
         let new = merkle::version_digest(&bytes);
         self.engine
             .write(vec![WriteOp::Put {
@@ -239,15 +284,35 @@ impl Store {
     }
 
     /// Merges a version received from another node into this replica; returns the result.
-    /// Writes only when something changed.
+    /// Writes only when something changed. A merge that would grow the key past the
+    /// [`MergeCaps`] is refused (nothing written); one that just takes the incoming version
+    /// (this replica had nothing newer) is not, so what exists elsewhere can always be copied.
     pub fn merge(&self, partition: PartitionId, key: &[u8], incoming: &Clock) -> Result<Clock> {
         let _guard = lock(self.stripe(key))?;
         let (local, old) = self.read(partition, key)?;
         let merged = local.sync(incoming);
         if merged != local {
-            self.write(partition, key, &merged, old)?;
+            let bytes = merged.encode();
+            if merged != *incoming {
+                self.check_caps(&merged, bytes.len())?;
+            }
+            self.write_encoded(partition, key, bytes, old)?;
         }
         Ok(merged)
+    }
+
+    fn check_caps(&self, merged: &Clock, encoded: usize) -> Result<()> {
+        let caps = self.caps;
+        if merged.sibling_count() > caps.siblings {
+            return Err(Error::TooManySiblings {
+                siblings: merged.sibling_count(),
+                max: caps.siblings,
+            });
+        }
+        if encoded > caps.bytes {
+            return Err(Error::ObjectTooLarge { bytes: encoded, max: caps.bytes });
+        }
+        Ok(())
     }
 
     /// Read-modify-write of one key: `f` gets the local clock and returns the new one (or an
@@ -588,6 +653,40 @@ mod tests {
         let (page, done) = store.partition_page(1, None, tiny).unwrap();
         assert_eq!((page.len(), done), (1, false));
         assert_eq!(store.partition_page(2, None, tiny).unwrap(), (vec![], true));
+    }
+
+    #[test]
+    fn a_replica_merge_past_the_caps_is_refused_and_the_key_stays_readable() {
+        let caps = MergeCaps { siblings: 4, bytes: 1 << 20 };
+        let store =
+            Store::open(Arc::new(MemoryEngine::default()), 8).unwrap().with_merge_caps(caps);
+        let siblings = |actor, n: usize| {
+            (0..n).fold(Clock::new(), |c, i| {
+                c.update(&VersionVector::default(), Value::Data(vec![i as u8; 10]), actor)
+            })
+        };
+        let (a, b) = (siblings(1, 3), siblings(2, 3));
+        assert_eq!(a.sibling_count(), 3);
+        store.merge(1, b"k", &a).unwrap();
+        // Together they would hold 6 concurrent values: refused, nothing written.
+        let err = store.merge(1, b"k", &b).unwrap_err();
+        assert!(matches!(err, Error::TooManySiblings { siblings: 6, max: 4 }), "{err}");
+        assert_eq!(store.get(1, b"k").unwrap(), a, "the key keeps a readable version");
+        // An object over the caps that exists elsewhere is still copied to an empty replica.
+        let five = siblings(3, 5);
+        assert_eq!(store.merge(1, b"other", &five).unwrap(), five);
+        // Bytes: two concurrent 600 KiB values exceed 1 MiB together.
+        let big = |actor| {
+            Clock::new().update(&VersionVector::default(), Value::Data(vec![0; 600 << 10]), actor)
+        };
+        store.merge(2, b"big", &big(1)).unwrap();
+        let err = store.merge(2, b"big", &big(2)).unwrap_err();
+        assert!(matches!(err, Error::ObjectTooLarge { max, .. } if max == 1 << 20), "{err}");
+        assert_eq!(store.get(2, b"big").unwrap().sibling_count(), 1);
+        // The defaults keep every merge decodable and within one message.
+        let caps = MergeCaps::from_limits(&crate::config::Limits::default());
+        assert!(caps.siblings <= crate::version::MAX_VALUES);
+        assert!(caps.bytes <= dynamo_api::contract::MAX_MESSAGE_BYTES / 2);
     }
 
     #[test]
