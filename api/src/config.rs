@@ -190,6 +190,10 @@ pub struct BackgroundConfig {
     /// Most keys a partition transfer (join, decommission) moves per second (0: unlimited).
     /// Default 5000.
     pub transfer_keys_per_sec: u32,
+    /// Most bytes one page of a partition transfer carries (a page holds at least one object
+    /// whatever its size), so large values move as fast in bytes as small ones. Default 4 MiB;
+    /// 64 KiB to 16 MiB.
+    pub page_bytes: usize,
     /// How long the ring must be settled before a node deletes its copies of the partitions it
     /// no longer replicates (after joins and decommissions), ms; 0 keeps them. Default 300000.
     pub cleanup_after_ms: u64,
@@ -203,6 +207,7 @@ impl Default for BackgroundConfig {
             anti_entropy_interval_ms: 2000,
             anti_entropy_keys_per_sec: 2000,
             transfer_keys_per_sec: 5000,
+            page_bytes: 4 << 20,
             cleanup_after_ms: 300_000,
         }
     }
@@ -528,6 +533,12 @@ impl NodeConfig {
         }
         if l.max_object_bytes < l.max_value_bytes {
             return Err(invalid("limits", "max_object_bytes must be at least max_value_bytes"));
+        }
+        if !(64 << 10..=16 << 20).contains(&self.background.page_bytes) {
+            return Err(invalid(
+                "background.page_bytes",
+                format!("{} is outside 65536..=16777216", self.background.page_bytes),
+            ));
         }
         if self.background.handoff_interval_ms == 0 {
             return Err(invalid("background.handoff_interval_ms", "must be at least 1"));

@@ -24,6 +24,14 @@ impl std::fmt::Display for Op {
 /// Errors a request can end with. Variants document whether anything was written.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The call carried no usable credential; nothing was done.
+    #[error("{0}")]
+    Unauthenticated(String),
+
+    /// The caller's credential does not allow this call; nothing was done.
+    #[error("{0}")]
+    PermissionDenied(String),
+
     /// The request itself is wrong; nothing was written.
     #[error("invalid request: {0}")]
     InvalidArgument(String),

@@ -16,12 +16,12 @@ use crate::membership::claimant::gains;
 use crate::membership::gossip::Membership;
 use crate::net::PartitionSource;
 use crate::ring::{NodeId, PartitionId};
-use crate::storage::Store;
+use crate::storage::{Budget, Store};
 use crate::throttle::Throttle;
 use crate::worker::{Worker, WorkerState};
 
-/// Keys per page of a partition stream.
-const PAGE: u32 = 256;
+/// Most keys per page of a partition stream (pages are also cut at a byte budget).
+const PAGE_ITEMS: usize = 256;
 
 /// Progress of one partition moving to this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +61,8 @@ pub struct TransferWorker<N> {
     throttle: Throttle,
     /// Shared with the admin service, which reports it.
     progress: Arc<Mutex<Progress>>,
+    /// What one page of a partition stream may hold.
+    page: Budget,
 }
 
 impl<N> TransferWorker<N> {
@@ -70,9 +72,18 @@ impl<N> TransferWorker<N> {
         net: Arc<N>,
         n: usize,
         per_second: u32,
+        page_bytes: usize,
         progress: Arc<Mutex<Progress>>,
     ) -> Self {
-        TransferWorker { membership, store, net, n, throttle: Throttle::new(per_second), progress }
+        TransferWorker {
+            membership,
+            store,
+            net,
+            n,
+            throttle: Throttle::new(per_second),
+            progress,
+            page: Budget { items: PAGE_ITEMS, bytes: page_bytes },
+        }
     }
 }
 
@@ -93,7 +104,8 @@ impl<N: PartitionSource> Worker for TransferWorker<N> {
 impl<N: PartitionSource> TransferWorker<N> {
     /// One pass over the partitions this node gains in the layout change under way, if any.
     async fn pass(&mut self) -> WorkerState {
-        let TransferWorker { membership, store, net, n, throttle, progress } = self;
+        let TransferWorker { membership, store, net, n, throttle, progress, page } = self;
+        let page = *page;
         let n = *n;
         let me = membership.me().clone();
         let placement = membership.placement().borrow().clone();
@@ -149,6 +161,7 @@ impl<N: PartitionSource> TransferWorker<N> {
                     &source,
                     progress,
                     throttle,
+                    page,
                 )
                 .await;
                 match result {
@@ -188,6 +201,7 @@ async fn pull<N: PartitionSource>(
     source: &NodeId,
     progress: &Mutex<Progress>,
     throttle: &mut Throttle,
+    budget: Budget,
 ) -> Result<(), String> {
     let set = |f: &dyn Fn(&mut Transfer)| {
         if let Ok(mut p) = progress.lock() {
@@ -208,7 +222,7 @@ async fn pull<N: PartitionSource>(
             return Err("the layout changed during the transfer".into());
         }
         let page = net
-            .stream_partition(source, partition, after.clone(), PAGE)
+            .stream_partition(source, partition, after.clone(), budget)
             .await
             .map_err(|e| e.to_string())?;
         for (key, clock, size) in &page.entries {

@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 
 use crate::merkle::Hash;
 use crate::ring::{NodeId, PartitionId};
+use crate::storage::Budget;
 use crate::version::Clock;
 
 /// A write forwarded to a key's replica by a node that is not one.
@@ -155,13 +156,14 @@ pub trait Merkle: Send + Sync + 'static {
 
 /// Whole partitions, page by page (partition transfer on join and leave).
 pub trait PartitionSource: Liveness {
-    /// Up to `limit` entries of `partition` held by `from`, after key `after`.
+    /// The entries of `partition` held by `from` after key `after`, as many as `budget`
+    /// admits (at least one).
     fn stream_partition(
         &self,
         from: &NodeId,
         partition: PartitionId,
         after: Option<Vec<u8>>,
-        limit: u32,
+        budget: Budget,
     ) -> impl Future<Output = Result<PartitionPage, PeerError>> + Send;
 }
 

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::merkle::Hash;
 use crate::ring::{key_hash, partition_of_hash, NodeId, PartitionId};
-use crate::storage::Store;
+use crate::storage::{Budget, Store};
 use crate::version::Clock;
 
 /// A fault of one simulated node.
@@ -260,12 +260,11 @@ impl PartitionSource for SimNet {
         from: &NodeId,
         partition: PartitionId,
         after: Option<Vec<u8>>,
-        limit: u32,
+        budget: Budget,
     ) -> Result<PartitionPage, PeerError> {
         let store = self.enter("stream_partition", from).await?;
-        let page =
-            store.scan_partition(partition, after.as_deref(), limit as usize).map_err(remote)?;
-        let done = page.len() < limit as usize;
+        let (page, done) =
+            store.partition_page(partition, after.as_deref(), budget).map_err(remote)?;
         let mut entries = Vec::with_capacity(page.len());
         for (key, bytes) in page {
             let clock =

@@ -17,6 +17,7 @@ use crate::net::{
     PeerIdentity, PutOutcome, Replicas,
 };
 use crate::ring::{NodeId, PartitionId};
+use crate::storage::Budget;
 use crate::version::Clock;
 
 /// The peers this node is cut off from, in both directions.
@@ -176,10 +177,10 @@ impl<N: PartitionSource> PartitionSource for Faulty<N> {
         from: &NodeId,
         partition: PartitionId,
         after: Option<Vec<u8>>,
-        limit: u32,
+        budget: Budget,
     ) -> Result<PartitionPage, PeerError> {
         self.check(from)?;
-        self.inner.stream_partition(from, partition, after, limit).await
+        self.inner.stream_partition(from, partition, after, budget).await
     }
 }
 

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use super::{Engine, Keyspace, WriteOp};
+use super::{Budget, Engine, Keyspace, WriteOp};
 use crate::error::{Error, Result};
 use crate::merkle::{self, Hash, MerkleTree, TreeShape};
 use crate::ring::{NodeId, PartitionId};
@@ -80,6 +80,34 @@ pub struct Store {
     trees: Vec<Mutex<MerkleTree>>,
     /// Hints per target node, kept in step with the hint keyspace.
     hint_stats: Mutex<BTreeMap<NodeId, HintStats>>,
+    /// What a replica merge may leave in one key.
+    caps: MergeCaps,
+}
+
+/// The most a replica merge may leave in one key. A client write is checked against the
+/// sibling and object limits by its coordinator, but writes through different coordinators can
+/// each pass and then meet in a merge, so merges get more room (4x the limits); past that (only
+/// reachable by hostile replication or a long partition), the merge is refused with an error and
+/// the key keeps a readable version on every replica, to be resolved by a client write. A merge
+/// never produces an object the decoder or one message cannot hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeCaps {
+    pub siblings: usize,
+    /// Encoded bytes of the merged version.
+    pub bytes: usize,
+}
+
+impl MergeCaps {
+    /// 4x the client limits, within the decoder's limits and half the message limit.
+    pub fn from_limits(limits: &crate::config::Limits) -> MergeCaps {
+        MergeCaps {
+            siblings: limits.max_siblings.saturating_mul(4).min(crate::version::MAX_VALUES),
+            bytes: limits
+                .max_object_bytes
+                .saturating_mul(4)
+                .min(dynamo_api::contract::MAX_MESSAGE_BYTES / 2),
+        }
+    }
 }
 
 fn storage(e: super::StorageError) -> Error {
@@ -143,6 +171,7 @@ impl Store {
             actor,
             trees: (0..partitions).map(|_| Mutex::new(MerkleTree::new(TREE_SHAPE))).collect(),
             hint_stats: Mutex::new(BTreeMap::new()),
+            caps: MergeCaps::from_limits(&crate::config::Limits::default()),
         };
         store.load()?;
         Ok(store)
@@ -152,8 +181,10 @@ impl Store {
     fn load(&self) -> Result<()> {
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page =
-                self.engine.scan(Keyspace::Data, b"", after.as_deref(), 1024).map_err(storage)?;
+            let page = self
+                .engine
+                .scan(Keyspace::Data, b"", after.as_deref(), Budget::items(1024))
+                .map_err(storage)?;
             let Some(last) = page.last() else { break };
             after = Some(last.0.clone());
             for (k, v) in &page {
@@ -167,8 +198,10 @@ impl Store {
         let mut stats = lock(&self.hint_stats)?;
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page =
-                self.engine.scan(Keyspace::Hints, b"", after.as_deref(), 1024).map_err(storage)?;
+            let page = self
+                .engine
+                .scan(Keyspace::Hints, b"", after.as_deref(), Budget::items(1024))
+                .map_err(storage)?;
             let Some(last) = page.last() else { break };
             after = Some(last.0.clone());
             for (k, v) in &page {
@@ -180,6 +213,12 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Sets what a replica merge may leave in one key (from the node's limits).
+    pub fn with_merge_caps(mut self, caps: MergeCaps) -> Store {
+        self.caps = caps;
+        self
     }
 
     /// The actor id under which this node creates versions.
@@ -214,7 +253,17 @@ impl Store {
         clock: &Clock,
         old: Option<Hash>,
     ) -> Result<()> {
-        let bytes = clock.encode();
+        self.write_encoded(partition, key, clock.encode(), old)
+    }
+
+    /// [`Store::write`] of a clock already encoded.
+    fn write_encoded(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        bytes: Vec<u8>,
+        old: Option<Hash>,
+    ) -> Result<()> {
         let new = merkle::version_digest(&bytes);
         self.engine
             .write(vec![WriteOp::Put {
@@ -235,15 +284,35 @@ impl Store {
     }
 
     /// Merges a version received from another node into this replica; returns the result.
-    /// Writes only when something changed.
+    /// Writes only when something changed. A merge that would grow the key past the
+    /// [`MergeCaps`] is refused (nothing written); one that just takes the incoming version
+    /// (this replica had nothing newer) is not, so what exists elsewhere can always be copied.
     pub fn merge(&self, partition: PartitionId, key: &[u8], incoming: &Clock) -> Result<Clock> {
         let _guard = lock(self.stripe(key))?;
         let (local, old) = self.read(partition, key)?;
         let merged = local.sync(incoming);
         if merged != local {
-            self.write(partition, key, &merged, old)?;
+            let bytes = merged.encode();
+            if merged != *incoming {
+                self.check_caps(&merged, bytes.len())?;
+            }
+            self.write_encoded(partition, key, bytes, old)?;
         }
         Ok(merged)
+    }
+
+    fn check_caps(&self, merged: &Clock, encoded: usize) -> Result<()> {
+        let caps = self.caps;
+        if merged.sibling_count() > caps.siblings {
+            return Err(Error::TooManySiblings {
+                siblings: merged.sibling_count(),
+                max: caps.siblings,
+            });
+        }
+        if encoded > caps.bytes {
+            return Err(Error::ObjectTooLarge { bytes: encoded, max: caps.bytes });
+        }
+        Ok(())
     }
 
     /// Read-modify-write of one key: `f` gets the local clock and returns the new one (or an
@@ -286,7 +355,7 @@ impl Store {
         loop {
             let page = self
                 .engine
-                .scan(Keyspace::Data, &prefix, after.as_deref(), 1024)
+                .scan(Keyspace::Data, &prefix, after.as_deref(), Budget::items(1024))
                 .map_err(storage)?;
             let Some(last) = page.last() else { break };
             after = Some(last.0.clone());
@@ -383,7 +452,7 @@ impl Store {
         let after = after.map(|(p, k)| hint_key(target, p, k));
         let page = self
             .engine
-            .scan(Keyspace::Hints, &hint_prefix(target), after.as_deref(), limit)
+            .scan(Keyspace::Hints, &hint_prefix(target), after.as_deref(), Budget::items(limit))
             .map_err(storage)?;
         let mut out = Vec::with_capacity(page.len());
         for (k, v) in page {
@@ -446,18 +515,37 @@ impl Store {
             .map_err(storage)
     }
 
-    /// Up to `limit` replicas of a partition after `after`, in key order, as (key, clock).
+    /// The replicas of a partition after `after`, in key order, as (key, clock), as many as
+    /// `budget` admits (at least one when there is one).
     pub fn scan_partition(
         &self,
         partition: PartitionId,
         after: Option<&[u8]>,
-        limit: usize,
+        budget: Budget,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let prefix = partition.to_be_bytes();
         let after = after.map(|k| data_key(partition, k));
         let page =
-            self.engine.scan(Keyspace::Data, &prefix, after.as_deref(), limit).map_err(storage)?;
+            self.engine.scan(Keyspace::Data, &prefix, after.as_deref(), budget).map_err(storage)?;
         Ok(page.into_iter().map(|(k, v)| (k[4..].to_vec(), v)).collect())
+    }
+
+    /// One page of a partition for a transfer: what `budget` admits after `after`, and whether
+    /// it is the last page (nothing follows it).
+    pub fn partition_page(
+        &self,
+        partition: PartitionId,
+        after: Option<&[u8]>,
+        budget: Budget,
+    ) -> Result<(super::Entries, bool)> {
+        let page = self.scan_partition(partition, after, budget)?;
+        let done = match page.last() {
+            None => true,
+            Some((last, _)) => {
+                self.scan_partition(partition, Some(last), Budget::items(1))?.is_empty()
+            }
+        };
+        Ok((page, done))
     }
 
     /// Deletes this node's copy of every key of `partition` (one it no longer replicates),
@@ -466,7 +554,7 @@ impl Store {
         let mut removed = 0;
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page = self.scan_partition(partition, after.as_deref(), 256)?;
+            let page = self.scan_partition(partition, after.as_deref(), Budget::items(256))?;
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
             for (key, _) in page {
@@ -490,7 +578,7 @@ impl Store {
 
     /// Whether this node holds any key of `partition`.
     pub fn holds(&self, partition: PartitionId) -> Result<bool> {
-        Ok(!self.scan_partition(partition, None, 1)?.is_empty())
+        Ok(!self.scan_partition(partition, None, Budget::items(1))?.is_empty())
     }
 
     /// Estimated number of keys held (replicas only, not hints).
@@ -535,6 +623,70 @@ mod tests {
         assert_eq!(store.get(3, b"k1").unwrap().live_values().len(), 1);
         assert_eq!(store.with_tree(3, |t| t.root()).unwrap(), kept_root_before);
         assert_eq!(store.drop_partition(2).unwrap(), 0);
+    }
+
+    #[test]
+    fn partition_pages_are_cut_at_their_byte_budget_and_end_exactly() {
+        let store = Store::open(Arc::new(MemoryEngine::default()), 8).unwrap();
+        // 10 values of 100 KiB: one 256-key page would be 1 MB.
+        let big =
+            Clock::new().update(&VersionVector::default(), Value::Data(vec![7; 100 << 10]), 7);
+        for i in 0..10 {
+            store.merge(1, format!("k{i}").as_bytes(), &big).unwrap();
+        }
+        let budget = Budget { items: 256, bytes: 350 << 10 };
+        let (mut after, mut pages, mut keys) = (None::<Vec<u8>>, 0, 0);
+        loop {
+            let (page, done) = store.partition_page(1, after.as_deref(), budget).unwrap();
+            let bytes: usize = page.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+            assert!(page.len() == 1 || bytes <= budget.bytes, "page of {bytes} bytes");
+            pages += 1;
+            keys += page.len();
+            after = page.last().map(|(k, _)| k.clone());
+            if done {
+                break;
+            }
+        }
+        assert_eq!((keys, pages), (10, 4), "3 values per page, and no empty last page");
+        // A value over the budget still moves, one per page.
+        let tiny = Budget { items: 256, bytes: 1 };
+        let (page, done) = store.partition_page(1, None, tiny).unwrap();
+        assert_eq!((page.len(), done), (1, false));
+        assert_eq!(store.partition_page(2, None, tiny).unwrap(), (vec![], true));
+    }
+
+    #[test]
+    fn a_replica_merge_past_the_caps_is_refused_and_the_key_stays_readable() {
+        let caps = MergeCaps { siblings: 4, bytes: 1 << 20 };
+        let store =
+            Store::open(Arc::new(MemoryEngine::default()), 8).unwrap().with_merge_caps(caps);
+        let siblings = |actor, n: usize| {
+            (0..n).fold(Clock::new(), |c, i| {
+                c.update(&VersionVector::default(), Value::Data(vec![i as u8; 10]), actor)
+            })
+        };
+        let (a, b) = (siblings(1, 3), siblings(2, 3));
+        assert_eq!(a.sibling_count(), 3);
+        store.merge(1, b"k", &a).unwrap();
+        // Together they would hold 6 concurrent values: refused, nothing written.
+        let err = store.merge(1, b"k", &b).unwrap_err();
+        assert!(matches!(err, Error::TooManySiblings { siblings: 6, max: 4 }), "{err}");
+        assert_eq!(store.get(1, b"k").unwrap(), a, "the key keeps a readable version");
+        // An object over the caps that exists elsewhere is still copied to an empty replica.
+        let five = siblings(3, 5);
+        assert_eq!(store.merge(1, b"other", &five).unwrap(), five);
+        // Bytes: two concurrent 600 KiB values exceed 1 MiB together.
+        let big = |actor| {
+            Clock::new().update(&VersionVector::default(), Value::Data(vec![0; 600 << 10]), actor)
+        };
+        store.merge(2, b"big", &big(1)).unwrap();
+        let err = store.merge(2, b"big", &big(2)).unwrap_err();
+        assert!(matches!(err, Error::ObjectTooLarge { max, .. } if max == 1 << 20), "{err}");
+        assert_eq!(store.get(2, b"big").unwrap().sibling_count(), 1);
+        // The defaults keep every merge decodable and within one message.
+        let caps = MergeCaps::from_limits(&crate::config::Limits::default());
+        assert!(caps.siblings <= crate::version::MAX_VALUES);
+        assert!(caps.bytes <= dynamo_api::contract::MAX_MESSAGE_BYTES / 2);
     }
 
     #[test]
