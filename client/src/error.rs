@@ -294,7 +294,12 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let channel = contract::channel(&address, Duration::from_secs(2)).unwrap();
+        let channel = contract::channel(
+            &address,
+            Duration::from_secs(2),
+            &dynamo_api::security::Credentials::insecure(),
+        )
+        .unwrap();
         let mut client = dynamo_api::pb::client::client_client::ClientClient::new(channel);
         let status = client.get(dynamo_api::pb::client::GetRequest::default()).await.unwrap_err();
         let failure = Failure::of(&status, &address, Duration::from_secs(2));

@@ -38,24 +38,17 @@ impl tonic::service::Interceptor for Bearer {
 }
 
 /// A lazily connected channel to `address` (HOST:PORT) with `credentials` (TLS unless they
-/// have no CA) and the connection settings every caller of a node uses: connect timeout,
-/// per-call `timeout`, no Nagle delay, HTTP/2 keep-alive. No I/O: it connects on first use.
+/// have no CA) and the connection settings every caller of a node uses
+/// ([`contract::channel`]). No I/O: it connects on first use. The token is not added here:
+/// the client's calls carry it through an interceptor, raw gRPC calls with
+/// [`Credentials::authorize`].
 pub fn channel(
     address: &str,
     timeout: Duration,
     credentials: &Credentials,
 ) -> Result<Channel, ClientError> {
-    let endpoint = credentials.endpoint(address).map_err(|e| ClientError::Connect {
-        endpoint: address.to_string(),
-        cause: format!("'{address}' is not a valid address: {e}"),
-    })?;
-    Ok(endpoint
-        .connect_timeout(contract::CONNECT_TIMEOUT)
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+    contract::channel(address, timeout, credentials)
+        .map_err(|cause| ClientError::Connect { endpoint: address.to_string(), cause })
 }
 
 /// The settings shared by every channel of one client.

@@ -456,13 +456,6 @@ pub(crate) mod tests {
             )))
         }
 
-        async fn ring(
-            &self,
-            _: tonic::Request<proto::RingRequest>,
-        ) -> Result<tonic::Response<proto::RingResponse>, tonic::Status> {
-            Err(tonic::Status::unimplemented("not used by the operator"))
-        }
-
         async fn decommission(
             &self,
             request: tonic::Request<proto::DecommissionRequest>,
