@@ -23,24 +23,50 @@ pub struct ConnectArgs {
     #[arg(long, global = true, env = "DYNAMO_CA_CERT", value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
     /// A client certificate issued by the cluster CA (PEM; its role decides what it may do).
-    #[arg(long, global = true, env = "DYNAMO_CERT", value_name = "FILE", requires = "key")]
+    #[arg(
+        id = "client_cert",
+        long = "cert",
+        global = true,
+        env = "DYNAMO_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
     pub cert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
-    #[arg(long, global = true, env = "DYNAMO_KEY", value_name = "FILE", requires = "cert")]
+    #[arg(
+        id = "client_key",
+        long = "key",
+        global = true,
+        env = "DYNAMO_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
     pub key: Option<PathBuf>,
     /// A bearer token (its role, read, readwrite or admin, decides what it may do).
     #[arg(long, global = true, env = "DYNAMO_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Talk plaintext, without credentials: only to a `dynamo-node --dev --insecure` cluster.
-    #[arg(long, global = true, env = "DYNAMO_INSECURE")]
+    /// Talk plaintext, without credentials: only to a `dynamo-node --dev --insecure` cluster
+    /// (env DYNAMO_INSECURE=true). `dev up --insecure`: start such a cluster.
+    // Not clap's `env`: the variable must not turn `dev up` into a plaintext cluster.
+    #[arg(long, global = true)]
     pub insecure: bool,
+}
+
+/// The environment variable that asks for plaintext, like --insecure.
+pub const INSECURE_ENV: &str = "DYNAMO_INSECURE";
+
+/// Whether DYNAMO_INSECURE is set to a true value (true, 1, yes, on).
+fn insecure_from_env() -> bool {
+    std::env::var(INSECURE_ENV).is_ok_and(|v| {
+        matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on")
+    })
 }
 
 impl ConnectArgs {
     /// The credentials the flags describe. Without a CA certificate and without --insecure,
     /// an error that names both.
     pub fn credentials(&self) -> Result<Credentials, String> {
-        if self.insecure {
+        if self.insecure || insecure_from_env() {
             for (flag, given) in [
                 ("--ca-cert (DYNAMO_CA_CERT)", self.ca_cert.is_some()),
                 ("--cert (DYNAMO_CERT)", self.cert.is_some()),

@@ -40,9 +40,10 @@ pub struct DevUpArgs {
     /// The dynamo-node binary (default: next to dynamoctl, then $PATH).
     #[arg(long, env = "DYNAMO_NODE_BIN")]
     pub node_bin: Option<PathBuf>,
-    /// Run plaintext nodes without authentication (`dynamo-node --dev --insecure`): anyone
-    /// who reaches the ports can read, write and administer the cluster.
-    #[arg(long)]
+    /// Set from the global `--insecure` (the command line only, never DYNAMO_INSECURE): run
+    /// plaintext nodes without authentication (`dynamo-node --dev --insecure`); anyone who
+    /// reaches the ports can read, write and administer the cluster.
+    #[arg(skip)]
     pub insecure: bool,
 }
 

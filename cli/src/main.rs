@@ -141,7 +141,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Decommission(args) => admin::decommission(&client()?, args).await,
         Command::Repair { partition, output } => admin::repair(&client()?, partition, output).await,
         Command::Bench(args) => bench::run(args, connect, timeout, cli.partition_aware).await,
-        Command::Dev { command: DevCommand::Up(args) } => dev::up(args).await,
+        Command::Dev { command: DevCommand::Up(args) } => {
+            dev::up(dev::DevUpArgs { insecure: connect.insecure, ..args }).await
+        }
         Command::Token { command } => token::run(command),
     }
 }

@@ -97,11 +97,25 @@ fn node_help_documents_every_flag() {
 fn node_refuses_bad_settings_with_the_setting_named() {
     let cases: &[(&[&str], &str)] = &[
         (&["--engine", "memory"], "id: is required"),
-        (&["--id", "a", "--engine", "memory", "--listen", "nope"], "listen:"),
-        (&["--id", "a"], "data-dir:"),
-        (&["--id", "a", "--engine", "memory", "--n", "1", "--r", "2"], "r=2 must be in 1..=1"),
-        (&["--id", "a", "--engine", "memory", "--seeds", "no-port"], "seeds:"),
-        (&["--id", "a", "--engine", "memory", "--partitions", "100"], "not a power of two"),
+        (&["--id", "a", "--engine", "memory"], "tls.ca_cert: is required"),
+        (&["--id", "a", "--engine", "memory", "--insecure"], "insecure:"),
+        (
+            &["--id", "a", "--engine", "memory", "--dev", "--insecure", "--listen", "nope"],
+            "listen:",
+        ),
+        (&["--id", "a", "--dev", "--insecure"], "data-dir:"),
+        (
+            &["--id", "a", "--engine", "memory", "--dev", "--insecure", "--n", "1", "--r", "2"],
+            "r=2 must be in 1..=1",
+        ),
+        (
+            &["--id", "a", "--engine", "memory", "--dev", "--insecure", "--seeds", "no-port"],
+            "seeds:",
+        ),
+        (
+            &["--id", "a", "--engine", "memory", "--dev", "--insecure", "--partitions", "100"],
+            "not a power of two",
+        ),
     ];
     for (args, expected) in cases {
         let (code, _, err) = run(&NODE, args);
