@@ -58,6 +58,9 @@ pub struct ClusterOptions {
     pub cleanup_after_ms: u64,
     /// TLS, certificates and tokens (the default); false: `--dev --insecure` plaintext nodes.
     pub tls: bool,
+    /// The nodes' test-only fault switch (`SetFaults`), which [`Cluster::partition`] needs;
+    /// on by default here.
+    pub fault_injection: bool,
 }
 
 impl Default for ClusterOptions {
@@ -75,6 +78,7 @@ impl Default for ClusterOptions {
             transfer_keys_per_sec: 0,
             cleanup_after_ms: 0,
             tls: true,
+            fault_injection: true,
         }
     }
 }
@@ -211,7 +215,7 @@ impl Cluster {
             data_dir: Some(node_dir.join("data")),
             engine: EngineKind::Rocksdb,
             request_timeout_ms: opts.timeout_ms,
-            fault_injection: true,
+            fault_injection: opts.fault_injection,
             cluster: ClusterConfig {
                 name: "test".into(),
                 secret: self.secret.clone(),
