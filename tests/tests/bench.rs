@@ -132,3 +132,90 @@ async fn bench_runs_every_workload_without_errors() {
     assert!(text.contains(", 0 errors"), "{text}");
     assert!(text.contains("p99.9 ms"), "{text}");
 }
+
+/// Runs `dynamoctl bench <args> -o json` against a 3-node cluster started with `opts` (every
+/// node as an endpoint, admin credentials), then stops the cluster.
+async fn bench_cluster(opts: ClusterOptions, args: &[&str]) -> Value {
+    let cluster = Cluster::start(opts).await.unwrap();
+    let endpoints: Vec<&str> = cluster.nodes.iter().map(|n| n.address.as_str()).collect();
+    let endpoints = endpoints.join(",");
+    let mut all = vec!["--endpoints", &endpoints];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", "json"]);
+    let out = bench(&cluster.dynamoctl_args(0), &all).await;
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// The same bench against a TLS cluster, then (the first one stopped, so they do not share
+/// the CPU) against a `--dev --insecure` one: the two reports.
+async fn tls_and_insecure(opts: ClusterOptions, args: &[&str]) -> (Value, Value) {
+    let tls = bench_cluster(ClusterOptions { tls: true, ..opts.clone() }, args).await;
+    let insecure = bench_cluster(ClusterOptions { tls: false, ..opts }, args).await;
+    (tls, insecure)
+}
+
+/// One line per run: throughput and latency on both clusters, and TLS's share of the
+/// insecure throughput.
+fn comparison(tls: &Value, insecure: &Value) -> String {
+    let mut out = String::from(
+        "workload  conc   TLS ops/s  p50 ms  p99 ms | insecure ops/s  p50 ms  p99 ms | TLS/insecure\n",
+    );
+    let runs = |doc: &Value| doc["runs"].as_array().cloned().unwrap_or_default();
+    let latency = |run: &Value, q: &str| {
+        // The slowest operation kind of the run at this quantile (reads and writes differ).
+        run["operations"]
+            .as_object()
+            .map(|ops| ops.values().filter_map(|op| op["latency_us"][q].as_u64()).max())
+            .unwrap_or_default()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    for (a, b) in runs(tls).iter().zip(runs(insecure).iter()) {
+        let (ta, tb) = (a["ops_per_s"].as_f64().unwrap(), b["ops_per_s"].as_f64().unwrap());
+        out.push_str(&format!(
+            "{:<9} {:>4} {:>11.0} {:>7.2} {:>7.2} | {:>14.0} {:>7.2} {:>7.2} | {:>11.2}\n",
+            a["workload"].as_str().unwrap_or("?"),
+            a["concurrency"],
+            ta,
+            latency(a, "p50"),
+            latency(a, "p99"),
+            tb,
+            latency(b, "p50"),
+            latency(b, "p99"),
+            ta / tb
+        ));
+    }
+    out
+}
+
+#[tokio::test]
+async fn bench_runs_against_a_tls_and_an_insecure_cluster_in_one_run() {
+    let args = ["--records", "100", "--workload", "a", "--concurrency", "4", "--ops", "100"];
+    let (tls, insecure) = tls_and_insecure(ClusterOptions::default(), &args).await;
+    assert_eq!(tls["tls"], true, "{tls}");
+    assert_eq!(insecure["tls"], false, "{insecure}");
+    for doc in [&tls, &insecure] {
+        check_phase(&doc["load"], 100);
+        check_phase(&doc["runs"][0], 100);
+    }
+    let table = comparison(&tls, &insecure);
+    assert_eq!(table.lines().count(), 2, "{table}");
+    eprintln!("{table}");
+}
+
+/// The measurement behind the README's TLS figure (run by hand on a quiet machine, not in CI):
+/// `DYNAMO_BENCH_ARGS="--records 20000 --workload a,c --concurrency 1,16 --duration-s 10"
+/// cargo test -p dynamo-tests --test bench -- --ignored --nocapture tls_overhead`.
+/// 256 partitions, as `dynamoctl dev up` has.
+#[tokio::test]
+#[ignore = "a measurement: run by hand on a quiet machine"]
+async fn tls_overhead() {
+    let args = std::env::var("DYNAMO_BENCH_ARGS").unwrap_or_else(|_| {
+        "--records 20000 --workload a,c --concurrency 1,16 --duration-s 10".into()
+    });
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let opts = ClusterOptions { partitions: 256, ..ClusterOptions::default() };
+    let (tls, insecure) = tls_and_insecure(opts, &args).await;
+    println!("dynamoctl bench {}\n{}", args.join(" "), comparison(&tls, &insecure));
+    println!("TLS report: {tls}\ninsecure report: {insecure}");
+}
