@@ -53,6 +53,46 @@ const ADMIN_TOKEN: &str = "admin";
 /// The folder under the data directory holding the CA, certificates and tokens.
 const TLS_DIR: &str = "tls";
 
+/// Arguments of `dynamoctl dev cert`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevCertArgs {
+    /// The new node's id (the certificate's name).
+    pub id: String,
+    /// The dev cluster's folder (as given to `dev up`).
+    #[arg(long, default_value = "dynamo-dev")]
+    pub data_dir: PathBuf,
+    /// IP addresses the node serves on besides 127.0.0.1.
+    #[arg(long, value_delimiter = ',')]
+    pub ip: Vec<std::net::IpAddr>,
+}
+
+/// Runs `dynamoctl dev cert`: issues a node certificate from a dev cluster's CA and prints the
+/// `dynamo-node` flags that use it (TLS files and the tokens file), for a node joining it.
+pub fn cert(args: DevCertArgs) -> Result<(), String> {
+    let tls_dir = args.data_dir.join(TLS_DIR);
+    if !tls_dir.join(pki::CA_CERT_FILE).exists() {
+        return Err(format!(
+            "{} holds no dev cluster CA: start the cluster with `dynamoctl dev up --data-dir {}` \
+             first",
+            tls_dir.display(),
+            args.data_dir.display()
+        ));
+    }
+    let tls_dir = std::fs::canonicalize(&tls_dir)
+        .map_err(|e| format!("cannot resolve {}: {e}", tls_dir.display()))?;
+    let pki = LocalPki::open_or_create(&tls_dir, "dev").map_err(|e| e.to_string())?;
+    let tls = pki.issue_node(&args.id, &args.ip).map_err(|e| e.to_string())?;
+    let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
+    println!(
+        "--tls-ca-cert {} --tls-cert {} --tls-key {} --tokens-file {}",
+        path(tls.ca_cert),
+        path(tls.cert),
+        path(tls.key),
+        pki.tokens_path().display()
+    );
+    Ok(())
+}
+
 /// What a dev folder was created with; a restart must match it, since the ring depends on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct DevState {

@@ -99,6 +99,9 @@ pub enum Command {
 pub enum DevCommand {
     /// Start a local cluster of real dynamo-node processes in the foreground; Ctrl-C stops it.
     Up(dev::DevUpArgs),
+    /// Issue a node certificate from a dev cluster's CA (for a node joining it by hand); prints
+    /// the dynamo-node flags that use it.
+    Cert(dev::DevCertArgs),
 }
 
 fn main() -> ExitCode {
@@ -144,6 +147,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Dev { command: DevCommand::Up(args) } => {
             dev::up(dev::DevUpArgs { insecure: connect.insecure, ..args }).await
         }
+        Command::Dev { command: DevCommand::Cert(args) } => dev::cert(args),
         Command::Token { command } => token::run(command),
     }
 }
