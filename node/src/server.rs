@@ -135,19 +135,22 @@ async fn serve<N: Net>(
         };
         Ok(builder.layer(AuthLayer(policy.clone())))
     };
+    let limits = RequestLimits::of(config);
     // Client port: the client API (and health).
     let client_router = builder()?.add_service(health_service.clone()).add_service(
         ClientServer::new(ClientService(shared.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(limits.client)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
     // Peer port: internode and admin APIs (and health).
     let internode = InternodeServer::new(InternodeService(shared.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(limits.internode)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let peer_router = builder()?
-        .add_service(health_service.clone())
-        .add_service(AdminServer::new(AdminService(shared)));
+    let peer_router = builder()?.add_service(health_service.clone()).add_service(
+        AdminServer::new(AdminService(shared))
+            .max_decoding_message_size(limits.admin)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    );
     let peer_router = match &node.faults {
         // Incoming calls from peers cut off by the fault switch are refused before any handler.
         Some(switch) => {
@@ -194,6 +197,33 @@ async fn serve<N: Net>(
     health?;
     tracing::info!(node = %node.me, "stopped");
     Ok(())
+}
+
+/// The largest request each API accepts, from the node's limits. A larger one is refused
+/// (`OUT_OF_RANGE`, naming the limit) from its length prefix, before anything is allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// A put: one value, its key and its context.
+    pub client: usize,
+    /// A replicated version (up to the merge caps), or a forwarded put.
+    pub internode: usize,
+    /// Admin requests are small.
+    pub admin: usize,
+}
+
+/// Room for a key's context and the message framing.
+const REQUEST_OVERHEAD: usize = 64 << 10;
+
+impl RequestLimits {
+    pub fn of(config: &NodeConfig) -> RequestLimits {
+        let l = &config.limits;
+        RequestLimits {
+            client: l.max_value_bytes + l.max_key_bytes + REQUEST_OVERHEAD,
+            internode: (MergeCaps::from_limits(l).bytes + l.max_key_bytes + REQUEST_OVERHEAD)
+                .min(MAX_MESSAGE_BYTES),
+            admin: REQUEST_OVERHEAD,
+        }
+    }
 }
 
 async fn listen(address: &str) -> Result<TcpListener, StartError> {

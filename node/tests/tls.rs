@@ -187,6 +187,14 @@ async fn each_port_accepts_exactly_the_credentials_its_methods_need() {
         code(node.client(&peer_cert).put(request(&peer_cert, put("k", "x"))).await),
         Code::PermissionDenied
     );
+    // A value over the limit is refused by the coordinator; one far over it, from its length
+    // alone.
+    let over = |bytes| PutRequest { value: vec![0; bytes], ..put("k", "") };
+    let refused = node.client(&rw).put(request(&rw, over((1 << 20) + 1))).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{}", refused.message());
+    let refused = node.client(&rw).put(request(&rw, over(3 << 20))).await.unwrap_err();
+    assert_eq!(refused.code(), Code::OutOfRange, "{}", refused.message());
+    assert!(refused.message().contains("too large"), "{}", refused.message());
     assert_eq!(value_of(&node, "k").await, vec![b"v1".to_vec()], "nothing refused was written");
 
     // Peer port, admin API.

@@ -342,31 +342,46 @@ impl Store {
         Ok(f(&mut *lock(tree)?))
     }
 
-    /// The (key, version digest) items of a partition whose keys fall in `leaves`.
+    /// The (key, version digest) items of a partition whose keys fall in `leaves`, in key
+    /// order, strictly after `after` and up to `upto` (inclusive) when given, as many as
+    /// `budget` admits (counting each item's key and digest); and whether the range was
+    /// exhausted (nothing in it follows the items returned).
     pub fn items_in_leaves(
         &self,
         partition: PartitionId,
         leaves: &[u32],
-    ) -> Result<Vec<(Vec<u8>, Hash)>> {
+        after: Option<&[u8]>,
+        upto: Option<&[u8]>,
+        budget: Budget,
+    ) -> Result<(Vec<(Vec<u8>, Hash)>, bool)> {
         let wanted: HashSet<u32> = leaves.iter().copied().collect();
         let prefix = partition.to_be_bytes();
         let mut out = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
+        let mut used = 0;
+        let mut after: Option<Vec<u8>> = after.map(|k| data_key(partition, k));
         loop {
             let page = self
                 .engine
                 .scan(Keyspace::Data, &prefix, after.as_deref(), Budget::items(1024))
                 .map_err(storage)?;
-            let Some(last) = page.last() else { break };
+            let Some(last) = page.last() else { return Ok((out, true)) };
             after = Some(last.0.clone());
             for (k, v) in page {
                 let key = &k[4..];
-                if wanted.contains(&TREE_SHAPE.leaf_of(key)) {
-                    out.push((key.to_vec(), merkle::version_digest(&v)));
+                if upto.is_some_and(|u| key > u) {
+                    return Ok((out, true));
                 }
+                if !wanted.contains(&TREE_SHAPE.leaf_of(key)) {
+                    continue;
+                }
+                let size = key.len() + 32;
+                if !budget.admits(out.len(), used, size) {
+                    return Ok((out, false));
+                }
+                used += size;
+                out.push((key.to_vec(), merkle::version_digest(&v)));
             }
         }
-        Ok(out)
     }
 
     /// Keeps a write meant for `target` (sloppy quorum), merged with any hint already held.
@@ -727,9 +742,32 @@ mod tests {
         assert_eq!(reopened.with_tree(2, |t| t.root()).unwrap(), root);
         assert_eq!(reopened.with_tree(3, |t| t.root()).unwrap(), empty);
         let leaf = TREE_SHAPE.leaf_of(b"k7");
-        let items = store.items_in_leaves(2, &[leaf]).unwrap();
+        let all = Budget { items: usize::MAX, bytes: usize::MAX };
+        let (items, done) = store.items_in_leaves(2, &[leaf], None, None, all).unwrap();
+        assert!(done);
         assert!(items.iter().any(|(k, _)| k == b"k7"));
         assert!(items.iter().all(|(k, _)| TREE_SHAPE.leaf_of(k) == leaf));
+        // Paged by bytes (each item: key + 32-byte digest), the pages add up to the whole.
+        let every_leaf: Vec<u32> = (0..TREE_SHAPE.level_len(TREE_SHAPE.depth)).collect();
+        let (whole, _) = store.items_in_leaves(2, &every_leaf, None, None, all).unwrap();
+        assert_eq!(whole.len(), 50);
+        let small = Budget { items: usize::MAX, bytes: 100 };
+        let (mut paged, mut after) = (Vec::new(), None::<Vec<u8>>);
+        loop {
+            let (page, done) =
+                store.items_in_leaves(2, &every_leaf, after.as_deref(), None, small).unwrap();
+            assert!(!page.is_empty() && page.len() <= 3, "{} items", page.len());
+            after = page.last().map(|(k, _)| k.clone());
+            paged.extend(page);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(paged, whole);
+        // A range ends at `upto`, inclusive.
+        let (upto, done) =
+            store.items_in_leaves(2, &every_leaf, None, Some(&whole[9].0), all).unwrap();
+        assert_eq!((upto.as_slice(), done), (&whole[..10], true));
     }
 
     #[test]
