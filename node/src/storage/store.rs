@@ -110,6 +110,9 @@ impl MergeCaps {
     }
 }
 
+/// (key, version digest) items, in key order.
+pub type Items = Vec<(Vec<u8>, Hash)>;
+
 fn storage(e: super::StorageError) -> Error {
     Error::Storage(e.0)
 }
@@ -353,7 +356,7 @@ impl Store {
         after: Option<&[u8]>,
         upto: Option<&[u8]>,
         budget: Budget,
-    ) -> Result<(Vec<(Vec<u8>, Hash)>, bool)> {
+    ) -> Result<(Items, bool)> {
         let wanted: HashSet<u32> = leaves.iter().copied().collect();
         let prefix = partition.to_be_bytes();
         let mut out = Vec::new();
