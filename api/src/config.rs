@@ -194,6 +194,13 @@ pub struct BackgroundConfig {
     /// whatever its size), so large values move as fast in bytes as small ones. Default 4 MiB;
     /// 64 KiB to 16 MiB.
     pub page_bytes: usize,
+    /// How long a node may be down and still get hints, ms: past it, writes for it are no
+    /// longer kept by stand-ins and anti-entropy repairs it when it returns (Cassandra's
+    /// `max_hint_window`). Default 10800000 (3 hours).
+    pub hint_window_ms: u64,
+    /// Most bytes of hints a node keeps for one other node; past it, more hints for that node
+    /// are refused (the write counts only where it reached a replica). Default 1 GiB.
+    pub max_hint_bytes_per_target: u64,
     /// How long the ring must be settled before a node deletes its copies of the partitions it
     /// no longer replicates (after joins and decommissions), ms; 0 keeps them. Default 300000.
     pub cleanup_after_ms: u64,
@@ -208,6 +215,8 @@ impl Default for BackgroundConfig {
             anti_entropy_keys_per_sec: 2000,
             transfer_keys_per_sec: 5000,
             page_bytes: 4 << 20,
+            hint_window_ms: 3 * 3600 * 1000,
+            max_hint_bytes_per_target: 1 << 30,
             cleanup_after_ms: 300_000,
         }
     }

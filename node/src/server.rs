@@ -27,7 +27,7 @@ use crate::rpc::pb::internode::internode_server::InternodeServer;
 use crate::rpc::peers::{ClusterIdentity, Peers};
 use crate::rpc::service::{AdminService, ClientService, InternodeService};
 use crate::rpc::MAX_MESSAGE_BYTES;
-use crate::storage::{Engine, MemoryEngine, MergeCaps, RocksEngine, Store};
+use crate::storage::{Engine, MemoryEngine, RocksEngine, Store, StoreCaps};
 use crate::worker::Runner;
 
 /// How long workers get to stop after the server did.
@@ -62,7 +62,10 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     let store = Arc::new(
         Store::open(engine, config.cluster.partitions)
             .map_err(|e| StartError::Storage(e.to_string()))?
-            .with_merge_caps(MergeCaps::from_limits(&config.limits)),
+            .with_caps(StoreCaps {
+                hint_bytes_per_target: config.background.max_hint_bytes_per_target,
+                ..StoreCaps::from_limits(&config.limits)
+            }),
     );
     let me = NodeId(config.id.clone());
     let peers = Peers::new(
@@ -219,7 +222,7 @@ impl RequestLimits {
         let l = &config.limits;
         RequestLimits {
             client: l.max_value_bytes + l.max_key_bytes + REQUEST_OVERHEAD,
-            internode: (MergeCaps::from_limits(l).bytes + l.max_key_bytes + REQUEST_OVERHEAD)
+            internode: (StoreCaps::from_limits(l).bytes + l.max_key_bytes + REQUEST_OVERHEAD)
                 .min(MAX_MESSAGE_BYTES),
             admin: REQUEST_OVERHEAD,
         }

@@ -13,7 +13,7 @@ mod store;
 
 pub use memory::MemoryEngine;
 pub use rocks::RocksEngine;
-pub use store::{data_key, HintStats, MergeCaps, Store, TREE_SHAPE};
+pub use store::{data_key, HintStats, Store, StoreCaps, TREE_SHAPE};
 
 /// Separate key spaces (RocksDB column families).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -80,32 +80,37 @@ pub struct Store {
     trees: Vec<Mutex<MerkleTree>>,
     /// Hints per target node, kept in step with the hint keyspace.
     hint_stats: Mutex<BTreeMap<NodeId, HintStats>>,
-    /// What a replica merge may leave in one key.
-    caps: MergeCaps,
+    /// What a replica merge may leave in one key, and the hints kept for one node.
+    caps: StoreCaps,
 }
 
-/// The most a replica merge may leave in one key. A client write is checked against the
+/// What the store keeps at most: in one key after a replica merge, and in hints for one node.
+///
+/// A client write is checked against the
 /// sibling and object limits by its coordinator, but writes through different coordinators can
 /// each pass and then meet in a merge, so merges get more room (4x the limits); past that (only
 /// reachable by hostile replication or a long partition), the merge is refused with an error and
 /// the key keeps a readable version on every replica, to be resolved by a client write. A merge
 /// never produces an object the decoder or one message cannot hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MergeCaps {
+pub struct StoreCaps {
     pub siblings: usize,
     /// Encoded bytes of the merged version.
     pub bytes: usize,
+    /// Most bytes of hints kept for one node.
+    pub hint_bytes_per_target: u64,
 }
 
-impl MergeCaps {
+impl StoreCaps {
     /// 4x the client limits, within the decoder's limits and half the message limit.
-    pub fn from_limits(limits: &crate::config::Limits) -> MergeCaps {
-        MergeCaps {
+    pub fn from_limits(limits: &crate::config::Limits) -> StoreCaps {
+        StoreCaps {
             siblings: limits.max_siblings.saturating_mul(4).min(crate::version::MAX_VALUES),
             bytes: limits
                 .max_object_bytes
                 .saturating_mul(4)
                 .min(dynamo_api::contract::MAX_MESSAGE_BYTES / 2),
+            hint_bytes_per_target: 1 << 30,
         }
     }
 }
@@ -174,7 +179,7 @@ impl Store {
             actor,
             trees: (0..partitions).map(|_| Mutex::new(MerkleTree::new(TREE_SHAPE))).collect(),
             hint_stats: Mutex::new(BTreeMap::new()),
-            caps: MergeCaps::from_limits(&crate::config::Limits::default()),
+            caps: StoreCaps::from_limits(&crate::config::Limits::default()),
         };
         store.load()?;
         Ok(store)
@@ -219,7 +224,7 @@ impl Store {
     }
 
     /// Sets what a replica merge may leave in one key (from the node's limits).
-    pub fn with_merge_caps(mut self, caps: MergeCaps) -> Store {
+    pub fn with_caps(mut self, caps: StoreCaps) -> Store {
         self.caps = caps;
         self
     }
@@ -288,7 +293,7 @@ impl Store {
 
     /// Merges a version received from another node into this replica; returns the result.
     /// Writes only when something changed. A merge that would grow the key past the
-    /// [`MergeCaps`] is refused (nothing written); one that just takes the incoming version
+    /// [`StoreCaps`] is refused (nothing written); one that just takes the incoming version
     /// (this replica had nothing newer) is not, so what exists elsewhere can always be copied.
     pub fn merge(&self, partition: PartitionId, key: &[u8], incoming: &Clock) -> Result<Clock> {
         let _guard = lock(self.stripe(key))?;
@@ -404,6 +409,14 @@ impl Store {
         };
         let bytes = merged.encode();
         let (old_len, new_len) = (old.as_ref().map_or(0, Vec::len) as u64, bytes.len() as u64);
+        let held = lock(&self.hint_stats)?.get(target).map_or(0, |s| s.bytes);
+        let cap = self.caps.hint_bytes_per_target;
+        if new_len > old_len && (held + new_len).saturating_sub(old_len) > cap {
+            return Err(Error::HintRefused(format!(
+                "this node already holds {held} bytes of hints for '{target}', the most it keeps \
+                 for one node ({cap}); anti-entropy repairs it when it returns"
+            )));
+        }
         self.engine
             .write(vec![WriteOp::Put { space: Keyspace::Hints, key: hk, value: bytes }])
             .map_err(storage)?;
@@ -675,9 +688,8 @@ mod tests {
 
     #[test]
     fn a_replica_merge_past_the_caps_is_refused_and_the_key_stays_readable() {
-        let caps = MergeCaps { siblings: 4, bytes: 1 << 20 };
-        let store =
-            Store::open(Arc::new(MemoryEngine::default()), 8).unwrap().with_merge_caps(caps);
+        let caps = StoreCaps { siblings: 4, bytes: 1 << 20, hint_bytes_per_target: 1 << 20 };
+        let store = Store::open(Arc::new(MemoryEngine::default()), 8).unwrap().with_caps(caps);
         let siblings = |actor, n: usize| {
             (0..n).fold(Clock::new(), |c, i| {
                 c.update(&VersionVector::default(), Value::Data(vec![i as u8; 10]), actor)
@@ -702,9 +714,36 @@ mod tests {
         assert!(matches!(err, Error::ObjectTooLarge { max, .. } if max == 1 << 20), "{err}");
         assert_eq!(store.get(2, b"big").unwrap().sibling_count(), 1);
         // The defaults keep every merge decodable and within one message.
-        let caps = MergeCaps::from_limits(&crate::config::Limits::default());
+        let caps = StoreCaps::from_limits(&crate::config::Limits::default());
         assert!(caps.siblings <= crate::version::MAX_VALUES);
         assert!(caps.bytes <= dynamo_api::contract::MAX_MESSAGE_BYTES / 2);
+    }
+
+    #[test]
+    fn hints_for_one_node_stop_at_the_cap_and_room_returns_as_they_are_delivered() {
+        let cap = StoreCaps {
+            hint_bytes_per_target: 1000,
+            ..StoreCaps::from_limits(&Default::default())
+        };
+        let store = Store::open(Arc::new(MemoryEngine::default()), 8).unwrap().with_caps(cap);
+        let (t, other) = (NodeId("t".into()), NodeId("u".into()));
+        let v = Clock::new().update(&VersionVector::default(), Value::Data(vec![1; 300]), 7);
+        let mut kept = 0;
+        let err = loop {
+            match store.store_hint(&t, 1, format!("k{kept}").as_bytes(), &v) {
+                Ok(()) => kept += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(kept, 3, "3 hints of ~300 bytes fit in 1000");
+        assert!(matches!(err, Error::HintRefused(_)), "{err}");
+        assert!(store.hint_stats()[&t].bytes <= 1000);
+        // Another target has its own room; the same hint again changes nothing and is fine.
+        store.store_hint(&other, 1, b"k0", &v).unwrap();
+        store.store_hint(&t, 1, b"k0", &v).unwrap();
+        // Delivering one makes room for one more.
+        assert!(store.remove_hint_if_unchanged(&t, 1, b"k0", &v).unwrap());
+        store.store_hint(&t, 1, b"k9", &v).unwrap();
     }
 
     #[test]
