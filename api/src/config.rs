@@ -161,6 +161,12 @@ pub struct Limits {
     pub max_siblings: usize,
     /// Largest sum of a key's sibling values, bytes. Default 8 MiB.
     pub max_object_bytes: usize,
+    /// Most client requests a node serves at once; past it a request is refused at once with
+    /// RESOURCE_EXHAUSTED (retry with backoff). Default 1024.
+    pub max_concurrent_requests: usize,
+    /// Most background requests of other nodes (transfer pages, Merkle exchanges) a node
+    /// serves at once, so they yield to client requests. Default 8.
+    pub max_concurrent_background: usize,
 }
 
 impl Default for Limits {
@@ -170,6 +176,8 @@ impl Default for Limits {
             max_value_bytes: 1 << 20,
             max_siblings: 64,
             max_object_bytes: 8 << 20,
+            max_concurrent_requests: 1024,
+            max_concurrent_background: 8,
         }
     }
 }
@@ -537,7 +545,12 @@ impl NodeConfig {
             return Err(invalid("w", format!("w={w} must be in 1..={n} (n)")));
         }
         let l = &self.limits;
-        if l.max_key_bytes == 0 || l.max_value_bytes == 0 || l.max_siblings == 0 {
+        if l.max_key_bytes == 0
+            || l.max_value_bytes == 0
+            || l.max_siblings == 0
+            || l.max_concurrent_requests == 0
+            || l.max_concurrent_background == 0
+        {
             return Err(invalid("limits", "every limit must be at least 1"));
         }
         if l.max_object_bytes < l.max_value_bytes {

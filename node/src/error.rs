@@ -37,6 +37,11 @@ pub enum Error {
     #[error("{0}")]
     HintRefused(String),
 
+    /// The node takes no more requests of this kind right now; nothing was done. Retry with
+    /// backoff.
+    #[error("{0}")]
+    Overloaded(String),
+
     /// The request itself is wrong; nothing was written.
     #[error("invalid request: {0}")]
     InvalidArgument(String),

@@ -19,6 +19,7 @@ use crate::config::{EngineKind, NodeConfig};
 use crate::net::Net;
 use crate::node::Node;
 use crate::ring::NodeId;
+use crate::rpc::admission::{Admission, AdmissionLayer};
 use crate::rpc::auth::{AuthLayer, Policy, TokenFileWorker};
 use crate::rpc::faults::{FaultSwitch, Faulty};
 use crate::rpc::pb::admin::admin_server::AdminServer;
@@ -94,6 +95,10 @@ async fn serve<N: Net>(
 ) -> Result<(), StartError> {
     let tls = server_tls(&config)?;
     let policy = Arc::new(Policy::new(config.is_insecure(), tokens(&config)?));
+    let admission = Arc::new(Admission::new(
+        config.limits.max_concurrent_requests,
+        config.limits.max_concurrent_background,
+    ));
     let node =
         Node::new(config, store, net, faults).map_err(|e| StartError::Storage(e.to_string()))?;
     let config = &node.config;
@@ -136,7 +141,8 @@ async fn serve<N: Net>(
             })?,
             None => builder,
         };
-        Ok(builder.layer(AuthLayer(policy.clone())))
+        // Who may call comes first; then whether there is room for the call.
+        Ok(builder.layer(AuthLayer(policy.clone())).layer(AdmissionLayer(admission.clone())))
     };
     let limits = RequestLimits::of(config);
     // Client port: the client API (and health).
