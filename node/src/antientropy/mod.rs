@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::merkle::{diff_items, DiffWalk};
 use crate::net::{Merkle, Replicas};
 use crate::ring::{NodeId, PartitionId, Placement};
-use crate::storage::{Budget, Store, SCAN_BYTES, TREE_SHAPE};
+use crate::storage::{blocking, Budget, Store, SCAN_BYTES, TREE_SHAPE};
 use crate::throttle::Throttle;
 use crate::worker::{Worker, WorkerState};
 
@@ -90,9 +90,10 @@ pub(crate) async fn exchange_paged<T: Replicas + Merkle>(
             _ => None,
         };
         let unbounded = Budget { items: usize::MAX, bytes: usize::MAX };
-        let (local, _) = store
-            .items_in_leaves(partition, &leaves, after.as_deref(), upto.as_deref(), unbounded)
-            .map_err(|e| e.to_string())?;
+        let (local, _) = blocking(|| {
+            store.items_in_leaves(partition, &leaves, after.as_deref(), upto.as_deref(), unbounded)
+        })
+        .map_err(|e| e.to_string())?;
         reconcile(store, transport, partition, peer, throttle, &local, &page.items, &mut stats)
             .await?;
         match upto {

@@ -23,7 +23,7 @@ use crate::membership::gossip::Membership;
 use crate::membership::view::View;
 use crate::net::{Net, PeerError};
 use crate::ring::NodeId;
-use crate::storage::{Budget, Store, SCAN_BYTES, TREE_SHAPE};
+use crate::storage::{blocking, Budget, Store, SCAN_BYTES, TREE_SHAPE};
 use crate::version::Clock;
 use crate::worker::Statuses;
 use dynamo_api::security::Credentials;
@@ -315,13 +315,15 @@ impl<N: Net> Internode for InternodeService<N> {
                 )));
             }
             let budget = Budget { items: usize::MAX, bytes: page_bytes(req.max_bytes) };
-            let (items, done) = self.0.store.items_in_leaves(
-                req.partition,
-                &req.leaves,
-                req.after.as_deref(),
-                None,
-                budget,
-            )?;
+            let (items, done) = blocking(|| {
+                self.0.store.items_in_leaves(
+                    req.partition,
+                    &req.leaves,
+                    req.after.as_deref(),
+                    None,
+                    budget,
+                )
+            })?;
             Ok(internode::MerkleItemsResponse {
                 items: items
                     .into_iter()
@@ -371,8 +373,9 @@ impl<N: Net> Internode for InternodeService<N> {
                 items: req.limit.clamp(1, MAX_PAGE_ITEMS) as usize,
                 bytes: page_bytes(req.max_bytes),
             };
-            let (page, done) =
-                self.0.store.partition_page(req.partition, req.after.as_deref(), budget)?;
+            let (page, done) = blocking(|| {
+                self.0.store.partition_page(req.partition, req.after.as_deref(), budget)
+            })?;
             Ok(internode::StreamPartitionResponse {
                 entries: page
                     .into_iter()
