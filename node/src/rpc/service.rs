@@ -597,6 +597,7 @@ impl<N: Net> AdminService<N> {
                         keys_sent: t.keys,
                         bytes_sent: t.bytes,
                         state: transfer_state(t.state) as i32,
+                        bytes_per_second: t.bytes_per_second(),
                     })
                     .collect()
             })
