@@ -84,6 +84,7 @@ impl<N: Net> Node<N> {
             timeout: Duration::from_millis(config.request_timeout_ms),
             limits: config.limits.clone(),
             partitions: config.cluster.partitions,
+            hint_window: Duration::from_millis(config.background.hint_window_ms),
         };
         // Only development mode may leave the secret empty (the configuration refuses it otherwise).
         let secret = if config.cluster.secret.is_empty() {

@@ -19,6 +19,7 @@ use crate::config::{EngineKind, NodeConfig};
 use crate::net::Net;
 use crate::node::Node;
 use crate::ring::NodeId;
+use crate::rpc::admission::{Admission, AdmissionLayer};
 use crate::rpc::auth::{AuthLayer, Policy, TokenFileWorker};
 use crate::rpc::faults::{FaultSwitch, Faulty};
 use crate::rpc::pb::admin::admin_server::AdminServer;
@@ -27,7 +28,7 @@ use crate::rpc::pb::internode::internode_server::InternodeServer;
 use crate::rpc::peers::{ClusterIdentity, Peers};
 use crate::rpc::service::{AdminService, ClientService, InternodeService};
 use crate::rpc::MAX_MESSAGE_BYTES;
-use crate::storage::{Engine, MemoryEngine, MergeCaps, RocksEngine, Store};
+use crate::storage::{Engine, MemoryEngine, RocksEngine, Store, StoreCaps};
 use crate::worker::Runner;
 
 /// How long workers get to stop after the server did.
@@ -62,7 +63,10 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     let store = Arc::new(
         Store::open(engine, config.cluster.partitions)
             .map_err(|e| StartError::Storage(e.to_string()))?
-            .with_merge_caps(MergeCaps::from_limits(&config.limits)),
+            .with_caps(StoreCaps {
+                hint_bytes_per_target: config.background.max_hint_bytes_per_target,
+                ..StoreCaps::from_limits(&config.limits)
+            }),
     );
     let me = NodeId(config.id.clone());
     let peers = Peers::new(
@@ -91,6 +95,10 @@ async fn serve<N: Net>(
 ) -> Result<(), StartError> {
     let tls = server_tls(&config)?;
     let policy = Arc::new(Policy::new(config.is_insecure(), tokens(&config)?));
+    let admission = Arc::new(Admission::new(
+        config.limits.max_concurrent_requests,
+        config.limits.max_concurrent_background,
+    ));
     let node =
         Node::new(config, store, net, faults).map_err(|e| StartError::Storage(e.to_string()))?;
     let config = &node.config;
@@ -133,21 +141,25 @@ async fn serve<N: Net>(
             })?,
             None => builder,
         };
-        Ok(builder.layer(AuthLayer(policy.clone())))
+        // Who may call comes first; then whether there is room for the call.
+        Ok(builder.layer(AuthLayer(policy.clone())).layer(AdmissionLayer(admission.clone())))
     };
+    let limits = RequestLimits::of(config);
     // Client port: the client API (and health).
     let client_router = builder()?.add_service(health_service.clone()).add_service(
         ClientServer::new(ClientService(shared.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(limits.client)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
     // Peer port: internode and admin APIs (and health).
     let internode = InternodeServer::new(InternodeService(shared.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(limits.internode)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let peer_router = builder()?
-        .add_service(health_service.clone())
-        .add_service(AdminServer::new(AdminService(shared)));
+    let peer_router = builder()?.add_service(health_service.clone()).add_service(
+        AdminServer::new(AdminService(shared))
+            .max_decoding_message_size(limits.admin)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    );
     let peer_router = match &node.faults {
         // Incoming calls from peers cut off by the fault switch are refused before any handler.
         Some(switch) => {
@@ -194,6 +206,33 @@ async fn serve<N: Net>(
     health?;
     tracing::info!(node = %node.me, "stopped");
     Ok(())
+}
+
+/// The largest request each API accepts, from the node's limits. A larger one is refused
+/// (`OUT_OF_RANGE`, naming the limit) from its length prefix, before anything is allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// A put: one value, its key and its context.
+    pub client: usize,
+    /// A replicated version (up to the merge caps), or a forwarded put.
+    pub internode: usize,
+    /// Admin requests are small.
+    pub admin: usize,
+}
+
+/// Room for a key's context and the message framing.
+const REQUEST_OVERHEAD: usize = 64 << 10;
+
+impl RequestLimits {
+    pub fn of(config: &NodeConfig) -> RequestLimits {
+        let l = &config.limits;
+        RequestLimits {
+            client: l.max_value_bytes + l.max_key_bytes + REQUEST_OVERHEAD,
+            internode: (StoreCaps::from_limits(l).bytes + l.max_key_bytes + REQUEST_OVERHEAD)
+                .min(MAX_MESSAGE_BYTES),
+            admin: REQUEST_OVERHEAD,
+        }
+    }
 }
 
 async fn listen(address: &str) -> Result<TcpListener, StartError> {

@@ -132,6 +132,7 @@ impl Node {
 
     fn internode(&self, c: &Credentials) -> InternodeClient<tonic::transport::Channel> {
         InternodeClient::new(c.endpoint(&self.peer).unwrap().connect_lazy())
+            .max_decoding_message_size(64 << 20)
     }
 
     /// Stops the node; returns its directory and CA for a restart.
@@ -187,6 +188,14 @@ async fn each_port_accepts_exactly_the_credentials_its_methods_need() {
         code(node.client(&peer_cert).put(request(&peer_cert, put("k", "x"))).await),
         Code::PermissionDenied
     );
+    // A value over the limit is refused by the coordinator; one far over it, from its length
+    // alone.
+    let over = |bytes| PutRequest { value: vec![0; bytes], ..put("k", "") };
+    let refused = node.client(&rw).put(request(&rw, over((1 << 20) + 1))).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{}", refused.message());
+    let refused = node.client(&rw).put(request(&rw, over(3 << 20))).await.unwrap_err();
+    assert_eq!(refused.code(), Code::OutOfRange, "{}", refused.message());
+    assert!(refused.message().contains("too large"), "{}", refused.message());
     assert_eq!(value_of(&node, "k").await, vec![b"v1".to_vec()], "nothing refused was written");
 
     // Peer port, admin API.
@@ -358,5 +367,71 @@ async fn adversarial_replications_leave_the_key_readable() {
     let values = value_of(&node, "k").await;
     assert_eq!(values.len(), 300, "the key is still readable, with what was accepted");
     assert!(values.iter().all(|v| v.starts_with(b"1-")));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_are_answered_while_full_partition_scans_run() {
+    use dynamo_api::pb::internode::{MerkleItemsRequest, PingRequest};
+    use dynamo_node::storage::{RocksEngine, Store};
+    use dynamo_node::version::{Clock, Value, VersionVector};
+    // A partition of 150,000 keys, written before the node starts.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine =
+            std::sync::Arc::new(RocksEngine::open(&dir.path().join("data"), false).unwrap());
+        let store = Store::open(engine, 8).unwrap();
+        let clock = Clock::new().update(&VersionVector::default(), Value::Data(vec![1; 40]), 1);
+        for i in 0..150_000u32 {
+            store.merge(0, format!("key-{i:08}").as_bytes(), &clock).unwrap();
+        }
+    }
+    let node = restart(dir, Ca::generate("tls-test", DAY).unwrap()).await;
+    let peer = node.credentials(Some((&node.ca, Role::Peer)), None);
+    let ping = || PingRequest { from: "test".into() };
+    // Connections made (and TLS handshakes done) before the load starts.
+    let mut pinger = node.internode(&peer);
+    pinger.ping(ping()).await.unwrap();
+    let mut scanners = Vec::new();
+    for _ in 0..6 {
+        let mut c = node.internode(&peer);
+        c.ping(ping()).await.unwrap();
+        scanners.push(c);
+    }
+    // Six scans of every item of the partition at once (three per worker thread).
+    let started = tokio::time::Instant::now();
+    let scans: Vec<_> = scanners
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let request = MerkleItemsRequest {
+                    partition: 0,
+                    leaves: (0..256).collect(),
+                    fanout: 16,
+                    depth: 2,
+                    after: None,
+                    max_bytes: 16 << 20,
+                };
+                let r = c.merkle_items(request).await.unwrap();
+                (r.into_inner().items.len(), started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let asked = tokio::time::Instant::now();
+    pinger.ping(ping()).await.unwrap();
+    let ping_took = asked.elapsed();
+    let mut fastest_scan = Duration::MAX;
+    for scan in scans {
+        let (items, took) = scan.await.unwrap();
+        assert_eq!(items, 150_000);
+        fastest_scan = fastest_scan.min(took);
+    }
+    eprintln!("ping {ping_took:?} during scans, the fastest of which took {fastest_scan:?}");
+    // Blocked behind the scans, the ping would wait for at least one of them to finish.
+    assert!(
+        ping_took * 4 < fastest_scan,
+        "a ping took {ping_took:?} while scans ran (the fastest took {fastest_scan:?})"
+    );
     node.stop().await;
 }

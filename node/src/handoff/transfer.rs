@@ -31,6 +31,21 @@ pub struct Transfer {
     pub keys: u64,
     pub bytes: u64,
     pub state: TransferState,
+    /// When streaming started, and how long it took once done: the transfer's rate.
+    pub started: Option<std::time::Instant>,
+    pub took: Option<Duration>,
+}
+
+impl Transfer {
+    /// Bytes per second since streaming started (over the whole transfer once done).
+    pub fn bytes_per_second(&self) -> u64 {
+        let elapsed = match (self.took, self.started) {
+            (Some(took), _) => took,
+            (None, Some(started)) => started.elapsed(),
+            (None, None) => return 0,
+        };
+        (self.bytes as f64 / elapsed.as_secs_f64().max(1e-3)) as u64
+    }
 }
 
 /// How far one partition transfer got.
@@ -130,6 +145,8 @@ impl<N: PartitionSource> TransferWorker<N> {
                             keys: 0,
                             bytes: 0,
                             state: TransferState::Pending,
+                            started: None,
+                            took: None,
                         },
                     );
                 }
@@ -215,6 +232,8 @@ async fn pull<N: PartitionSource>(
         t.state = TransferState::Streaming;
         t.keys = 0;
         t.bytes = 0;
+        t.started = Some(std::time::Instant::now());
+        t.took = None;
     });
     let mut after: Option<Vec<u8>> = None;
     loop {
@@ -238,6 +257,9 @@ async fn pull<N: PartitionSource>(
             _ => break,
         }
     }
-    set(&|t| t.state = TransferState::Done);
+    set(&|t| {
+        t.state = TransferState::Done;
+        t.took = t.started.map(|s| s.elapsed());
+    });
     Ok(())
 }

@@ -42,6 +42,15 @@ pub struct PutOutcome {
     pub acks: usize,
 }
 
+/// One page of a replica's Merkle items.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ItemsPage {
+    /// (key, version digest), in key order.
+    pub items: Vec<(Vec<u8>, Hash)>,
+    /// Whether more items follow the last one.
+    pub more: bool,
+}
+
 /// One page of a partition stream.
 #[derive(Debug, Clone)]
 pub struct PartitionPage {
@@ -145,13 +154,16 @@ pub trait Merkle: Send + Sync + 'static {
         indices: Vec<u32>,
     ) -> impl Future<Output = Result<Vec<Hash>, PeerError>> + Send;
 
-    /// `to`'s (key, version digest) items of `partition` in the given leaves.
+    /// `to`'s (key, version digest) items of `partition` in the given leaves, after key
+    /// `after`, as many as `budget` admits (at least one).
     fn merkle_items(
         &self,
         to: &NodeId,
         partition: PartitionId,
         leaves: Vec<u32>,
-    ) -> impl Future<Output = Result<Vec<(Vec<u8>, Hash)>, PeerError>> + Send;
+        after: Option<Vec<u8>>,
+        budget: Budget,
+    ) -> impl Future<Output = Result<ItemsPage, PeerError>> + Send;
 }
 
 /// Whole partitions, page by page (partition transfer on join and leave).

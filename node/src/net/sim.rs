@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 
 use super::{
-    ForwardedPut, Gossip, Liveness, Merkle, PartitionPage, PartitionSource, PeerError,
+    ForwardedPut, Gossip, ItemsPage, Liveness, Merkle, PartitionPage, PartitionSource, PeerError,
     PeerIdentity, PutOutcome, Replicas,
 };
 use crate::merkle::Hash;
@@ -248,9 +248,14 @@ impl Merkle for SimNet {
         to: &NodeId,
         partition: PartitionId,
         leaves: Vec<u32>,
-    ) -> Result<Vec<(Vec<u8>, Hash)>, PeerError> {
+        after: Option<Vec<u8>>,
+        budget: Budget,
+    ) -> Result<ItemsPage, PeerError> {
         let store = self.enter("merkle_items", to).await?;
-        store.items_in_leaves(partition, &leaves).map_err(remote)
+        let (items, done) = store
+            .items_in_leaves(partition, &leaves, after.as_deref(), None, budget)
+            .map_err(remote)?;
+        Ok(ItemsPage { items, more: !done })
     }
 }
 

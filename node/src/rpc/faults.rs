@@ -13,7 +13,7 @@ use tonic::{Request, Status};
 
 use crate::merkle::Hash;
 use crate::net::{
-    ForwardedPut, Gossip, Liveness, Merkle, PartitionPage, PartitionSource, PeerError,
+    ForwardedPut, Gossip, ItemsPage, Liveness, Merkle, PartitionPage, PartitionSource, PeerError,
     PeerIdentity, PutOutcome, Replicas,
 };
 use crate::ring::{NodeId, PartitionId};
@@ -165,9 +165,11 @@ impl<N: Merkle + Liveness> Merkle for Faulty<N> {
         to: &NodeId,
         partition: PartitionId,
         leaves: Vec<u32>,
-    ) -> Result<Vec<(Vec<u8>, Hash)>, PeerError> {
+        after: Option<Vec<u8>>,
+        budget: Budget,
+    ) -> Result<ItemsPage, PeerError> {
         self.check(to)?;
-        self.inner.merkle_items(to, partition, leaves).await
+        self.inner.merkle_items(to, partition, leaves, after, budget).await
     }
 }
 

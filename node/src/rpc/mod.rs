@@ -3,6 +3,7 @@
 //! traits, the test-only fault injection around both, and the one place where errors become
 //! `tonic::Status`.
 
+pub mod admission;
 pub mod auth;
 pub mod faults;
 pub mod peers;

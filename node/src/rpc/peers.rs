@@ -23,7 +23,7 @@ use crate::membership::detector::FailureDetector;
 use crate::membership::PROBE_INTERVAL;
 use crate::merkle::Hash;
 use crate::net::{
-    ForwardedPut, Gossip, Liveness, Merkle, PartitionPage, PartitionSource, PeerError,
+    ForwardedPut, Gossip, ItemsPage, Liveness, Merkle, PartitionPage, PartitionSource, PeerError,
     PeerIdentity, PutOutcome, Replicas,
 };
 use crate::ring::{NodeId, PartitionId};
@@ -363,17 +363,26 @@ impl Merkle for Peers {
         to: &NodeId,
         partition: PartitionId,
         leaves: Vec<u32>,
-    ) -> Result<Vec<(Vec<u8>, Hash)>, PeerError> {
+        after: Option<Vec<u8>>,
+        budget: Budget,
+    ) -> Result<ItemsPage, PeerError> {
         let message = MerkleItemsRequest {
             partition,
             leaves,
             fanout: TREE_SHAPE.fanout,
             depth: TREE_SHAPE.depth,
+            after,
+            max_bytes: budget.bytes as u64,
         };
         let reply = self
             .call(to, message, self.timeout, |mut c, r| async move { c.merkle_items(r).await })
             .await?;
-        reply.items.into_iter().map(|i| Ok((i.key, to_hash(&i.digest)?))).collect()
+        let items = reply
+            .items
+            .into_iter()
+            .map(|i| Ok((i.key, to_hash(&i.digest)?)))
+            .collect::<Result<_, PeerError>>()?;
+        Ok(ItemsPage { items, more: reply.more })
     }
 }
 

@@ -23,7 +23,7 @@ use crate::membership::gossip::Membership;
 use crate::membership::view::View;
 use crate::net::{Net, PeerError};
 use crate::ring::NodeId;
-use crate::storage::{Budget, Store, SCAN_BYTES, TREE_SHAPE};
+use crate::storage::{blocking, Budget, Store, SCAN_BYTES, TREE_SHAPE};
 use crate::version::Clock;
 use crate::worker::Statuses;
 use dynamo_api::security::Credentials;
@@ -34,6 +34,15 @@ const MAX_PAGE_ITEMS: u32 = 4096;
 /// Most bytes one partition page may ask for: well under the message limit, which must also
 /// hold one object of up to `limits.max_object_bytes` (a page always carries at least one).
 pub const MAX_PAGE_BYTES: usize = 16 << 20;
+
+/// The byte budget of a page a caller asked for: its `max_bytes` (0: the default), at most
+/// [`MAX_PAGE_BYTES`].
+fn page_bytes(max_bytes: u64) -> usize {
+    match max_bytes {
+        0 => SCAN_BYTES,
+        b => b.min(MAX_PAGE_BYTES as u64) as usize,
+    }
+}
 
 /// How long `Status` waits for each peer's ping.
 const STATUS_PING_TIMEOUT: Duration = Duration::from_millis(800);
@@ -268,6 +277,19 @@ impl<N: Net> Internode for InternodeService<N> {
     ) -> Result<Response<internode::MerkleHashesResponse>, Status> {
         handle(req, |req| async move {
             check_shape(req.fanout, req.depth)?;
+            let len = TREE_SHAPE.level_len(req.level.min(TREE_SHAPE.depth));
+            if req.level > TREE_SHAPE.depth
+                || req.indices.len() > len as usize
+                || req.indices.iter().any(|&i| i >= len)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "MerkleHashes asks for {} nodes of level {}; the tree has {} levels below \
+                     the root and {len} nodes at that level",
+                    req.indices.len(),
+                    req.level,
+                    TREE_SHAPE.depth
+                )));
+            }
             let hashes = self
                 .0
                 .store
@@ -285,12 +307,29 @@ impl<N: Net> Internode for InternodeService<N> {
     ) -> Result<Response<internode::MerkleItemsResponse>, Status> {
         handle(req, |req| async move {
             check_shape(req.fanout, req.depth)?;
-            let items = self.0.store.items_in_leaves(req.partition, &req.leaves)?;
+            let leaves = TREE_SHAPE.level_len(TREE_SHAPE.depth);
+            if req.leaves.len() > leaves as usize || req.leaves.iter().any(|&l| l >= leaves) {
+                return Err(Error::InvalidArgument(format!(
+                    "MerkleItems asks for {} leaves; a tree has {leaves}, numbered from 0",
+                    req.leaves.len()
+                )));
+            }
+            let budget = Budget { items: usize::MAX, bytes: page_bytes(req.max_bytes) };
+            let (items, done) = blocking(|| {
+                self.0.store.items_in_leaves(
+                    req.partition,
+                    &req.leaves,
+                    req.after.as_deref(),
+                    None,
+                    budget,
+                )
+            })?;
             Ok(internode::MerkleItemsResponse {
                 items: items
                     .into_iter()
                     .map(|(key, d)| internode::MerkleItem { key, digest: d.to_vec() })
                     .collect(),
+                more: !done,
             })
         })
         .await
@@ -332,13 +371,11 @@ impl<N: Net> Internode for InternodeService<N> {
         handle(req, |req| async move {
             let budget = Budget {
                 items: req.limit.clamp(1, MAX_PAGE_ITEMS) as usize,
-                bytes: match req.max_bytes {
-                    0 => SCAN_BYTES,
-                    b => b.min(MAX_PAGE_BYTES as u64) as usize,
-                },
+                bytes: page_bytes(req.max_bytes),
             };
-            let (page, done) =
-                self.0.store.partition_page(req.partition, req.after.as_deref(), budget)?;
+            let (page, done) = blocking(|| {
+                self.0.store.partition_page(req.partition, req.after.as_deref(), budget)
+            })?;
             Ok(internode::StreamPartitionResponse {
                 entries: page
                     .into_iter()
@@ -560,6 +597,7 @@ impl<N: Net> AdminService<N> {
                         keys_sent: t.keys,
                         bytes_sent: t.bytes,
                         state: transfer_state(t.state) as i32,
+                        bytes_per_second: t.bytes_per_second(),
                     })
                     .collect()
             })

@@ -12,6 +12,8 @@ fn kind_and_code(e: &Error) -> (&'static str, Code) {
     match e {
         Error::Unauthenticated(_) => ("unauthenticated", Code::Unauthenticated),
         Error::PermissionDenied(_) => ("permission-denied", Code::PermissionDenied),
+        Error::HintRefused(_) => ("hint-refused", Code::ResourceExhausted),
+        Error::Overloaded(_) => ("overloaded", Code::ResourceExhausted),
         Error::InvalidArgument(_) => ("invalid-argument", Code::InvalidArgument),
         Error::Context(_) => ("invalid-context", Code::InvalidArgument),
         Error::Quorum { .. } => ("quorum", Code::Unavailable),

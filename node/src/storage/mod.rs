@@ -13,7 +13,20 @@ mod store;
 
 pub use memory::MemoryEngine;
 pub use rocks::RocksEngine;
-pub use store::{data_key, HintStats, MergeCaps, Store, TREE_SHAPE};
+pub use store::{data_key, HintStats, Store, StoreCaps, TREE_SHAPE};
+
+/// Runs long storage work (a partition scan, a partition's deletion) without stalling the async
+/// worker thread it is called from: on the multi-thread runtime the worker hands its other tasks
+/// to a fresh thread from tokio's bounded blocking pool for the duration (`block_in_place`),
+/// so requests, gossip and health keep being served; elsewhere (single-thread test runtimes) it
+/// just runs. How many such calls run at once is bounded by admission control (background
+/// requests) and by the one worker per background job.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
 
 /// Separate key spaces (RocksDB column families).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -80,35 +80,43 @@ pub struct Store {
     trees: Vec<Mutex<MerkleTree>>,
     /// Hints per target node, kept in step with the hint keyspace.
     hint_stats: Mutex<BTreeMap<NodeId, HintStats>>,
-    /// What a replica merge may leave in one key.
-    caps: MergeCaps,
+    /// What a replica merge may leave in one key, and the hints kept for one node.
+    caps: StoreCaps,
 }
 
-/// The most a replica merge may leave in one key. A client write is checked against the
+/// What the store keeps at most: in one key after a replica merge, and in hints for one node.
+///
+/// A client write is checked against the
 /// sibling and object limits by its coordinator, but writes through different coordinators can
 /// each pass and then meet in a merge, so merges get more room (4x the limits); past that (only
 /// reachable by hostile replication or a long partition), the merge is refused with an error and
 /// the key keeps a readable version on every replica, to be resolved by a client write. A merge
 /// never produces an object the decoder or one message cannot hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MergeCaps {
+pub struct StoreCaps {
     pub siblings: usize,
     /// Encoded bytes of the merged version.
     pub bytes: usize,
+    /// Most bytes of hints kept for one node.
+    pub hint_bytes_per_target: u64,
 }
 
-impl MergeCaps {
+impl StoreCaps {
     /// 4x the client limits, within the decoder's limits and half the message limit.
-    pub fn from_limits(limits: &crate::config::Limits) -> MergeCaps {
-        MergeCaps {
+    pub fn from_limits(limits: &crate::config::Limits) -> StoreCaps {
+        StoreCaps {
             siblings: limits.max_siblings.saturating_mul(4).min(crate::version::MAX_VALUES),
             bytes: limits
                 .max_object_bytes
                 .saturating_mul(4)
                 .min(dynamo_api::contract::MAX_MESSAGE_BYTES / 2),
+            hint_bytes_per_target: 1 << 30,
         }
     }
 }
+
+/// (key, version digest) items, in key order.
+pub type Items = Vec<(Vec<u8>, Hash)>;
 
 fn storage(e: super::StorageError) -> Error {
     Error::Storage(e.0)
@@ -171,7 +179,7 @@ impl Store {
             actor,
             trees: (0..partitions).map(|_| Mutex::new(MerkleTree::new(TREE_SHAPE))).collect(),
             hint_stats: Mutex::new(BTreeMap::new()),
-            caps: MergeCaps::from_limits(&crate::config::Limits::default()),
+            caps: StoreCaps::from_limits(&crate::config::Limits::default()),
         };
         store.load()?;
         Ok(store)
@@ -216,7 +224,7 @@ impl Store {
     }
 
     /// Sets what a replica merge may leave in one key (from the node's limits).
-    pub fn with_merge_caps(mut self, caps: MergeCaps) -> Store {
+    pub fn with_caps(mut self, caps: StoreCaps) -> Store {
         self.caps = caps;
         self
     }
@@ -285,7 +293,7 @@ impl Store {
 
     /// Merges a version received from another node into this replica; returns the result.
     /// Writes only when something changed. A merge that would grow the key past the
-    /// [`MergeCaps`] is refused (nothing written); one that just takes the incoming version
+    /// [`StoreCaps`] is refused (nothing written); one that just takes the incoming version
     /// (this replica had nothing newer) is not, so what exists elsewhere can always be copied.
     pub fn merge(&self, partition: PartitionId, key: &[u8], incoming: &Clock) -> Result<Clock> {
         let _guard = lock(self.stripe(key))?;
@@ -342,31 +350,46 @@ impl Store {
         Ok(f(&mut *lock(tree)?))
     }
 
-    /// The (key, version digest) items of a partition whose keys fall in `leaves`.
+    /// The (key, version digest) items of a partition whose keys fall in `leaves`, in key
+    /// order, strictly after `after` and up to `upto` (inclusive) when given, as many as
+    /// `budget` admits (counting each item's key and digest); and whether the range was
+    /// exhausted (nothing in it follows the items returned).
     pub fn items_in_leaves(
         &self,
         partition: PartitionId,
         leaves: &[u32],
-    ) -> Result<Vec<(Vec<u8>, Hash)>> {
+        after: Option<&[u8]>,
+        upto: Option<&[u8]>,
+        budget: Budget,
+    ) -> Result<(Items, bool)> {
         let wanted: HashSet<u32> = leaves.iter().copied().collect();
         let prefix = partition.to_be_bytes();
         let mut out = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
+        let mut used = 0;
+        let mut after: Option<Vec<u8>> = after.map(|k| data_key(partition, k));
         loop {
             let page = self
                 .engine
                 .scan(Keyspace::Data, &prefix, after.as_deref(), Budget::items(1024))
                 .map_err(storage)?;
-            let Some(last) = page.last() else { break };
+            let Some(last) = page.last() else { return Ok((out, true)) };
             after = Some(last.0.clone());
             for (k, v) in page {
                 let key = &k[4..];
-                if wanted.contains(&TREE_SHAPE.leaf_of(key)) {
-                    out.push((key.to_vec(), merkle::version_digest(&v)));
+                if upto.is_some_and(|u| key > u) {
+                    return Ok((out, true));
                 }
+                if !wanted.contains(&TREE_SHAPE.leaf_of(key)) {
+                    continue;
+                }
+                let size = key.len() + 32;
+                if !budget.admits(out.len(), used, size) {
+                    return Ok((out, false));
+                }
+                used += size;
+                out.push((key.to_vec(), merkle::version_digest(&v)));
             }
         }
-        Ok(out)
     }
 
     /// Keeps a write meant for `target` (sloppy quorum), merged with any hint already held.
@@ -386,6 +409,14 @@ impl Store {
         };
         let bytes = merged.encode();
         let (old_len, new_len) = (old.as_ref().map_or(0, Vec::len) as u64, bytes.len() as u64);
+        let held = lock(&self.hint_stats)?.get(target).map_or(0, |s| s.bytes);
+        let cap = self.caps.hint_bytes_per_target;
+        if new_len > old_len && (held + new_len).saturating_sub(old_len) > cap {
+            return Err(Error::HintRefused(format!(
+                "this node already holds {held} bytes of hints for '{target}', the most it keeps \
+                 for one node ({cap}); anti-entropy repairs it when it returns"
+            )));
+        }
         self.engine
             .write(vec![WriteOp::Put { space: Keyspace::Hints, key: hk, value: bytes }])
             .map_err(storage)?;
@@ -657,9 +688,8 @@ mod tests {
 
     #[test]
     fn a_replica_merge_past_the_caps_is_refused_and_the_key_stays_readable() {
-        let caps = MergeCaps { siblings: 4, bytes: 1 << 20 };
-        let store =
-            Store::open(Arc::new(MemoryEngine::default()), 8).unwrap().with_merge_caps(caps);
+        let caps = StoreCaps { siblings: 4, bytes: 1 << 20, hint_bytes_per_target: 1 << 20 };
+        let store = Store::open(Arc::new(MemoryEngine::default()), 8).unwrap().with_caps(caps);
         let siblings = |actor, n: usize| {
             (0..n).fold(Clock::new(), |c, i| {
                 c.update(&VersionVector::default(), Value::Data(vec![i as u8; 10]), actor)
@@ -684,9 +714,36 @@ mod tests {
         assert!(matches!(err, Error::ObjectTooLarge { max, .. } if max == 1 << 20), "{err}");
         assert_eq!(store.get(2, b"big").unwrap().sibling_count(), 1);
         // The defaults keep every merge decodable and within one message.
-        let caps = MergeCaps::from_limits(&crate::config::Limits::default());
+        let caps = StoreCaps::from_limits(&crate::config::Limits::default());
         assert!(caps.siblings <= crate::version::MAX_VALUES);
         assert!(caps.bytes <= dynamo_api::contract::MAX_MESSAGE_BYTES / 2);
+    }
+
+    #[test]
+    fn hints_for_one_node_stop_at_the_cap_and_room_returns_as_they_are_delivered() {
+        let cap = StoreCaps {
+            hint_bytes_per_target: 1000,
+            ..StoreCaps::from_limits(&Default::default())
+        };
+        let store = Store::open(Arc::new(MemoryEngine::default()), 8).unwrap().with_caps(cap);
+        let (t, other) = (NodeId("t".into()), NodeId("u".into()));
+        let v = Clock::new().update(&VersionVector::default(), Value::Data(vec![1; 300]), 7);
+        let mut kept = 0;
+        let err = loop {
+            match store.store_hint(&t, 1, format!("k{kept}").as_bytes(), &v) {
+                Ok(()) => kept += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(kept, 3, "3 hints of ~300 bytes fit in 1000");
+        assert!(matches!(err, Error::HintRefused(_)), "{err}");
+        assert!(store.hint_stats()[&t].bytes <= 1000);
+        // Another target has its own room; the same hint again changes nothing and is fine.
+        store.store_hint(&other, 1, b"k0", &v).unwrap();
+        store.store_hint(&t, 1, b"k0", &v).unwrap();
+        // Delivering one makes room for one more.
+        assert!(store.remove_hint_if_unchanged(&t, 1, b"k0", &v).unwrap());
+        store.store_hint(&t, 1, b"k9", &v).unwrap();
     }
 
     #[test]
@@ -727,9 +784,32 @@ mod tests {
         assert_eq!(reopened.with_tree(2, |t| t.root()).unwrap(), root);
         assert_eq!(reopened.with_tree(3, |t| t.root()).unwrap(), empty);
         let leaf = TREE_SHAPE.leaf_of(b"k7");
-        let items = store.items_in_leaves(2, &[leaf]).unwrap();
+        let all = Budget { items: usize::MAX, bytes: usize::MAX };
+        let (items, done) = store.items_in_leaves(2, &[leaf], None, None, all).unwrap();
+        assert!(done);
         assert!(items.iter().any(|(k, _)| k == b"k7"));
         assert!(items.iter().all(|(k, _)| TREE_SHAPE.leaf_of(k) == leaf));
+        // Paged by bytes (each item: key + 32-byte digest), the pages add up to the whole.
+        let every_leaf: Vec<u32> = (0..TREE_SHAPE.level_len(TREE_SHAPE.depth)).collect();
+        let (whole, _) = store.items_in_leaves(2, &every_leaf, None, None, all).unwrap();
+        assert_eq!(whole.len(), 50);
+        let small = Budget { items: usize::MAX, bytes: 100 };
+        let (mut paged, mut after) = (Vec::new(), None::<Vec<u8>>);
+        loop {
+            let (page, done) =
+                store.items_in_leaves(2, &every_leaf, after.as_deref(), None, small).unwrap();
+            assert!(!page.is_empty() && page.len() <= 3, "{} items", page.len());
+            after = page.last().map(|(k, _)| k.clone());
+            paged.extend(page);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(paged, whole);
+        // A range ends at `upto`, inclusive.
+        let (upto, done) =
+            store.items_in_leaves(2, &every_leaf, None, Some(&whole[9].0), all).unwrap();
+        assert_eq!((upto.as_slice(), done), (&whole[..10], true));
     }
 
     #[test]
