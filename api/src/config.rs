@@ -161,6 +161,12 @@ pub struct Limits {
     pub max_siblings: usize,
     /// Largest sum of a key's sibling values, bytes. Default 8 MiB.
     pub max_object_bytes: usize,
+    /// Most client requests a node serves at once; past it a request is refused at once with
+    /// RESOURCE_EXHAUSTED (retry with backoff). Default 1024.
+    pub max_concurrent_requests: usize,
+    /// Most background requests of other nodes (transfer pages, Merkle exchanges) a node
+    /// serves at once, so they yield to client requests. Default 8.
+    pub max_concurrent_background: usize,
 }
 
 impl Default for Limits {
@@ -170,6 +176,8 @@ impl Default for Limits {
             max_value_bytes: 1 << 20,
             max_siblings: 64,
             max_object_bytes: 8 << 20,
+            max_concurrent_requests: 1024,
+            max_concurrent_background: 8,
         }
     }
 }
@@ -190,6 +198,17 @@ pub struct BackgroundConfig {
     /// Most keys a partition transfer (join, decommission) moves per second (0: unlimited).
     /// Default 5000.
     pub transfer_keys_per_sec: u32,
+    /// Most bytes one page of a partition transfer carries (a page holds at least one object
+    /// whatever its size), so large values move as fast in bytes as small ones. Default 4 MiB;
+    /// 64 KiB to 16 MiB.
+    pub page_bytes: usize,
+    /// How long a node may be down and still get hints, ms: past it, writes for it are no
+    /// longer kept by stand-ins and anti-entropy repairs it when it returns (Cassandra's
+    /// `max_hint_window`). Default 10800000 (3 hours).
+    pub hint_window_ms: u64,
+    /// Most bytes of hints a node keeps for one other node; past it, more hints for that node
+    /// are refused (the write counts only where it reached a replica). Default 1 GiB.
+    pub max_hint_bytes_per_target: u64,
     /// How long the ring must be settled before a node deletes its copies of the partitions it
     /// no longer replicates (after joins and decommissions), ms; 0 keeps them. Default 300000.
     pub cleanup_after_ms: u64,
@@ -203,6 +222,9 @@ impl Default for BackgroundConfig {
             anti_entropy_interval_ms: 2000,
             anti_entropy_keys_per_sec: 2000,
             transfer_keys_per_sec: 5000,
+            page_bytes: 4 << 20,
+            hint_window_ms: 3 * 3600 * 1000,
+            max_hint_bytes_per_target: 1 << 30,
             cleanup_after_ms: 300_000,
         }
     }
@@ -523,11 +545,22 @@ impl NodeConfig {
             return Err(invalid("w", format!("w={w} must be in 1..={n} (n)")));
         }
         let l = &self.limits;
-        if l.max_key_bytes == 0 || l.max_value_bytes == 0 || l.max_siblings == 0 {
+        if l.max_key_bytes == 0
+            || l.max_value_bytes == 0
+            || l.max_siblings == 0
+            || l.max_concurrent_requests == 0
+            || l.max_concurrent_background == 0
+        {
             return Err(invalid("limits", "every limit must be at least 1"));
         }
         if l.max_object_bytes < l.max_value_bytes {
             return Err(invalid("limits", "max_object_bytes must be at least max_value_bytes"));
+        }
+        if !(64 << 10..=16 << 20).contains(&self.background.page_bytes) {
+            return Err(invalid(
+                "background.page_bytes",
+                format!("{} is outside 65536..=16777216", self.background.page_bytes),
+            ));
         }
         if self.background.handoff_interval_ms == 0 {
             return Err(invalid("background.handoff_interval_ms", "must be at least 1"));

@@ -108,13 +108,16 @@ pub mod env {
 }
 
 /// Opens a lazily connected gRPC channel to a node at `address` (HOST:PORT), with the
-/// connection settings every caller of a node uses (connect timeout, per-call timeout, no
-/// Nagle delay, HTTP/2 keep-alive).
+/// connection settings every caller of a node uses (TLS with `credentials`' CA and certificate,
+/// connect timeout, per-call timeout, no Nagle delay, HTTP/2 keep-alive). A token in
+/// `credentials` is not added here: see `Credentials::authorize`.
 pub fn channel(
     address: &str,
     request_timeout: Duration,
+    credentials: &crate::security::Credentials,
 ) -> Result<tonic::transport::Channel, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+    let endpoint = credentials
+        .endpoint(address)
         .map_err(|e| format!("'{address}' is not a valid address: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(request_timeout)

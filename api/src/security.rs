@@ -232,6 +232,11 @@ impl Ca {
     }
 }
 
+/// The DER bytes of the first certificate in `pem`.
+pub fn first_certificate(pem: &str) -> Result<Vec<u8>, SecurityError> {
+    first_cert_der(pem, "the certificate")
+}
+
 fn first_cert_der(pem: &str, what: &str) -> Result<Vec<u8>, SecurityError> {
     let bad = |message: String| SecurityError::BadCertificate { what: what.into(), message };
     let (_, pem) =

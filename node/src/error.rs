@@ -24,6 +24,24 @@ impl std::fmt::Display for Op {
 /// Errors a request can end with. Variants document whether anything was written.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The call carried no usable credential; nothing was done.
+    #[error("{0}")]
+    Unauthenticated(String),
+
+    /// The caller's credential does not allow this call; nothing was done.
+    #[error("{0}")]
+    PermissionDenied(String),
+
+    /// A hint was not kept (its target is no member, has been down past the hint window, or
+    /// has too many hints held for it); nothing was written.
+    #[error("{0}")]
+    HintRefused(String),
+
+    /// The node takes no more requests of this kind right now; nothing was done. Retry with
+    /// backoff.
+    #[error("{0}")]
+    Overloaded(String),
+
     /// The request itself is wrong; nothing was written.
     #[error("invalid request: {0}")]
     InvalidArgument(String),

@@ -21,16 +21,18 @@ use crate::membership::Prober;
 use crate::net::Net;
 use crate::ring::NodeId;
 use crate::rpc::faults::FaultSwitch;
+use crate::rpc::peers::ClusterIdentity;
 use crate::rpc::service::Shared;
 use crate::storage::Store;
 use crate::version::ContextSealer;
 use crate::worker::{Runner, Statuses, Worker, WorkerState};
+use dynamo_api::security::Credentials;
 
 pub use dynamo_api::contract::READY_SERVICE;
 
 /// Secret used when none is configured. Contexts are then still checked for corruption and
 /// key mix-ups, but anyone who reads this source could forge one.
-const DEFAULT_SECRET: &str = "dynamo-default-context-secret";
+const DEV_SECRET: &str = "dynamo-default-context-secret";
 
 /// See the module docs.
 pub struct Node<N> {
@@ -82,12 +84,15 @@ impl<N: Net> Node<N> {
             timeout: Duration::from_millis(config.request_timeout_ms),
             limits: config.limits.clone(),
             partitions: config.cluster.partitions,
+            hint_window: Duration::from_millis(config.background.hint_window_ms),
         };
+        // Only development mode may leave the secret empty (the configuration refuses it otherwise).
         let secret = if config.cluster.secret.is_empty() {
             tracing::warn!(
-                "no cluster secret configured: contexts can be forged; set cluster.secret"
+                "development mode without a cluster secret: contexts are sealed with a built-in \
+                 key anyone can use to forge them; set cluster.secret"
             );
-            DEFAULT_SECRET
+            DEV_SECRET
         } else {
             config.cluster.secret.as_str()
         };
@@ -120,7 +125,12 @@ impl<N: Net> Node<N> {
     }
 
     /// What the gRPC services need.
-    pub fn shared(&self, workers: Statuses) -> Arc<Shared<N>> {
+    pub fn shared(
+        &self,
+        workers: Statuses,
+        cluster: ClusterIdentity,
+        credentials: Credentials,
+    ) -> Arc<Shared<N>> {
         Arc::new(Shared {
             me: self.me.clone(),
             store: self.store.clone(),
@@ -128,7 +138,8 @@ impl<N: Net> Node<N> {
             coordinator: self.coordinator.clone(),
             membership: self.membership.clone(),
             antientropy: self.antientropy.clone(),
-            cluster: self.config.cluster.name.clone(),
+            cluster,
+            credentials,
             quorum: self.config.quorum(),
             partitions: self.config.cluster.partitions,
             faults: self.faults.clone(),
@@ -149,6 +160,7 @@ impl<N: Net> Node<N> {
             self.net.clone(),
             n,
             bg.transfer_keys_per_sec,
+            bg.page_bytes,
             self.progress.clone(),
         ));
         runner.spawn(HintWorker::new(

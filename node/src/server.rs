@@ -1,6 +1,8 @@
-//! Wiring: opens storage, connects peers (behind the fault-injection decorator when enabled),
-//! builds the node context, starts its workers, serves the gRPC services and gRPC health, and
-//! stops cleanly when the shutdown token is cancelled.
+//! Wiring: opens storage, connects peers over mutual TLS (behind the fault-injection decorator
+//! when enabled), builds the node context, starts its workers, serves the gRPC services on
+//! three ports (client API over TLS; internode and admin APIs over TLS; plaintext gRPC health
+//! for probes) behind the authorization layer (`rpc::auth`), and stops cleanly when the
+//! shutdown token is cancelled.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,20 +11,24 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use dynamo_api::security::{Credentials, Role, Tokens};
 
 use crate::config::{EngineKind, NodeConfig};
 use crate::net::Net;
 use crate::node::Node;
 use crate::ring::NodeId;
+use crate::rpc::admission::{Admission, AdmissionLayer};
+use crate::rpc::auth::{AuthLayer, Policy, TokenFileWorker};
 use crate::rpc::faults::{FaultSwitch, Faulty};
 use crate::rpc::pb::admin::admin_server::AdminServer;
 use crate::rpc::pb::client::client_server::ClientServer;
 use crate::rpc::pb::internode::internode_server::InternodeServer;
-use crate::rpc::peers::Peers;
+use crate::rpc::peers::{ClusterIdentity, Peers};
 use crate::rpc::service::{AdminService, ClientService, InternodeService};
 use crate::rpc::MAX_MESSAGE_BYTES;
-use crate::storage::{Engine, MemoryEngine, RocksEngine, Store};
+use crate::storage::{Engine, MemoryEngine, RocksEngine, Store, StoreCaps};
 use crate::worker::Runner;
 
 /// How long workers get to stop after the server did.
@@ -37,6 +43,8 @@ pub enum StartError {
     Listen { address: String, source: std::io::Error },
     #[error("gRPC server failed: {0}")]
     Serve(String),
+    #[error("{0}")]
+    Security(String),
 }
 
 /// Runs a node until `shutdown` is cancelled.
@@ -54,10 +62,19 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     };
     let store = Arc::new(
         Store::open(engine, config.cluster.partitions)
-            .map_err(|e| StartError::Storage(e.to_string()))?,
+            .map_err(|e| StartError::Storage(e.to_string()))?
+            .with_caps(StoreCaps {
+                hint_bytes_per_target: config.background.max_hint_bytes_per_target,
+                ..StoreCaps::from_limits(&config.limits)
+            }),
     );
     let me = NodeId(config.id.clone());
-    let peers = Peers::new(me, Duration::from_millis(config.request_timeout_ms));
+    let peers = Peers::new(
+        me,
+        Duration::from_millis(config.request_timeout_ms),
+        node_credentials(&config)?,
+        cluster_identity(&config)?,
+    );
     // Test-only fault injection wraps the network; production nodes run on the bare peers.
     if config.fault_injection {
         let switch = Arc::new(FaultSwitch::default());
@@ -76,6 +93,12 @@ async fn serve<N: Net>(
     faults: Option<Arc<FaultSwitch>>,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
+    let tls = server_tls(&config)?;
+    let policy = Arc::new(Policy::new(config.is_insecure(), tokens(&config)?));
+    let admission = Arc::new(Admission::new(
+        config.limits.max_concurrent_requests,
+        config.limits.max_concurrent_background,
+    ));
     let node =
         Node::new(config, store, net, faults).map_err(|e| StartError::Storage(e.to_string()))?;
     let config = &node.config;
@@ -83,53 +106,211 @@ async fn serve<N: Net>(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ClientServer<ClientService<N>>>().await;
     node.start_workers(&mut runner, health);
-    let shared = node.shared(runner.statuses());
+    if let (Some(path), false) = (&config.tokens_file, config.is_insecure()) {
+        runner.spawn(TokenFileWorker::new(path.clone(), policy.clone()));
+    }
+    let shared =
+        node.shared(runner.statuses(), cluster_identity(config)?, node_credentials(config)?);
 
-    let listener = TcpListener::bind(&config.listen)
-        .await
-        .map_err(|source| StartError::Listen { address: config.listen.clone(), source })?;
+    let client_listener = listen(&config.listen).await?;
+    let peer_listener = listen(&config.peer_listen).await?;
+    let health_listener = listen(&config.health_listen).await?;
     let quorum = config.quorum();
     tracing::info!(
         node = %node.me,
         listen = %config.listen,
+        peer_listen = %config.peer_listen,
+        health_listen = %config.health_listen,
+        tls = tls.is_some(),
         actor = format!("{:016x}", node.store.actor()),
         seeds = ?config.seeds,
         n = quorum.n, r = quorum.r, w = quorum.w,
         "serving"
     );
+    if tls.is_none() {
+        tracing::warn!(
+            "running with --dev --insecure: every port is plaintext and every call is accepted \
+             without a credential; never do this with data that matters"
+        );
+    }
+    let builder = || -> Result<_, StartError> {
+        let builder = Server::builder().tcp_nodelay(true);
+        let builder = match &tls {
+            Some(tls) => builder.tls_config(tls.clone()).map_err(|e| {
+                StartError::Security(format!("the TLS settings are not usable: {e}"))
+            })?,
+            None => builder,
+        };
+        // Who may call comes first; then whether there is room for the call.
+        Ok(builder.layer(AuthLayer(policy.clone())).layer(AdmissionLayer(admission.clone())))
+    };
+    let limits = RequestLimits::of(config);
+    // Client port: the client API (and health).
+    let client_router = builder()?.add_service(health_service.clone()).add_service(
+        ClientServer::new(ClientService(shared.clone()))
+            .max_decoding_message_size(limits.client)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    );
+    // Peer port: internode and admin APIs (and health).
     let internode = InternodeServer::new(InternodeService(shared.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(limits.internode)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let router = Server::builder()
-        .tcp_nodelay(true)
-        .add_service(health_service)
-        .add_service(
-            ClientServer::new(ClientService(shared.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(AdminServer::new(AdminService(shared)));
-    let router = match &node.faults {
+    let peer_router = builder()?.add_service(health_service.clone()).add_service(
+        AdminServer::new(AdminService(shared))
+            .max_decoding_message_size(limits.admin)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    );
+    let peer_router = match &node.faults {
         // Incoming calls from peers cut off by the fault switch are refused before any handler.
         Some(switch) => {
-            router.add_service(InterceptedService::new(internode, switch.interceptor()))
+            peer_router.add_service(InterceptedService::new(internode, switch.interceptor()))
         }
-        None => router.add_service(internode),
+        None => peer_router.add_service(internode),
+    };
+    // Health port: plaintext gRPC health only, for probes.
+    let health_router = Server::builder().add_service(health_service);
+    // If one server fails, the others stop too.
+    let stop = shutdown.child_token();
+    let failed = |e: tonic::transport::Error| {
+        stop.cancel();
+        StartError::Serve(e.to_string())
     };
     // With our own listener the builder's tcp_nodelay is ignored: set it per connection, or
     // Nagle holds back the second write of a response for the peer's delayed ACK (~40 ms).
-    let served = router
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.cancelled(),
-        )
-        .await
-        .map_err(|e| StartError::Serve(e.to_string()));
+    let incoming = |l: TcpListener| TcpIncoming::from(l).with_nodelay(Some(true));
+    let (client, peer, health) = tokio::join!(
+        async {
+            client_router
+                .serve_with_incoming_shutdown(incoming(client_listener), stop.cancelled())
+                .await
+                .map_err(failed)
+        },
+        async {
+            peer_router
+                .serve_with_incoming_shutdown(incoming(peer_listener), stop.cancelled())
+                .await
+                .map_err(failed)
+        },
+        async {
+            health_router
+                .serve_with_incoming_shutdown(incoming(health_listener), stop.cancelled())
+                .await
+                .map_err(failed)
+        },
+    );
     // Every worker watches the same token; give them a moment to finish what they are doing.
+    shutdown.cancel();
     runner.drain(DRAIN_DEADLINE).await;
-    served?;
+    client?;
+    peer?;
+    health?;
     tracing::info!(node = %node.me, "stopped");
     Ok(())
+}
+
+/// The largest request each API accepts, from the node's limits. A larger one is refused
+/// (`OUT_OF_RANGE`, naming the limit) from its length prefix, before anything is allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// A put: one value, its key and its context.
+    pub client: usize,
+    /// A replicated version (up to the merge caps), or a forwarded put.
+    pub internode: usize,
+    /// Admin requests are small.
+    pub admin: usize,
+}
+
+/// Room for a key's context and the message framing.
+const REQUEST_OVERHEAD: usize = 64 << 10;
+
+impl RequestLimits {
+    pub fn of(config: &NodeConfig) -> RequestLimits {
+        let l = &config.limits;
+        RequestLimits {
+            client: l.max_value_bytes + l.max_key_bytes + REQUEST_OVERHEAD,
+            internode: (StoreCaps::from_limits(l).bytes + l.max_key_bytes + REQUEST_OVERHEAD)
+                .min(MAX_MESSAGE_BYTES),
+            admin: REQUEST_OVERHEAD,
+        }
+    }
+}
+
+async fn listen(address: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Listen { address: address.to_string(), source })
+}
+
+/// The servers' TLS settings: this node's certificate, and the cluster CA for the callers'
+/// certificates (optional at the handshake; each method's rule is checked in `rpc::auth`).
+/// None with `--dev --insecure`.
+fn server_tls(config: &NodeConfig) -> Result<Option<ServerTlsConfig>, StartError> {
+    if config.is_insecure() {
+        return Ok(None);
+    }
+    let credentials = node_credentials(config)?;
+    let (Some(ca), Some((cert, key))) = (&credentials.ca_pem, &credentials.identity) else {
+        return Err(StartError::Security("tls.ca_cert, tls.cert and tls.key are required".into()));
+    };
+    Ok(Some(
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert, key))
+            .client_ca_root(Certificate::from_pem(ca))
+            .client_auth_optional(true),
+    ))
+}
+
+/// What this node presents when it calls the others: the cluster CA, its own certificate
+/// (which must have role peer). Plaintext with `--dev --insecure`.
+pub fn node_credentials(config: &NodeConfig) -> Result<Credentials, StartError> {
+    if config.is_insecure() {
+        return Ok(Credentials::insecure());
+    }
+    let tls = &config.tls;
+    let credentials =
+        Credentials::load(tls.ca_cert.as_deref(), tls.cert.as_deref(), tls.key.as_deref(), None)
+            .map_err(|e| StartError::Security(e.to_string()))?;
+    let ca = credentials.ca_pem.as_deref().unwrap_or_default();
+    let (cert, _) = credentials
+        .identity
+        .as_ref()
+        .ok_or_else(|| StartError::Security("tls.cert and tls.key are required".into()))?;
+    dynamo_api::security::fingerprint(ca)
+        .map_err(|e| StartError::Security(format!("tls.ca_cert: {e}")))?;
+    let der = dynamo_api::security::first_certificate(cert)
+        .map_err(|e| StartError::Security(format!("tls.cert: {e}")))?;
+    match dynamo_api::security::identity_of(&der) {
+        Some(id) if id.role == Role::Peer => Ok(credentials),
+        Some(id) => Err(StartError::Security(format!(
+            "tls.cert: the certificate has role {}, but a node's certificate needs role peer \
+             (issue it with the cluster CA for the node)",
+            id.role
+        ))),
+        None => Err(StartError::Security(
+            "tls.cert: the certificate names no role (urn:dynamokv:role:peer): issue the \
+             node's certificate with the operator or `dynamoctl dev up`"
+                .into(),
+        )),
+    }
+}
+
+/// This node's cluster: its name and its CA's fingerprint (none when insecure).
+fn cluster_identity(config: &NodeConfig) -> Result<ClusterIdentity, StartError> {
+    let ca_fingerprint = match node_credentials(config)?.ca_pem {
+        Some(ca) => dynamo_api::security::fingerprint(&ca)
+            .map_err(|e| StartError::Security(format!("tls.ca_cert: {e}")))?,
+        None => String::new(),
+    };
+    Ok(ClusterIdentity { name: config.cluster.name.clone(), ca_fingerprint })
+}
+
+fn tokens(config: &NodeConfig) -> Result<Tokens, StartError> {
+    match &config.tokens_file {
+        Some(path) if !config.is_insecure() => {
+            Tokens::load(path).map_err(|e| StartError::Security(format!("tokens_file: {e}")))
+        }
+        _ => Ok(Tokens::default()),
+    }
 }
 
 /// A token cancelled on SIGINT or SIGTERM: the one shutdown signal every task watches.

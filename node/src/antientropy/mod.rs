@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::merkle::{diff_items, DiffWalk};
 use crate::net::{Merkle, Replicas};
 use crate::ring::{NodeId, PartitionId, Placement};
-use crate::storage::{Store, TREE_SHAPE};
+use crate::storage::{blocking, Budget, Store, SCAN_BYTES, TREE_SHAPE};
 use crate::throttle::Throttle;
 use crate::worker::{Worker, WorkerState};
 
@@ -50,6 +50,18 @@ pub async fn exchange<T: Replicas + Merkle>(
     peer: &NodeId,
     throttle: &mut Throttle,
 ) -> Result<ExchangeStats, String> {
+    exchange_paged(store, transport, partition, peer, throttle, ITEMS_PAGE).await
+}
+
+/// [`exchange`], listing the peer's items in pages of `items_page`.
+pub(crate) async fn exchange_paged<T: Replicas + Merkle>(
+    store: &Store,
+    transport: &T,
+    partition: PartitionId,
+    peer: &NodeId,
+    throttle: &mut Throttle,
+    items_page: Budget,
+) -> Result<ExchangeStats, String> {
     let mut walk = DiffWalk::new(TREE_SHAPE);
     while let Some((level, indices)) = walk.next_request() {
         let remote = transport
@@ -65,13 +77,50 @@ pub async fn exchange<T: Replicas + Merkle>(
     if leaves.is_empty() {
         return Ok(stats);
     }
-    let remote = transport
-        .merkle_items(peer, partition, leaves.clone())
-        .await
-        .map_err(|e| format!("{peer}: {e}"))?;
-    let local = store.items_in_leaves(partition, &leaves).map_err(|e| e.to_string())?;
-    stats.keys_compared = (local.len() + remote.len()) as u64;
-    let diff = diff_items(&local, &remote);
+    // Page by page through the differing leaves' keys: each page of the peer's items, with
+    // this replica's items of the same key range.
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = transport
+            .merkle_items(peer, partition, leaves.clone(), after.clone(), items_page)
+            .await
+            .map_err(|e| format!("{peer}: {e}"))?;
+        let upto = match page.items.last() {
+            Some((last, _)) if page.more => Some(last.clone()),
+            _ => None,
+        };
+        let unbounded = Budget { items: usize::MAX, bytes: usize::MAX };
+        let (local, _) = blocking(|| {
+            store.items_in_leaves(partition, &leaves, after.as_deref(), upto.as_deref(), unbounded)
+        })
+        .map_err(|e| e.to_string())?;
+        reconcile(store, transport, partition, peer, throttle, &local, &page.items, &mut stats)
+            .await?;
+        match upto {
+            Some(last) => after = Some(last),
+            None => break,
+        }
+    }
+    Ok(stats)
+}
+
+/// Most bytes of one page of a peer's Merkle items.
+const ITEMS_PAGE: Budget = Budget { items: usize::MAX, bytes: SCAN_BYTES };
+
+/// Makes both replicas equal on the keys of one page: pulls what differs, then pushes.
+#[allow(clippy::too_many_arguments)]
+async fn reconcile<T: Replicas + Merkle>(
+    store: &Store,
+    transport: &T,
+    partition: PartitionId,
+    peer: &NodeId,
+    throttle: &mut Throttle,
+    local: &[(Vec<u8>, crate::merkle::Hash)],
+    remote: &[(Vec<u8>, crate::merkle::Hash)],
+    stats: &mut ExchangeStats,
+) -> Result<(), String> {
+    stats.keys_compared += (local.len() + remote.len()) as u64;
+    let diff = diff_items(local, remote);
 
     // Pull what the peer has that we lack or hold differently, merging it here...
     for key in diff.missing_locally.iter().chain(&diff.different) {
@@ -88,7 +137,7 @@ pub async fn exchange<T: Replicas + Merkle>(
         transport.replicate(peer, key, &clock, None).await.map_err(|e| format!("{peer}: {e}"))?;
         stats.keys_pushed += 1;
     }
-    Ok(stats)
+    Ok(())
 }
 
 /// This node's side of anti-entropy: its store, the network, and where partitions live.

@@ -64,3 +64,29 @@ async fn exchange_moves_only_the_differing_keys_and_both_sides_end_equal() {
         assert_eq!((s.keys_pulled, s.keys_pushed, s.keys_compared), (0, 0, 0));
     }
 }
+
+#[tokio::test]
+async fn an_exchange_pages_through_the_peers_items_and_misses_nothing() {
+    let a = Arc::new(Store::open(Arc::new(MemoryEngine::default()), Q).unwrap());
+    let b = Arc::new(Store::open(Arc::new(MemoryEngine::default()), Q).unwrap());
+    // Every key differs: a holds the even ones, b the odd ones, so every leaf is listed.
+    for i in 0..600 {
+        let store = if i % 2 == 0 { &a } else { &b };
+        put(store, &format!("k{i}"), &value(&format!("v{i}"), 1));
+    }
+    let (ida, idb) = (NodeId("a".into()), NodeId("b".into()));
+    let net = SimNet::new(Q);
+    net.add(&ida, a.clone());
+    net.add(&idb, b.clone());
+    let mut throttle = Throttle::new(0);
+    // Pages of at most ~4 items (key + 32-byte digest each).
+    let page = Budget { items: usize::MAX, bytes: 150 };
+    let mut total = ExchangeStats::default();
+    for p in 0..Q {
+        total.add(exchange_paged(&a, &net, p, &idb, &mut throttle, page).await.unwrap());
+    }
+    assert_eq!((total.keys_pulled, total.keys_pushed), (300, 300), "{total:?}");
+    for p in 0..Q {
+        assert_eq!(a.with_tree(p, |t| t.root()).unwrap(), b.with_tree(p, |t| t.root()).unwrap());
+    }
+}

@@ -21,7 +21,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Long storage work (partition scans) leaves its worker thread for one of at most 64
+    // blocking threads (`storage::blocking`), so requests, gossip and health keep their threads.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(64)
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("dynamo-node: cannot start the async runtime: {e}");

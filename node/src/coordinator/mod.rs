@@ -59,6 +59,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Q, fixed for the cluster: where a key lives on disk does not depend on the ring.
     pub partitions: u32,
+    /// How long a node may be down and still get hints.
+    pub hint_window: Duration,
 }
 
 /// What a get returns.
@@ -523,7 +525,36 @@ impl<T: Replicas> Coordinator<T> {
         hint_for: Option<&NodeId>,
     ) -> Result<()> {
         self.check_key(key)?;
+        if let Some(target) = hint_for.filter(|t| **t != self.me) {
+            self.check_hint(target)?;
+        }
         self.store.accept(&self.me, self.partition_of(key), key, clock, hint_for)
+    }
+
+    /// Whether this node may keep a hint for `target`: a member of the ring (current or the
+    /// one being moved to) that has not been down longer than the hint window.
+    fn check_hint(&self, target: &NodeId) -> Result<()> {
+        let placement = self.placement();
+        let member = [&placement.current, &placement.next]
+            .into_iter()
+            .flatten()
+            .any(|ring| ring.member(target).is_some());
+        if !member {
+            return Err(Error::HintRefused(format!(
+                "a hint for '{target}', which is not a member of this cluster's ring, was refused"
+            )));
+        }
+        if let Some(down) = self.net.down_for(target) {
+            if down > self.settings.hint_window {
+                return Err(Error::HintRefused(format!(
+                    "'{target}' has been down for {} s, past the hint window of {} s: no more \
+                     hints are kept for it; anti-entropy repairs it when it returns",
+                    down.as_secs(),
+                    self.settings.hint_window.as_secs()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The local replica of a key, for another node's get; with `hint_for`, merged with the

@@ -28,6 +28,10 @@ fn id(s: &str) -> NodeId {
 
 impl Sim {
     fn new(count: usize, n: usize, r: usize, w: usize) -> Sim {
+        Sim::with_hint_window(count, n, r, w, Duration::from_secs(3600))
+    }
+
+    fn with_hint_window(count: usize, n: usize, r: usize, w: usize, hint_window: Duration) -> Sim {
         let members: Vec<Member> = (1..=count)
             .map(|i| Member { id: id(&format!("n{i}")), zone: format!("z{}", i % 3), weight: 1 })
             .collect();
@@ -35,6 +39,7 @@ impl Sim {
         let (_tx, rx) = watch::channel(Arc::new(Placement::fixed((*ring).clone())));
         let net = Arc::new(SimNet::new(64));
         let settings = Settings {
+            hint_window,
             n,
             r,
             w,
@@ -316,4 +321,24 @@ fn replicas_are_distinct() {
         let r: HashSet<NodeId> = sim.replicas(format!("k{i}").as_bytes(), 3).into_iter().collect();
         assert_eq!(r.len(), 3);
     }
+}
+
+#[tokio::test]
+async fn hints_are_kept_only_for_members_down_less_than_the_window() {
+    use crate::net::Liveness as _;
+    use crate::version::VersionVector;
+    let sim = Sim::with_hint_window(4, 3, 2, 2, Duration::from_millis(50));
+    let node = sim.node("n1");
+    let clock = Clock::new().update(&VersionVector::default(), Value::Data(b"v".to_vec()), 9);
+    let err = node.apply_replica(b"k", &clock, Some(&id("stranger"))).unwrap_err();
+    assert!(matches!(err, Error::HintRefused(_)), "{err}");
+    assert!(err.to_string().contains("not a member"), "{err}");
+    // n2 is down, but only just: its hints are kept.
+    sim.net.lost(&id("n2"), "test");
+    node.apply_replica(b"k", &clock, Some(&id("n2"))).unwrap();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let err = node.apply_replica(b"k2", &clock, Some(&id("n2"))).unwrap_err();
+    assert!(err.to_string().contains("past the hint window"), "{err}");
+    // Others still get hints.
+    node.apply_replica(b"k2", &clock, Some(&id("n3"))).unwrap();
 }

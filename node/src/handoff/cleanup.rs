@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::membership::gossip::Membership;
 use crate::membership::view::Status;
 use crate::ring::{NodeId, PartitionId, Ring};
-use crate::storage::Store;
+use crate::storage::{blocking, Store};
 use crate::worker::{Worker, WorkerState};
 
 /// The partitions `me` does not replicate in `ring` (not among the first `n` of their
@@ -92,8 +92,10 @@ impl CleanupWorker {
             {
                 break;
             }
-            match store.holds(p).and_then(|held| if held { store.drop_partition(p) } else { Ok(0) })
-            {
+            let removed = blocking(|| {
+                store.holds(p).and_then(|h| if h { store.drop_partition(p) } else { Ok(0) })
+            });
+            match removed {
                 Ok(0) => {}
                 Ok(k) => {
                     dropped.insert(p);

@@ -16,12 +16,12 @@ use crate::membership::claimant::gains;
 use crate::membership::gossip::Membership;
 use crate::net::PartitionSource;
 use crate::ring::{NodeId, PartitionId};
-use crate::storage::Store;
+use crate::storage::{Budget, Store};
 use crate::throttle::Throttle;
 use crate::worker::{Worker, WorkerState};
 
-/// Keys per page of a partition stream.
-const PAGE: u32 = 256;
+/// Most keys per page of a partition stream (pages are also cut at a byte budget).
+const PAGE_ITEMS: usize = 256;
 
 /// Progress of one partition moving to this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +31,21 @@ pub struct Transfer {
     pub keys: u64,
     pub bytes: u64,
     pub state: TransferState,
+    /// When streaming started, and how long it took once done: the transfer's rate.
+    pub started: Option<std::time::Instant>,
+    pub took: Option<Duration>,
+}
+
+impl Transfer {
+    /// Bytes per second since streaming started (over the whole transfer once done).
+    pub fn bytes_per_second(&self) -> u64 {
+        let elapsed = match (self.took, self.started) {
+            (Some(took), _) => took,
+            (None, Some(started)) => started.elapsed(),
+            (None, None) => return 0,
+        };
+        (self.bytes as f64 / elapsed.as_secs_f64().max(1e-3)) as u64
+    }
 }
 
 /// How far one partition transfer got.
@@ -61,6 +76,8 @@ pub struct TransferWorker<N> {
     throttle: Throttle,
     /// Shared with the admin service, which reports it.
     progress: Arc<Mutex<Progress>>,
+    /// What one page of a partition stream may hold.
+    page: Budget,
 }
 
 impl<N> TransferWorker<N> {
@@ -70,9 +87,18 @@ impl<N> TransferWorker<N> {
         net: Arc<N>,
         n: usize,
         per_second: u32,
+        page_bytes: usize,
         progress: Arc<Mutex<Progress>>,
     ) -> Self {
-        TransferWorker { membership, store, net, n, throttle: Throttle::new(per_second), progress }
+        TransferWorker {
+            membership,
+            store,
+            net,
+            n,
+            throttle: Throttle::new(per_second),
+            progress,
+            page: Budget { items: PAGE_ITEMS, bytes: page_bytes },
+        }
     }
 }
 
@@ -93,7 +119,8 @@ impl<N: PartitionSource> Worker for TransferWorker<N> {
 impl<N: PartitionSource> TransferWorker<N> {
     /// One pass over the partitions this node gains in the layout change under way, if any.
     async fn pass(&mut self) -> WorkerState {
-        let TransferWorker { membership, store, net, n, throttle, progress } = self;
+        let TransferWorker { membership, store, net, n, throttle, progress, page } = self;
+        let page = *page;
         let n = *n;
         let me = membership.me().clone();
         let placement = membership.placement().borrow().clone();
@@ -118,6 +145,8 @@ impl<N: PartitionSource> TransferWorker<N> {
                             keys: 0,
                             bytes: 0,
                             state: TransferState::Pending,
+                            started: None,
+                            took: None,
                         },
                     );
                 }
@@ -149,6 +178,7 @@ impl<N: PartitionSource> TransferWorker<N> {
                     &source,
                     progress,
                     throttle,
+                    page,
                 )
                 .await;
                 match result {
@@ -188,6 +218,7 @@ async fn pull<N: PartitionSource>(
     source: &NodeId,
     progress: &Mutex<Progress>,
     throttle: &mut Throttle,
+    budget: Budget,
 ) -> Result<(), String> {
     let set = |f: &dyn Fn(&mut Transfer)| {
         if let Ok(mut p) = progress.lock() {
@@ -201,6 +232,8 @@ async fn pull<N: PartitionSource>(
         t.state = TransferState::Streaming;
         t.keys = 0;
         t.bytes = 0;
+        t.started = Some(std::time::Instant::now());
+        t.took = None;
     });
     let mut after: Option<Vec<u8>> = None;
     loop {
@@ -208,7 +241,7 @@ async fn pull<N: PartitionSource>(
             return Err("the layout changed during the transfer".into());
         }
         let page = net
-            .stream_partition(source, partition, after.clone(), PAGE)
+            .stream_partition(source, partition, after.clone(), budget)
             .await
             .map_err(|e| e.to_string())?;
         for (key, clock, size) in &page.entries {
@@ -224,6 +257,9 @@ async fn pull<N: PartitionSource>(
             _ => break,
         }
     }
-    set(&|t| t.state = TransferState::Done);
+    set(&|t| {
+        t.state = TransferState::Done;
+        t.took = t.started.map(|s| s.elapsed());
+    });
     Ok(())
 }

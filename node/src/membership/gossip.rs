@@ -146,8 +146,13 @@ impl Membership {
         lock(&self.view).status(id)
     }
 
-    /// Merges a view received from a peer; returns ours (push-pull gossip).
+    /// Merges a view received from a peer; returns ours (push-pull gossip). A view that does
+    /// not validate (see [`View::validate`]) is refused whole: nothing of it is merged or saved.
     pub fn receive(&self, theirs: &View) -> Result<View> {
+        if let Err(e) = theirs.validate(self.config.partitions) {
+            tracing::warn!(error = %e, "refused a membership view");
+            return Err(Error::InvalidArgument(format!("membership view refused: {e}")));
+        }
         let changed = {
             let mut view = lock(&self.view);
             let before = view.nodes.get(self.me()).cloned();

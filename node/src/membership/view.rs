@@ -176,7 +176,71 @@ impl View {
     pub fn status(&self, id: &NodeId) -> Option<Status> {
         self.nodes.get(id).map(|n| n.status)
     }
+
+    /// Checks a view received from elsewhere before anything of it is merged or saved: its
+    /// size, its entries, and that its layout (and the target of a change) is a valid ring of
+    /// `partitions` partitions over members it knows. A view that fails is dropped whole.
+    pub fn validate(&self, partitions: u32) -> Result<(), String> {
+        if self.nodes.len() > MAX_MEMBERS {
+            return Err(format!(
+                "it lists {} nodes, more than the {MAX_MEMBERS} a cluster may have",
+                self.nodes.len()
+            ));
+        }
+        for (id, node) in &self.nodes {
+            if *id != node.id {
+                return Err(format!("its entry under '{id}' is for '{}'", node.id));
+            }
+            let valid_id = !id.0.is_empty()
+                && id.0.len() <= 64
+                && id.0.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !valid_id {
+                return Err(format!("node id '{}' is not a valid node id", id.0.escape_debug()));
+            }
+            if node.address.len() > 255 || node.client_address.len() > 255 || node.zone.len() > 255
+            {
+                return Err(format!("node '{id}' has an address or zone over 255 bytes"));
+            }
+            if node.weight == 0 || node.weight > 1000 {
+                return Err(format!("node '{id}' has weight {}, outside 1..=1000", node.weight));
+            }
+        }
+        let layout = &self.layout;
+        if layout.partitions != partitions {
+            return Err(format!(
+                "its layout has {} partitions, this cluster {partitions}",
+                layout.partitions
+            ));
+        }
+        if layout.members.len() > MAX_MEMBERS {
+            return Err(format!("its layout has {} members", layout.members.len()));
+        }
+        if layout.epoch == 0 {
+            if !layout.members.is_empty() || !layout.owners.is_empty() || layout.next.is_some() {
+                return Err("its layout has members but epoch 0".into());
+            }
+            return Ok(());
+        }
+        if layout.members.is_empty() {
+            return Err(format!("its layout of epoch {} has no members", layout.epoch));
+        }
+        layout
+            .ring()
+            .map_err(|e| format!("its layout of epoch {} is invalid: {e}", layout.epoch))?;
+        if let Some(next) = &layout.next {
+            if next.members.len() > MAX_MEMBERS || next.members.is_empty() {
+                return Err("the target of its layout change has no or too many members".into());
+            }
+        }
+        layout
+            .next_ring()
+            .map_err(|e| format!("the target of its layout change is invalid: {e}"))?;
+        Ok(())
+    }
 }
+
+/// The most nodes a view may list (a bound on what gossip accepts).
+pub const MAX_MEMBERS: usize = 1024;
 
 #[cfg(test)]
 mod tests {

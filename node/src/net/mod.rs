@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 
 use crate::merkle::Hash;
 use crate::ring::{NodeId, PartitionId};
+use crate::storage::Budget;
 use crate::version::Clock;
 
 /// A write forwarded to a key's replica by a node that is not one.
@@ -39,6 +40,15 @@ pub struct PutOutcome {
     pub context: Vec<u8>,
     /// Replicas that acknowledged before the answer.
     pub acks: usize,
+}
+
+/// One page of a replica's Merkle items.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ItemsPage {
+    /// (key, version digest), in key order.
+    pub items: Vec<(Vec<u8>, Hash)>,
+    /// Whether more items follow the last one.
+    pub more: bool,
 }
 
 /// One page of a partition stream.
@@ -144,24 +154,28 @@ pub trait Merkle: Send + Sync + 'static {
         indices: Vec<u32>,
     ) -> impl Future<Output = Result<Vec<Hash>, PeerError>> + Send;
 
-    /// `to`'s (key, version digest) items of `partition` in the given leaves.
+    /// `to`'s (key, version digest) items of `partition` in the given leaves, after key
+    /// `after`, as many as `budget` admits (at least one).
     fn merkle_items(
         &self,
         to: &NodeId,
         partition: PartitionId,
         leaves: Vec<u32>,
-    ) -> impl Future<Output = Result<Vec<(Vec<u8>, Hash)>, PeerError>> + Send;
+        after: Option<Vec<u8>>,
+        budget: Budget,
+    ) -> impl Future<Output = Result<ItemsPage, PeerError>> + Send;
 }
 
 /// Whole partitions, page by page (partition transfer on join and leave).
 pub trait PartitionSource: Liveness {
-    /// Up to `limit` entries of `partition` held by `from`, after key `after`.
+    /// The entries of `partition` held by `from` after key `after`, as many as `budget`
+    /// admits (at least one).
     fn stream_partition(
         &self,
         from: &NodeId,
         partition: PartitionId,
         after: Option<Vec<u8>>,
-        limit: u32,
+        budget: Budget,
     ) -> impl Future<Output = Result<PartitionPage, PeerError>> + Send;
 }
 

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 
 use super::{
-    ForwardedPut, Gossip, Liveness, Merkle, PartitionPage, PartitionSource, PeerError,
+    ForwardedPut, Gossip, ItemsPage, Liveness, Merkle, PartitionPage, PartitionSource, PeerError,
     PeerIdentity, PutOutcome, Replicas,
 };
 use crate::merkle::Hash;
 use crate::ring::{key_hash, partition_of_hash, NodeId, PartitionId};
-use crate::storage::Store;
+use crate::storage::{Budget, Store};
 use crate::version::Clock;
 
 /// A fault of one simulated node.
@@ -248,9 +248,14 @@ impl Merkle for SimNet {
         to: &NodeId,
         partition: PartitionId,
         leaves: Vec<u32>,
-    ) -> Result<Vec<(Vec<u8>, Hash)>, PeerError> {
+        after: Option<Vec<u8>>,
+        budget: Budget,
+    ) -> Result<ItemsPage, PeerError> {
         let store = self.enter("merkle_items", to).await?;
-        store.items_in_leaves(partition, &leaves).map_err(remote)
+        let (items, done) = store
+            .items_in_leaves(partition, &leaves, after.as_deref(), None, budget)
+            .map_err(remote)?;
+        Ok(ItemsPage { items, more: !done })
     }
 }
 
@@ -260,12 +265,11 @@ impl PartitionSource for SimNet {
         from: &NodeId,
         partition: PartitionId,
         after: Option<Vec<u8>>,
-        limit: u32,
+        budget: Budget,
     ) -> Result<PartitionPage, PeerError> {
         let store = self.enter("stream_partition", from).await?;
-        let page =
-            store.scan_partition(partition, after.as_deref(), limit as usize).map_err(remote)?;
-        let done = page.len() < limit as usize;
+        let (page, done) =
+            store.partition_page(partition, after.as_deref(), budget).map_err(remote)?;
         let mut entries = Vec::with_capacity(page.len());
         for (key, bytes) in page {
             let clock =

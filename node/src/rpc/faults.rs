@@ -13,10 +13,11 @@ use tonic::{Request, Status};
 
 use crate::merkle::Hash;
 use crate::net::{
-    ForwardedPut, Gossip, Liveness, Merkle, PartitionPage, PartitionSource, PeerError,
+    ForwardedPut, Gossip, ItemsPage, Liveness, Merkle, PartitionPage, PartitionSource, PeerError,
     PeerIdentity, PutOutcome, Replicas,
 };
 use crate::ring::{NodeId, PartitionId};
+use crate::storage::Budget;
 use crate::version::Clock;
 
 /// The peers this node is cut off from, in both directions.
@@ -164,9 +165,11 @@ impl<N: Merkle + Liveness> Merkle for Faulty<N> {
         to: &NodeId,
         partition: PartitionId,
         leaves: Vec<u32>,
-    ) -> Result<Vec<(Vec<u8>, Hash)>, PeerError> {
+        after: Option<Vec<u8>>,
+        budget: Budget,
+    ) -> Result<ItemsPage, PeerError> {
         self.check(to)?;
-        self.inner.merkle_items(to, partition, leaves).await
+        self.inner.merkle_items(to, partition, leaves, after, budget).await
     }
 }
 
@@ -176,10 +179,10 @@ impl<N: PartitionSource> PartitionSource for Faulty<N> {
         from: &NodeId,
         partition: PartitionId,
         after: Option<Vec<u8>>,
-        limit: u32,
+        budget: Budget,
     ) -> Result<PartitionPage, PeerError> {
         self.check(from)?;
-        self.inner.stream_partition(from, partition, after, limit).await
+        self.inner.stream_partition(from, partition, after, budget).await
     }
 }
 

@@ -1,7 +1,10 @@
 //! gRPC: the generated protobuf types, the three services this node serves (client,
-//! internode, admin), the internode client implementing the `net` traits, the test-only fault
-//! injection around both, and the one place where errors become `tonic::Status`.
+//! internode, admin), who may call them (`auth`), the internode client implementing the `net`
+//! traits, the test-only fault injection around both, and the one place where errors become
+//! `tonic::Status`.
 
+pub mod admission;
+pub mod auth;
 pub mod faults;
 pub mod peers;
 pub mod service;

@@ -23,12 +23,13 @@ use crate::membership::detector::FailureDetector;
 use crate::membership::PROBE_INTERVAL;
 use crate::merkle::Hash;
 use crate::net::{
-    ForwardedPut, Gossip, Liveness, Merkle, PartitionPage, PartitionSource, PeerError,
+    ForwardedPut, Gossip, ItemsPage, Liveness, Merkle, PartitionPage, PartitionSource, PeerError,
     PeerIdentity, PutOutcome, Replicas,
 };
 use crate::ring::{NodeId, PartitionId};
-use crate::storage::TREE_SHAPE;
+use crate::storage::{Budget, TREE_SHAPE};
 use crate::version::Clock;
+use dynamo_api::security::Credentials;
 
 pub use dynamo_api::contract::channel;
 
@@ -38,9 +39,55 @@ type PeerClient = (String, InternodeClient<Channel>, Instant);
 /// Least time between two fresh channels to the same peer.
 const RECONNECT_AFTER: Duration = Duration::from_secs(2);
 
+/// A cluster's identity: its name and its CA's fingerprint. Gossip carries it both ways, and a
+/// view from another cluster is refused (pod-IP reuse or one wrong seed must not fuse two
+/// clusters).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterIdentity {
+    pub name: String,
+    /// SHA-256 of the CA certificate, hex; empty on a `--dev --insecure` node.
+    pub ca_fingerprint: String,
+}
+
+impl ClusterIdentity {
+    /// Refuses an identity other than this one, with what differs.
+    pub fn check(&self, name: &str, ca_fingerprint: &str) -> Result<(), String> {
+        if name != self.name {
+            return Err(format!(
+                "it belongs to cluster '{name}', this node to '{}': check the seeds and the \
+                 cluster name",
+                self.name
+            ));
+        }
+        if ca_fingerprint != self.ca_fingerprint {
+            let short = |f: &str| {
+                if f.is_empty() {
+                    "none (insecure)".to_string()
+                } else {
+                    f[..f.len().min(16)].to_string()
+                }
+            };
+            return Err(format!(
+                "it belongs to a cluster named '{name}' with another CA ({}, this node's {}): \
+                 two clusters must not share seeds",
+                short(ca_fingerprint),
+                short(&self.ca_fingerprint)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The most bytes of an encoded view gossip accepts.
+pub const MAX_VIEW_BYTES: usize = 4 << 20;
+
 /// See the module docs.
 pub struct Peers {
     me: NodeId,
+    /// What this node presents to the others (the cluster CA, its peer certificate).
+    credentials: Credentials,
+    /// This node's cluster, sent with every gossip.
+    cluster: ClusterIdentity,
     /// Peer id -> (address, client, when the client was made). Behind a lock so membership
     /// changes can replace it.
     clients: RwLock<HashMap<NodeId, PeerClient>>,
@@ -55,9 +102,16 @@ pub use dynamo_api::contract::FROM_KEY;
 
 impl Peers {
     /// No peers yet: membership adds them with [`Peers::set_addresses`].
-    pub fn new(me: NodeId, timeout: Duration) -> Peers {
+    pub fn new(
+        me: NodeId,
+        timeout: Duration,
+        credentials: Credentials,
+        cluster: ClusterIdentity,
+    ) -> Peers {
         Peers {
             me,
+            credentials,
+            cluster,
             clients: RwLock::new(HashMap::new()),
             timeout,
             detector: Mutex::new(FailureDetector::new(PROBE_INTERVAL)),
@@ -87,7 +141,7 @@ impl Peers {
         if made.elapsed() < RECONNECT_AFTER {
             return;
         }
-        if let Ok(fresh) = Self::make_client(address, self.timeout) {
+        if let Ok(fresh) = self.make_client(address) {
             (*client, *made) = (fresh, Instant::now());
         }
     }
@@ -99,7 +153,7 @@ impl Peers {
             if *id == self.me || clients.get(id).is_some_and(|(a, _, _)| a == address) {
                 continue;
             }
-            match Self::make_client(address, self.timeout) {
+            match self.make_client(address) {
                 Ok(c) => {
                     clients.insert(id.clone(), (address.clone(), c, Instant::now()));
                 }
@@ -110,8 +164,9 @@ impl Peers {
         }
     }
 
-    fn make_client(address: &str, timeout: Duration) -> Result<InternodeClient<Channel>, String> {
-        Ok(InternodeClient::new(channel(address, timeout * 2 + Duration::from_secs(1))?)
+    fn make_client(&self, address: &str) -> Result<InternodeClient<Channel>, String> {
+        let timeout = self.timeout * 2 + Duration::from_secs(1);
+        Ok(InternodeClient::new(channel(address, timeout, &self.credentials)?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
@@ -308,17 +363,26 @@ impl Merkle for Peers {
         to: &NodeId,
         partition: PartitionId,
         leaves: Vec<u32>,
-    ) -> Result<Vec<(Vec<u8>, Hash)>, PeerError> {
+        after: Option<Vec<u8>>,
+        budget: Budget,
+    ) -> Result<ItemsPage, PeerError> {
         let message = MerkleItemsRequest {
             partition,
             leaves,
             fanout: TREE_SHAPE.fanout,
             depth: TREE_SHAPE.depth,
+            after,
+            max_bytes: budget.bytes as u64,
         };
         let reply = self
             .call(to, message, self.timeout, |mut c, r| async move { c.merkle_items(r).await })
             .await?;
-        reply.items.into_iter().map(|i| Ok((i.key, to_hash(&i.digest)?))).collect()
+        let items = reply
+            .items
+            .into_iter()
+            .map(|i| Ok((i.key, to_hash(&i.digest)?)))
+            .collect::<Result<_, PeerError>>()?;
+        Ok(ItemsPage { items, more: reply.more })
     }
 }
 
@@ -328,9 +392,14 @@ impl PartitionSource for Peers {
         from: &NodeId,
         partition: PartitionId,
         after: Option<Vec<u8>>,
-        limit: u32,
+        budget: Budget,
     ) -> Result<PartitionPage, PeerError> {
-        let message = StreamPartitionRequest { partition, after, limit };
+        let message = StreamPartitionRequest {
+            partition,
+            after,
+            limit: budget.items.min(u32::MAX as usize) as u32,
+            max_bytes: budget.bytes as u64,
+        };
         let reply =
             self.call(from, message, self.timeout * 5, |mut c, r| async move {
                 c.stream_partition(r).await
@@ -369,13 +438,32 @@ impl Gossip for Peers {
             });
             let mut client = match known {
                 Some(c) => c,
-                None => Self::make_client(address, self.timeout).map_err(PeerError::Unreachable)?,
+                None => self.make_client(address).map_err(PeerError::Unreachable)?,
+            };
+            let request = GossipRequest {
+                view,
+                cluster: self.cluster.name.clone(),
+                ca_fingerprint: self.cluster.ca_fingerprint.clone(),
             };
             let reply = client
-                .gossip(self.request(GossipRequest { view }, timeout))
+                .gossip(self.request(request, timeout))
                 .await
                 .map_err(peer_error)?
                 .into_inner();
+            let refused = |message: String| PeerError::Remote {
+                code: Code::FailedPrecondition as i32,
+                message,
+            };
+            self.cluster
+                .check(&reply.cluster, &reply.ca_fingerprint)
+                .map_err(|e| refused(format!("the node at {address} answered gossip, but {e}")))?;
+            if reply.view.len() > MAX_VIEW_BYTES {
+                return Err(refused(format!(
+                    "the node at {address} sent a {}-byte view, over the {MAX_VIEW_BYTES}-byte \
+                     limit",
+                    reply.view.len()
+                )));
+            }
             Ok(reply.view)
         })
     }

@@ -12,6 +12,7 @@ use super::faults::FaultSwitch;
 use super::pb::admin::{self, admin_server::Admin};
 use super::pb::client::{self, client_server::Client};
 use super::pb::internode::{self, internode_server::Internode};
+use super::peers::{ClusterIdentity, MAX_VIEW_BYTES};
 use crate::antientropy::AntiEntropy;
 use crate::config::Quorum;
 use crate::coordinator::Coordinator;
@@ -22,9 +23,26 @@ use crate::membership::gossip::Membership;
 use crate::membership::view::View;
 use crate::net::{Net, PeerError};
 use crate::ring::NodeId;
-use crate::storage::{Store, TREE_SHAPE};
+use crate::storage::{blocking, Budget, Store, SCAN_BYTES, TREE_SHAPE};
 use crate::version::Clock;
 use crate::worker::Statuses;
+use dynamo_api::security::Credentials;
+
+/// Most entries one partition page may ask for.
+const MAX_PAGE_ITEMS: u32 = 4096;
+
+/// Most bytes one partition page may ask for: well under the message limit, which must also
+/// hold one object of up to `limits.max_object_bytes` (a page always carries at least one).
+pub const MAX_PAGE_BYTES: usize = 16 << 20;
+
+/// The byte budget of a page a caller asked for: its `max_bytes` (0: the default), at most
+/// [`MAX_PAGE_BYTES`].
+fn page_bytes(max_bytes: u64) -> usize {
+    match max_bytes {
+        0 => SCAN_BYTES,
+        b => b.min(MAX_PAGE_BYTES as u64) as usize,
+    }
+}
 
 /// How long `Status` waits for each peer's ping.
 const STATUS_PING_TIMEOUT: Duration = Duration::from_millis(800);
@@ -37,7 +55,10 @@ pub struct Shared<N> {
     pub coordinator: Arc<Coordinator<N>>,
     pub membership: Arc<Membership>,
     pub antientropy: Arc<AntiEntropy<N>>,
-    pub cluster: String,
+    /// This node's cluster (name and CA fingerprint).
+    pub cluster: ClusterIdentity,
+    /// What this node presents when it calls another node itself (a forwarded decommission).
+    pub credentials: Credentials,
     pub quorum: Quorum,
     /// Q, fixed for the cluster.
     pub partitions: u32,
@@ -256,6 +277,19 @@ impl<N: Net> Internode for InternodeService<N> {
     ) -> Result<Response<internode::MerkleHashesResponse>, Status> {
         handle(req, |req| async move {
             check_shape(req.fanout, req.depth)?;
+            let len = TREE_SHAPE.level_len(req.level.min(TREE_SHAPE.depth));
+            if req.level > TREE_SHAPE.depth
+                || req.indices.len() > len as usize
+                || req.indices.iter().any(|&i| i >= len)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "MerkleHashes asks for {} nodes of level {}; the tree has {} levels below \
+                     the root and {len} nodes at that level",
+                    req.indices.len(),
+                    req.level,
+                    TREE_SHAPE.depth
+                )));
+            }
             let hashes = self
                 .0
                 .store
@@ -273,12 +307,29 @@ impl<N: Net> Internode for InternodeService<N> {
     ) -> Result<Response<internode::MerkleItemsResponse>, Status> {
         handle(req, |req| async move {
             check_shape(req.fanout, req.depth)?;
-            let items = self.0.store.items_in_leaves(req.partition, &req.leaves)?;
+            let leaves = TREE_SHAPE.level_len(TREE_SHAPE.depth);
+            if req.leaves.len() > leaves as usize || req.leaves.iter().any(|&l| l >= leaves) {
+                return Err(Error::InvalidArgument(format!(
+                    "MerkleItems asks for {} leaves; a tree has {leaves}, numbered from 0",
+                    req.leaves.len()
+                )));
+            }
+            let budget = Budget { items: usize::MAX, bytes: page_bytes(req.max_bytes) };
+            let (items, done) = blocking(|| {
+                self.0.store.items_in_leaves(
+                    req.partition,
+                    &req.leaves,
+                    req.after.as_deref(),
+                    None,
+                    budget,
+                )
+            })?;
             Ok(internode::MerkleItemsResponse {
                 items: items
                     .into_iter()
                     .map(|(key, d)| internode::MerkleItem { key, digest: d.to_vec() })
                     .collect(),
+                more: !done,
             })
         })
         .await
@@ -289,11 +340,26 @@ impl<N: Net> Internode for InternodeService<N> {
         req: Request<internode::GossipRequest>,
     ) -> Result<Response<internode::GossipResponse>, Status> {
         handle(req, |req| async move {
+            let cluster = &self.0.cluster;
+            if let Err(e) = cluster.check(&req.cluster, &req.ca_fingerprint) {
+                tracing::warn!(error = %e, "refused gossip from another cluster");
+                return Err(Error::PermissionDenied(format!("gossip refused: {e}")));
+            }
+            if req.view.len() > MAX_VIEW_BYTES {
+                return Err(Error::InvalidArgument(format!(
+                    "a {}-byte membership view is over the {MAX_VIEW_BYTES}-byte limit",
+                    req.view.len()
+                )));
+            }
             let theirs: View = serde_json::from_slice(&req.view)
                 .map_err(|e| Error::InvalidArgument(format!("undecodable membership view: {e}")))?;
             let ours = self.0.membership.receive(&theirs)?;
             let view = serde_json::to_vec(&ours).map_err(|e| Error::Internal(e.to_string()))?;
-            Ok(internode::GossipResponse { view })
+            Ok(internode::GossipResponse {
+                view,
+                cluster: cluster.name.clone(),
+                ca_fingerprint: cluster.ca_fingerprint.clone(),
+            })
         })
         .await
     }
@@ -303,9 +369,13 @@ impl<N: Net> Internode for InternodeService<N> {
         req: Request<internode::StreamPartitionRequest>,
     ) -> Result<Response<internode::StreamPartitionResponse>, Status> {
         handle(req, |req| async move {
-            let limit = req.limit.clamp(1, 4096) as usize;
-            let page = self.0.store.scan_partition(req.partition, req.after.as_deref(), limit)?;
-            let done = page.len() < limit;
+            let budget = Budget {
+                items: req.limit.clamp(1, MAX_PAGE_ITEMS) as usize,
+                bytes: page_bytes(req.max_bytes),
+            };
+            let (page, done) = blocking(|| {
+                self.0.store.partition_page(req.partition, req.after.as_deref(), budget)
+            })?;
             Ok(internode::StreamPartitionResponse {
                 entries: page
                     .into_iter()
@@ -324,7 +394,7 @@ impl<N: Net> Internode for InternodeService<N> {
         handle(req, |_| async move {
             Ok(internode::PingResponse {
                 node_id: self.0.me.0.clone(),
-                cluster: self.0.cluster.clone(),
+                cluster: self.0.cluster.name.clone(),
             })
         })
         .await
@@ -363,8 +433,9 @@ impl<N: Net> Admin for AdminService<N> {
             ))
             .into());
         };
-        let channel = super::peers::channel(&node.address, STATUS_PING_TIMEOUT * 5)
-            .map_err(|e| Status::from(Error::Internal(e)))?;
+        let channel =
+            super::peers::channel(&node.address, STATUS_PING_TIMEOUT * 5, &shared.credentials)
+                .map_err(|e| Status::from(Error::Internal(e)))?;
         let forwarded = admin::admin_client::AdminClient::new(channel)
             .decommission(admin::DecommissionRequest { node_id: target.clone(), force: false })
             .await;
@@ -450,7 +521,7 @@ impl<N: Net> AdminService<N> {
         let me = shared.me.clone();
         let n = shared.quorum.n;
         let probes = view.nodes.values().map(|node| {
-            let (net, me, cluster) = (shared.net.clone(), me.clone(), shared.cluster.clone());
+            let (net, me, cluster) = (shared.net.clone(), me.clone(), shared.cluster.name.clone());
             let node = node.clone();
             async move {
                 if node.id == me {
@@ -526,13 +597,14 @@ impl<N: Net> AdminService<N> {
                         keys_sent: t.keys,
                         bytes_sent: t.bytes,
                         state: transfer_state(t.state) as i32,
+                        bytes_per_second: t.bytes_per_second(),
                     })
                     .collect()
             })
             .unwrap_or_default();
         Ok(admin::StatusResponse {
             node_id: me.0,
-            cluster: shared.cluster.clone(),
+            cluster: shared.cluster.name.clone(),
             n: shared.quorum.n as u32,
             r: shared.quorum.r as u32,
             w: shared.quorum.w as u32,

@@ -10,6 +10,10 @@ pub use dynamo_api::contract::{is_node_error, ERROR_KIND_KEY};
 
 fn kind_and_code(e: &Error) -> (&'static str, Code) {
     match e {
+        Error::Unauthenticated(_) => ("unauthenticated", Code::Unauthenticated),
+        Error::PermissionDenied(_) => ("permission-denied", Code::PermissionDenied),
+        Error::HintRefused(_) => ("hint-refused", Code::ResourceExhausted),
+        Error::Overloaded(_) => ("overloaded", Code::ResourceExhausted),
         Error::InvalidArgument(_) => ("invalid-argument", Code::InvalidArgument),
         Error::Context(_) => ("invalid-context", Code::InvalidArgument),
         Error::Quorum { .. } => ("quorum", Code::Unavailable),

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::RwLock;
 
-use super::{Engine, Entries, Keyspace, StorageError, WriteOp};
+use super::{Budget, Engine, Entries, Keyspace, StorageError, WriteOp};
 
 /// One keyspace: ordered keys to values.
 type Space = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -42,7 +42,7 @@ impl Engine for MemoryEngine {
         space: Keyspace,
         prefix: &[u8],
         after: Option<&[u8]>,
-        limit: usize,
+        budget: Budget,
     ) -> Result<Entries, StorageError> {
         let spaces = self.spaces.read().map_err(|_| StorageError("lock poisoned".into()))?;
         let Some(map) = spaces.get(&space) else { return Ok(Vec::new()) };
@@ -50,12 +50,19 @@ impl Engine for MemoryEngine {
             Some(a) => Bound::Excluded(a.to_vec()),
             None => Bound::Included(prefix.to_vec()),
         };
-        Ok(map
-            .range((start, Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        let mut out = Vec::new();
+        let mut used = 0;
+        for (k, v) in
+            map.range((start, Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix))
+        {
+            let size = k.len() + v.len();
+            if !budget.admits(out.len(), used, size) {
+                break;
+            }
+            used += size;
+            out.push((k.clone(), v.clone()));
+        }
+        Ok(out)
     }
 
     fn approximate_len(&self, space: Keyspace) -> u64 {

@@ -13,7 +13,20 @@ mod store;
 
 pub use memory::MemoryEngine;
 pub use rocks::RocksEngine;
-pub use store::{data_key, HintStats, Store, TREE_SHAPE};
+pub use store::{data_key, HintStats, Store, StoreCaps, TREE_SHAPE};
+
+/// Runs long storage work (a partition scan, a partition's deletion) without stalling the async
+/// worker thread it is called from: on the multi-thread runtime the worker hands its other tasks
+/// to a fresh thread from tokio's bounded blocking pool for the duration (`block_in_place`),
+/// so requests, gossip and health keep being served; elsewhere (single-thread test runtimes) it
+/// just runs. How many such calls run at once is bounded by admission control (background
+/// requests) and by the one worker per background job.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
 
 /// Separate key spaces (RocksDB column families).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,6 +62,31 @@ pub enum WriteOp {
 /// Key-value pairs, as a scan returns them.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// How much one scan may return: at most `items` entries, and no more than `bytes` of keys and
+/// values together, except that the first entry is always returned (a page always makes
+/// progress, whatever the size of one object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub items: usize,
+    pub bytes: usize,
+}
+
+/// The byte budget of scans the node makes for itself (tree rebuilds, cleanup, hint delivery):
+/// bounds the memory one page holds whatever the size of the values.
+pub const SCAN_BYTES: usize = 4 << 20;
+
+impl Budget {
+    /// `items` entries, at most [`SCAN_BYTES`].
+    pub const fn items(items: usize) -> Budget {
+        Budget { items, bytes: SCAN_BYTES }
+    }
+
+    /// Whether an entry of `size` bytes fits after `count` entries of `used` bytes.
+    pub fn admits(&self, count: usize, used: usize, size: usize) -> bool {
+        count == 0 || (count < self.items && used.saturating_add(size) <= self.bytes)
+    }
+}
+
 /// A storage engine failure. The message comes from the engine.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -61,14 +99,14 @@ pub trait Engine: Send + Sync + 'static {
     fn get(&self, space: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
     /// Applies every op atomically (all or none, also across a crash).
     fn write(&self, ops: Vec<WriteOp>) -> Result<(), StorageError>;
-    /// Up to `limit` entries whose key starts with `prefix`, in key order, strictly after
-    /// `after` when given. Paging this way never holds an iterator across calls.
+    /// Entries whose key starts with `prefix`, in key order, strictly after `after` when given,
+    /// as many as `budget` admits. Paging this way never holds an iterator across calls.
     fn scan(
         &self,
         space: Keyspace,
         prefix: &[u8],
         after: Option<&[u8]>,
-        limit: usize,
+        budget: Budget,
     ) -> Result<Entries, StorageError>;
     /// An estimate of the number of keys in a keyspace.
     fn approximate_len(&self, space: Keyspace) -> u64;
@@ -103,12 +141,18 @@ mod tests {
             .unwrap();
         assert_eq!(engine.get(Keyspace::Data, b"p1k1").unwrap(), Some(b"v1".to_vec()));
         assert_eq!(engine.get(Keyspace::Meta, b"p1k1").unwrap(), Some(b"m".to_vec()));
-        let all = engine.scan(Keyspace::Data, b"p1", None, 10).unwrap();
+        let all = engine.scan(Keyspace::Data, b"p1", None, Budget::items(10)).unwrap();
         assert_eq!(all.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(), [b"p1k1", b"p1k2"]);
-        let page = engine.scan(Keyspace::Data, b"p1", Some(b"p1k1"), 10).unwrap();
+        let page = engine.scan(Keyspace::Data, b"p1", Some(b"p1k1"), Budget::items(10)).unwrap();
         assert_eq!(page.len(), 1);
+        // Byte budgets: entries are 6 bytes (4 of key, 2 of value); the first always comes.
+        let bytes = |bytes| Budget { items: 10, bytes };
+        assert_eq!(engine.scan(Keyspace::Data, b"", None, bytes(1)).unwrap().len(), 1);
+        assert_eq!(engine.scan(Keyspace::Data, b"", None, bytes(11)).unwrap().len(), 1);
+        assert_eq!(engine.scan(Keyspace::Data, b"", None, bytes(12)).unwrap().len(), 2);
+        assert_eq!(engine.scan(Keyspace::Data, b"", None, bytes(18)).unwrap().len(), 3);
         assert_eq!(page[0].0, b"p1k2");
-        assert_eq!(engine.scan(Keyspace::Data, b"", None, 2).unwrap().len(), 2);
+        assert_eq!(engine.scan(Keyspace::Data, b"", None, Budget::items(2)).unwrap().len(), 2);
         engine
             .write(vec![WriteOp::Delete { space: Keyspace::Data, key: b"p1k1".to_vec() }])
             .unwrap();

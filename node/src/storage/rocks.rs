@@ -9,7 +9,7 @@ use rocksdb::{
     WriteBatch, WriteOptions, DB,
 };
 
-use super::{Engine, Entries, Keyspace, StorageError, WriteOp};
+use super::{Budget, Engine, Entries, Keyspace, StorageError, WriteOp};
 
 /// See the module docs.
 pub struct RocksEngine {
@@ -93,12 +93,13 @@ impl Engine for RocksEngine {
         space: Keyspace,
         prefix: &[u8],
         after: Option<&[u8]>,
-        limit: usize,
+        budget: Budget,
     ) -> Result<Entries, StorageError> {
         let start = after.unwrap_or(prefix);
         let iter =
             self.db.iterator_cf(self.cf(space)?, IteratorMode::From(start, Direction::Forward));
         let mut out = Vec::new();
+        let mut used = 0;
         for item in iter {
             let (k, v) = item.map_err(err)?;
             if !k.starts_with(prefix) {
@@ -107,10 +108,12 @@ impl Engine for RocksEngine {
             if after.is_some_and(|a| &*k == a) {
                 continue;
             }
-            out.push((k.into_vec(), v.into_vec()));
-            if out.len() >= limit {
+            let size = k.len() + v.len();
+            if !budget.admits(out.len(), used, size) {
                 break;
             }
+            used += size;
+            out.push((k.into_vec(), v.into_vec()));
         }
         Ok(out)
     }

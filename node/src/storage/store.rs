@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use super::{Engine, Keyspace, WriteOp};
+use super::{Budget, Engine, Keyspace, WriteOp};
 use crate::error::{Error, Result};
 use crate::merkle::{self, Hash, MerkleTree, TreeShape};
 use crate::ring::{NodeId, PartitionId};
@@ -80,7 +80,43 @@ pub struct Store {
     trees: Vec<Mutex<MerkleTree>>,
     /// Hints per target node, kept in step with the hint keyspace.
     hint_stats: Mutex<BTreeMap<NodeId, HintStats>>,
+    /// What a replica merge may leave in one key, and the hints kept for one node.
+    caps: StoreCaps,
 }
+
+/// What the store keeps at most: in one key after a replica merge, and in hints for one node.
+///
+/// A client write is checked against the
+/// sibling and object limits by its coordinator, but writes through different coordinators can
+/// each pass and then meet in a merge, so merges get more room (4x the limits); past that (only
+/// reachable by hostile replication or a long partition), the merge is refused with an error and
+/// the key keeps a readable version on every replica, to be resolved by a client write. A merge
+/// never produces an object the decoder or one message cannot hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreCaps {
+    pub siblings: usize,
+    /// Encoded bytes of the merged version.
+    pub bytes: usize,
+    /// Most bytes of hints kept for one node.
+    pub hint_bytes_per_target: u64,
+}
+
+impl StoreCaps {
+    /// 4x the client limits, within the decoder's limits and half the message limit.
+    pub fn from_limits(limits: &crate::config::Limits) -> StoreCaps {
+        StoreCaps {
+            siblings: limits.max_siblings.saturating_mul(4).min(crate::version::MAX_VALUES),
+            bytes: limits
+                .max_object_bytes
+                .saturating_mul(4)
+                .min(dynamo_api::contract::MAX_MESSAGE_BYTES / 2),
+            hint_bytes_per_target: 1 << 30,
+        }
+    }
+}
+
+/// (key, version digest) items, in key order.
+pub type Items = Vec<(Vec<u8>, Hash)>;
 
 fn storage(e: super::StorageError) -> Error {
     Error::Storage(e.0)
@@ -143,6 +179,7 @@ impl Store {
             actor,
             trees: (0..partitions).map(|_| Mutex::new(MerkleTree::new(TREE_SHAPE))).collect(),
             hint_stats: Mutex::new(BTreeMap::new()),
+            caps: StoreCaps::from_limits(&crate::config::Limits::default()),
         };
         store.load()?;
         Ok(store)
@@ -152,8 +189,10 @@ impl Store {
     fn load(&self) -> Result<()> {
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page =
-                self.engine.scan(Keyspace::Data, b"", after.as_deref(), 1024).map_err(storage)?;
+            let page = self
+                .engine
+                .scan(Keyspace::Data, b"", after.as_deref(), Budget::items(1024))
+                .map_err(storage)?;
             let Some(last) = page.last() else { break };
             after = Some(last.0.clone());
             for (k, v) in &page {
@@ -167,8 +206,10 @@ impl Store {
         let mut stats = lock(&self.hint_stats)?;
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page =
-                self.engine.scan(Keyspace::Hints, b"", after.as_deref(), 1024).map_err(storage)?;
+            let page = self
+                .engine
+                .scan(Keyspace::Hints, b"", after.as_deref(), Budget::items(1024))
+                .map_err(storage)?;
             let Some(last) = page.last() else { break };
             after = Some(last.0.clone());
             for (k, v) in &page {
@@ -180,6 +221,12 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Sets what a replica merge may leave in one key (from the node's limits).
+    pub fn with_caps(mut self, caps: StoreCaps) -> Store {
+        self.caps = caps;
+        self
     }
 
     /// The actor id under which this node creates versions.
@@ -214,7 +261,17 @@ impl Store {
         clock: &Clock,
         old: Option<Hash>,
     ) -> Result<()> {
-        let bytes = clock.encode();
+        self.write_encoded(partition, key, clock.encode(), old)
+    }
+
+    /// [`Store::write`] of a clock already encoded.
+    fn write_encoded(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        bytes: Vec<u8>,
+        old: Option<Hash>,
+    ) -> Result<()> {
         let new = merkle::version_digest(&bytes);
         self.engine
             .write(vec![WriteOp::Put {
@@ -235,15 +292,35 @@ impl Store {
     }
 
     /// Merges a version received from another node into this replica; returns the result.
-    /// Writes only when something changed.
+    /// Writes only when something changed. A merge that would grow the key past the
+    /// [`StoreCaps`] is refused (nothing written); one that just takes the incoming version
+    /// (this replica had nothing newer) is not, so what exists elsewhere can always be copied.
     pub fn merge(&self, partition: PartitionId, key: &[u8], incoming: &Clock) -> Result<Clock> {
         let _guard = lock(self.stripe(key))?;
         let (local, old) = self.read(partition, key)?;
         let merged = local.sync(incoming);
         if merged != local {
-            self.write(partition, key, &merged, old)?;
+            let bytes = merged.encode();
+            if merged != *incoming {
+                self.check_caps(&merged, bytes.len())?;
+            }
+            self.write_encoded(partition, key, bytes, old)?;
         }
         Ok(merged)
+    }
+
+    fn check_caps(&self, merged: &Clock, encoded: usize) -> Result<()> {
+        let caps = self.caps;
+        if merged.sibling_count() > caps.siblings {
+            return Err(Error::TooManySiblings {
+                siblings: merged.sibling_count(),
+                max: caps.siblings,
+            });
+        }
+        if encoded > caps.bytes {
+            return Err(Error::ObjectTooLarge { bytes: encoded, max: caps.bytes });
+        }
+        Ok(())
     }
 
     /// Read-modify-write of one key: `f` gets the local clock and returns the new one (or an
@@ -273,31 +350,46 @@ impl Store {
         Ok(f(&mut *lock(tree)?))
     }
 
-    /// The (key, version digest) items of a partition whose keys fall in `leaves`.
+    /// The (key, version digest) items of a partition whose keys fall in `leaves`, in key
+    /// order, strictly after `after` and up to `upto` (inclusive) when given, as many as
+    /// `budget` admits (counting each item's key and digest); and whether the range was
+    /// exhausted (nothing in it follows the items returned).
     pub fn items_in_leaves(
         &self,
         partition: PartitionId,
         leaves: &[u32],
-    ) -> Result<Vec<(Vec<u8>, Hash)>> {
+        after: Option<&[u8]>,
+        upto: Option<&[u8]>,
+        budget: Budget,
+    ) -> Result<(Items, bool)> {
         let wanted: HashSet<u32> = leaves.iter().copied().collect();
         let prefix = partition.to_be_bytes();
         let mut out = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
+        let mut used = 0;
+        let mut after: Option<Vec<u8>> = after.map(|k| data_key(partition, k));
         loop {
             let page = self
                 .engine
-                .scan(Keyspace::Data, &prefix, after.as_deref(), 1024)
+                .scan(Keyspace::Data, &prefix, after.as_deref(), Budget::items(1024))
                 .map_err(storage)?;
-            let Some(last) = page.last() else { break };
+            let Some(last) = page.last() else { return Ok((out, true)) };
             after = Some(last.0.clone());
             for (k, v) in page {
                 let key = &k[4..];
-                if wanted.contains(&TREE_SHAPE.leaf_of(key)) {
-                    out.push((key.to_vec(), merkle::version_digest(&v)));
+                if upto.is_some_and(|u| key > u) {
+                    return Ok((out, true));
                 }
+                if !wanted.contains(&TREE_SHAPE.leaf_of(key)) {
+                    continue;
+                }
+                let size = key.len() + 32;
+                if !budget.admits(out.len(), used, size) {
+                    return Ok((out, false));
+                }
+                used += size;
+                out.push((key.to_vec(), merkle::version_digest(&v)));
             }
         }
-        Ok(out)
     }
 
     /// Keeps a write meant for `target` (sloppy quorum), merged with any hint already held.
@@ -317,6 +409,14 @@ impl Store {
         };
         let bytes = merged.encode();
         let (old_len, new_len) = (old.as_ref().map_or(0, Vec::len) as u64, bytes.len() as u64);
+        let held = lock(&self.hint_stats)?.get(target).map_or(0, |s| s.bytes);
+        let cap = self.caps.hint_bytes_per_target;
+        if new_len > old_len && (held + new_len).saturating_sub(old_len) > cap {
+            return Err(Error::HintRefused(format!(
+                "this node already holds {held} bytes of hints for '{target}', the most it keeps \
+                 for one node ({cap}); anti-entropy repairs it when it returns"
+            )));
+        }
         self.engine
             .write(vec![WriteOp::Put { space: Keyspace::Hints, key: hk, value: bytes }])
             .map_err(storage)?;
@@ -383,7 +483,7 @@ impl Store {
         let after = after.map(|(p, k)| hint_key(target, p, k));
         let page = self
             .engine
-            .scan(Keyspace::Hints, &hint_prefix(target), after.as_deref(), limit)
+            .scan(Keyspace::Hints, &hint_prefix(target), after.as_deref(), Budget::items(limit))
             .map_err(storage)?;
         let mut out = Vec::with_capacity(page.len());
         for (k, v) in page {
@@ -446,18 +546,37 @@ impl Store {
             .map_err(storage)
     }
 
-    /// Up to `limit` replicas of a partition after `after`, in key order, as (key, clock).
+    /// The replicas of a partition after `after`, in key order, as (key, clock), as many as
+    /// `budget` admits (at least one when there is one).
     pub fn scan_partition(
         &self,
         partition: PartitionId,
         after: Option<&[u8]>,
-        limit: usize,
+        budget: Budget,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let prefix = partition.to_be_bytes();
         let after = after.map(|k| data_key(partition, k));
         let page =
-            self.engine.scan(Keyspace::Data, &prefix, after.as_deref(), limit).map_err(storage)?;
+            self.engine.scan(Keyspace::Data, &prefix, after.as_deref(), budget).map_err(storage)?;
         Ok(page.into_iter().map(|(k, v)| (k[4..].to_vec(), v)).collect())
+    }
+
+    /// One page of a partition for a transfer: what `budget` admits after `after`, and whether
+    /// it is the last page (nothing follows it).
+    pub fn partition_page(
+        &self,
+        partition: PartitionId,
+        after: Option<&[u8]>,
+        budget: Budget,
+    ) -> Result<(super::Entries, bool)> {
+        let page = self.scan_partition(partition, after, budget)?;
+        let done = match page.last() {
+            None => true,
+            Some((last, _)) => {
+                self.scan_partition(partition, Some(last), Budget::items(1))?.is_empty()
+            }
+        };
+        Ok((page, done))
     }
 
     /// Deletes this node's copy of every key of `partition` (one it no longer replicates),
@@ -466,7 +585,7 @@ impl Store {
         let mut removed = 0;
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page = self.scan_partition(partition, after.as_deref(), 256)?;
+            let page = self.scan_partition(partition, after.as_deref(), Budget::items(256))?;
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
             for (key, _) in page {
@@ -490,7 +609,7 @@ impl Store {
 
     /// Whether this node holds any key of `partition`.
     pub fn holds(&self, partition: PartitionId) -> Result<bool> {
-        Ok(!self.scan_partition(partition, None, 1)?.is_empty())
+        Ok(!self.scan_partition(partition, None, Budget::items(1))?.is_empty())
     }
 
     /// Estimated number of keys held (replicas only, not hints).
@@ -538,6 +657,96 @@ mod tests {
     }
 
     #[test]
+    fn partition_pages_are_cut_at_their_byte_budget_and_end_exactly() {
+        let store = Store::open(Arc::new(MemoryEngine::default()), 8).unwrap();
+        // 10 values of 100 KiB: one 256-key page would be 1 MB.
+        let big =
+            Clock::new().update(&VersionVector::default(), Value::Data(vec![7; 100 << 10]), 7);
+        for i in 0..10 {
+            store.merge(1, format!("k{i}").as_bytes(), &big).unwrap();
+        }
+        let budget = Budget { items: 256, bytes: 350 << 10 };
+        let (mut after, mut pages, mut keys) = (None::<Vec<u8>>, 0, 0);
+        loop {
+            let (page, done) = store.partition_page(1, after.as_deref(), budget).unwrap();
+            let bytes: usize = page.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+            assert!(page.len() == 1 || bytes <= budget.bytes, "page of {bytes} bytes");
+            pages += 1;
+            keys += page.len();
+            after = page.last().map(|(k, _)| k.clone());
+            if done {
+                break;
+            }
+        }
+        assert_eq!((keys, pages), (10, 4), "3 values per page, and no empty last page");
+        // A value over the budget still moves, one per page.
+        let tiny = Budget { items: 256, bytes: 1 };
+        let (page, done) = store.partition_page(1, None, tiny).unwrap();
+        assert_eq!((page.len(), done), (1, false));
+        assert_eq!(store.partition_page(2, None, tiny).unwrap(), (vec![], true));
+    }
+
+    #[test]
+    fn a_replica_merge_past_the_caps_is_refused_and_the_key_stays_readable() {
+        let caps = StoreCaps { siblings: 4, bytes: 1 << 20, hint_bytes_per_target: 1 << 20 };
+        let store = Store::open(Arc::new(MemoryEngine::default()), 8).unwrap().with_caps(caps);
+        let siblings = |actor, n: usize| {
+            (0..n).fold(Clock::new(), |c, i| {
+                c.update(&VersionVector::default(), Value::Data(vec![i as u8; 10]), actor)
+            })
+        };
+        let (a, b) = (siblings(1, 3), siblings(2, 3));
+        assert_eq!(a.sibling_count(), 3);
+        store.merge(1, b"k", &a).unwrap();
+        // Together they would hold 6 concurrent values: refused, nothing written.
+        let err = store.merge(1, b"k", &b).unwrap_err();
+        assert!(matches!(err, Error::TooManySiblings { siblings: 6, max: 4 }), "{err}");
+        assert_eq!(store.get(1, b"k").unwrap(), a, "the key keeps a readable version");
+        // An object over the caps that exists elsewhere is still copied to an empty replica.
+        let five = siblings(3, 5);
+        assert_eq!(store.merge(1, b"other", &five).unwrap(), five);
+        // Bytes: two concurrent 600 KiB values exceed 1 MiB together.
+        let big = |actor| {
+            Clock::new().update(&VersionVector::default(), Value::Data(vec![0; 600 << 10]), actor)
+        };
+        store.merge(2, b"big", &big(1)).unwrap();
+        let err = store.merge(2, b"big", &big(2)).unwrap_err();
+        assert!(matches!(err, Error::ObjectTooLarge { max, .. } if max == 1 << 20), "{err}");
+        assert_eq!(store.get(2, b"big").unwrap().sibling_count(), 1);
+        // The defaults keep every merge decodable and within one message.
+        let caps = StoreCaps::from_limits(&crate::config::Limits::default());
+        assert!(caps.siblings <= crate::version::MAX_VALUES);
+        assert!(caps.bytes <= dynamo_api::contract::MAX_MESSAGE_BYTES / 2);
+    }
+
+    #[test]
+    fn hints_for_one_node_stop_at_the_cap_and_room_returns_as_they_are_delivered() {
+        let cap = StoreCaps {
+            hint_bytes_per_target: 1000,
+            ..StoreCaps::from_limits(&Default::default())
+        };
+        let store = Store::open(Arc::new(MemoryEngine::default()), 8).unwrap().with_caps(cap);
+        let (t, other) = (NodeId("t".into()), NodeId("u".into()));
+        let v = Clock::new().update(&VersionVector::default(), Value::Data(vec![1; 300]), 7);
+        let mut kept = 0;
+        let err = loop {
+            match store.store_hint(&t, 1, format!("k{kept}").as_bytes(), &v) {
+                Ok(()) => kept += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(kept, 3, "3 hints of ~300 bytes fit in 1000");
+        assert!(matches!(err, Error::HintRefused(_)), "{err}");
+        assert!(store.hint_stats()[&t].bytes <= 1000);
+        // Another target has its own room; the same hint again changes nothing and is fine.
+        store.store_hint(&other, 1, b"k0", &v).unwrap();
+        store.store_hint(&t, 1, b"k0", &v).unwrap();
+        // Delivering one makes room for one more.
+        assert!(store.remove_hint_if_unchanged(&t, 1, b"k0", &v).unwrap());
+        store.store_hint(&t, 1, b"k9", &v).unwrap();
+    }
+
+    #[test]
     fn merge_and_update_round_trip() {
         let store = Store::open(Arc::new(MemoryEngine::default()), 64).unwrap();
         let c = store
@@ -575,9 +784,32 @@ mod tests {
         assert_eq!(reopened.with_tree(2, |t| t.root()).unwrap(), root);
         assert_eq!(reopened.with_tree(3, |t| t.root()).unwrap(), empty);
         let leaf = TREE_SHAPE.leaf_of(b"k7");
-        let items = store.items_in_leaves(2, &[leaf]).unwrap();
+        let all = Budget { items: usize::MAX, bytes: usize::MAX };
+        let (items, done) = store.items_in_leaves(2, &[leaf], None, None, all).unwrap();
+        assert!(done);
         assert!(items.iter().any(|(k, _)| k == b"k7"));
         assert!(items.iter().all(|(k, _)| TREE_SHAPE.leaf_of(k) == leaf));
+        // Paged by bytes (each item: key + 32-byte digest), the pages add up to the whole.
+        let every_leaf: Vec<u32> = (0..TREE_SHAPE.level_len(TREE_SHAPE.depth)).collect();
+        let (whole, _) = store.items_in_leaves(2, &every_leaf, None, None, all).unwrap();
+        assert_eq!(whole.len(), 50);
+        let small = Budget { items: usize::MAX, bytes: 100 };
+        let (mut paged, mut after) = (Vec::new(), None::<Vec<u8>>);
+        loop {
+            let (page, done) =
+                store.items_in_leaves(2, &every_leaf, after.as_deref(), None, small).unwrap();
+            assert!(!page.is_empty() && page.len() <= 3, "{} items", page.len());
+            after = page.last().map(|(k, _)| k.clone());
+            paged.extend(page);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(paged, whole);
+        // A range ends at `upto`, inclusive.
+        let (upto, done) =
+            store.items_in_leaves(2, &every_leaf, None, Some(&whole[9].0), all).unwrap();
+        assert_eq!((upto.as_slice(), done), (&whole[..10], true));
     }
 
     #[test]
