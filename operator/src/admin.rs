@@ -457,6 +457,7 @@ pub(crate) mod tests {
             keys_sent: keys,
             bytes_sent: keys * 10,
             state: proto::TransferState::from_str_name(state).map_or(0, |s| s as i32),
+            ..Transfer::default()
         };
         let mut a = report("a", &[("a", "z", "leaving")]);
         a.transfers = vec![t(1, "TRANSFER_STATE_STREAMING", 5), t(2, "TRANSFER_STATE_DONE", 7)];

@@ -77,6 +77,7 @@ pub fn node_config(cluster: &DynamoCluster) -> NodeConfig {
             max_value_bytes: size(limits.max_value_bytes, defaults.limits.max_value_bytes),
             max_siblings: size(limits.max_siblings, defaults.limits.max_siblings),
             max_object_bytes: size(limits.max_object_bytes, defaults.limits.max_object_bytes),
+            ..defaults.limits.clone()
         },
         ..defaults
     }
