@@ -31,6 +31,8 @@ use tonic::Code;
 
 use dynamo_client::{Client, ClientError};
 
+use crate::connect::ConnectArgs;
+
 use crate::Format;
 
 /// Arguments of `dynamoctl bench`.
@@ -205,7 +207,12 @@ impl ErrorKind {
             ClientError::Connect { .. } | ClientError::Exhausted { .. } => ErrorKind::Unavailable,
             ClientError::InvalidRing { .. }
             | ClientError::NoEndpoint
-            | ClientError::StillMember { .. } => ErrorKind::Other,
+            | ClientError::StillMember { .. }
+            | ClientError::Unauthenticated { .. }
+            | ClientError::PermissionDenied { .. }
+            | ClientError::NotAdminPort { .. }
+            | ClientError::Tls { .. }
+            | ClientError::Settings(_) => ErrorKind::Other,
             ClientError::Node { code, .. } => match code {
                 Code::Unavailable => ErrorKind::Unavailable,
                 Code::DeadlineExceeded => ErrorKind::Timeout,
@@ -530,6 +537,8 @@ pub struct Setup {
     pub seed: u64,
     /// How the endpoint node describes the cluster ("N=3 R=2 W=2, 3 nodes").
     pub cluster: String,
+    /// Whether the clients talk TLS to the nodes (false: a `--dev --insecure` cluster).
+    pub tls: bool,
     /// Whether requests were routed to their key's replicas by one partition-aware client
     /// (else each endpoint's own client sends to that node, which coordinates or forwards).
     pub partition_aware: bool,
@@ -947,6 +956,7 @@ pub fn json_report(
     json!({
         "endpoints": setup.endpoints,
         "cluster": setup.cluster,
+        "tls": setup.tls,
         "partition_aware": setup.partition_aware,
         "ring_epoch": ring_epoch,
         "records": setup.records,
@@ -964,31 +974,41 @@ pub fn json_report(
 /// `i % endpoints` only.
 pub async fn run(
     args: BenchArgs,
-    default_endpoint: &str,
+    connect: &ConnectArgs,
     timeout: Duration,
     partition_aware: bool,
 ) -> Result<(), String> {
-    let endpoints = validate(&args, default_endpoint)?;
+    let endpoints = validate(&args, &connect.endpoint)?;
+    let tls = connect.credentials()?.is_tls();
     let per_endpoint = endpoints
         .iter()
-        .map(|e| Client::new(e, timeout))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    // Fail early, with the client's advice, when an endpoint does not answer.
-    let mut cluster = String::new();
+        .map(|e| connect.client([e.as_str()], timeout, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Fail early, with the client's advice, when an endpoint does not answer or refuses the
+    // credentials (the ring needs only the read role, as the workload does).
+    let mut ring = None;
     for client in &per_endpoint {
-        let status = client.status().await.map_err(|e| e.to_string())?;
-        if cluster.is_empty() {
-            cluster = format!(
-                "{}: N={} R={} W={}, {} nodes",
-                status.cluster,
-                status.n,
-                status.r,
-                status.w,
-                status.nodes.len()
-            );
-        }
+        let layout = client.ring().await.map_err(|e| e.to_string())?;
+        ring.get_or_insert(layout);
     }
+    let ring = ring.expect("validate gives at least one endpoint");
+    // N, R and W as the cluster has them need the admin API; with a data credential only, the
+    // ring's N and size describe the cluster.
+    let cluster = match per_endpoint[0].status().await {
+        Ok(status) => format!(
+            "{}: N={} R={} W={}, {} nodes",
+            status.cluster,
+            status.n,
+            status.r,
+            status.w,
+            status.nodes.len()
+        ),
+        Err(_) => format!(
+            "N={}, {} nodes (R and W: pass an admin credential and --admin-addr to show them)",
+            ring.n,
+            ring.members.len()
+        ),
+    };
     let setup = Arc::new(Setup {
         endpoints,
         records: args.records,
@@ -999,14 +1019,11 @@ pub async fn run(
         key_prefix: args.key_prefix.clone(),
         seed: args.seed,
         cluster,
+        tls,
         partition_aware,
     });
     let clients = if partition_aware {
-        let client = Client::builder(setup.endpoints.iter().cloned())
-            .timeout(timeout)
-            .partition_aware(true)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let client = connect.client(setup.endpoints.iter().cloned(), timeout, true)?;
         // Route from the first request on, so the load is measured with routing too.
         client.refresh_ring().await.map_err(|e| {
             format!(
@@ -1024,7 +1041,12 @@ pub async fn run(
             Some(epoch) => format!("partition-aware routing on (ring epoch {epoch})"),
             None => "partition-aware routing off".to_string(),
         };
-        println!("cluster {} via {}, {routing}", setup.cluster, setup.endpoints.join(","));
+        let transport = if setup.tls { "TLS" } else { "plaintext (insecure)" };
+        println!(
+            "cluster {} via {} over {transport}, {routing}",
+            setup.cluster,
+            setup.endpoints.join(",")
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -1139,6 +1161,7 @@ mod tests {
             key_prefix: "bench:".into(),
             seed: 1,
             cluster: "dev: N=1 R=1 W=1, 1 nodes".into(),
+            tls: true,
             partition_aware: true,
         }
     }

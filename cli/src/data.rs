@@ -9,6 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use dynamo_client::Client;
 
+use crate::connect::ConnectArgs;
 use crate::output;
 
 /// Arguments of `put`.
@@ -66,17 +67,18 @@ pub struct DeleteArgs {
 /// (the node has not joined yet, or does not answer), the request goes to `endpoint`, whose
 /// error then says what is wrong.
 pub async fn client(
-    endpoint: &str,
+    connect: &ConnectArgs,
     timeout: Duration,
     partition_aware: bool,
 ) -> Result<Client, String> {
-    let client = Client::builder([endpoint])
-        .timeout(timeout)
-        .partition_aware(partition_aware)
-        .build()
-        .map_err(|e| e.to_string())?;
-    // Routing is an optimisation: without a ring the endpoint coordinates (or forwards).
-    let _ = client.refresh_ring().await;
+    let client = connect.client([connect.endpoint.as_str()], timeout, partition_aware)?;
+    // Routing is an optimisation: without a ring the endpoint coordinates (or forwards); a
+    // refused credential, though, would be refused by the request too: say so now.
+    if let Err(e) = client.refresh_ring().await {
+        if e.is_auth() {
+            return Err(e.to_string());
+        }
+    }
     Ok(client)
 }
 

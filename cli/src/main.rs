@@ -1,28 +1,29 @@
 //! `dynamoctl`: the command-line client. Reads (`get`, `status`, `ring`) print text for people
 //! or `-o json` for programs; write commands print the new context on one line. One module per
 //! command group: `data` (put, get, delete), `admin` (status, ring, decommission, repair),
-//! `bench` (load generator), `dev` (local clusters); `output` formats answers.
+//! `bench` (load generator), `dev` (local clusters), `token` (bearer tokens); `connect` holds
+//! the endpoint and credential flags every command shares; `output` formats answers.
 
 mod admin;
 mod bench;
+mod connect;
 mod data;
 mod dev;
 mod output;
+mod token;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use dynamo_client::Client;
 use tokio_util::sync::CancellationToken;
 
 /// Command-line interface of dynamoctl.
 #[derive(Debug, Parser)]
 #[command(name = "dynamoctl", version, about = "Talk to a Dynamo cluster")]
 pub struct Cli {
-    /// A node's client endpoint, HOST:PORT.
-    #[arg(long, global = true, env = "DYNAMO_ENDPOINT", default_value = "127.0.0.1:7070")]
-    pub endpoint: String,
+    #[command(flatten)]
+    pub connect: connect::ConnectArgs,
     /// How long to wait for an answer, in milliseconds.
     #[arg(long, global = true, default_value_t = 10_000)]
     pub timeout_ms: u64,
@@ -59,7 +60,7 @@ pub enum Command {
     Get(data::GetArgs),
     /// Delete what a context covers (use the context of a get).
     Delete(data::DeleteArgs),
-    /// Every node with its zone, address and reachability, as the endpoint node sees it.
+    /// Every node with its zone, addresses and reachability, as the admin node sees it.
     Status {
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
@@ -72,7 +73,7 @@ pub enum Command {
     /// Decommission a node: it streams its partitions to their new owners, then reports "left"
     /// and can be stopped.
     Decommission(admin::DecommissionArgs),
-    /// Run anti-entropy now between the endpoint node and the other replicas of its partitions.
+    /// Run anti-entropy now between the admin node and the other replicas of its partitions.
     Repair {
         /// Only this partition (default: every partition the node replicates).
         #[arg(long)]
@@ -86,6 +87,11 @@ pub enum Command {
     Dev {
         #[command(subcommand)]
         command: DevCommand,
+    },
+    /// Bearer tokens: create one, or hash one for the tokens file.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
     },
 }
 
@@ -123,8 +129,9 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let timeout = Duration::from_millis(cli.timeout_ms);
-    let client = || Client::new(&cli.endpoint, timeout).map_err(|e| e.to_string());
-    let data_client = || data::client(&cli.endpoint, timeout, cli.partition_aware);
+    let connect = &cli.connect;
+    let client = || connect.endpoint_client(timeout);
+    let data_client = || data::client(connect, timeout, cli.partition_aware);
     match cli.command {
         Command::Put(args) => data::put(&data_client().await?, args).await,
         Command::Get(args) => data::get(&data_client().await?, args).await,
@@ -133,8 +140,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Ring { output } => admin::ring(&client()?, output).await,
         Command::Decommission(args) => admin::decommission(&client()?, args).await,
         Command::Repair { partition, output } => admin::repair(&client()?, partition, output).await,
-        Command::Bench(args) => bench::run(args, &cli.endpoint, timeout, cli.partition_aware).await,
+        Command::Bench(args) => bench::run(args, connect, timeout, cli.partition_aware).await,
         Command::Dev { command: DevCommand::Up(args) } => dev::up(args).await,
+        Command::Token { command } => token::run(command),
     }
 }
 

@@ -77,7 +77,8 @@ pub fn status(out: &ClusterStatus, format: Format) -> String {
                 .iter()
                 .map(|n| {
                     json!({
-                        "id": n.id, "zone": n.zone, "address": n.address, "weight": n.weight,
+                        "id": n.id, "zone": n.zone, "address": n.address,
+                        "peer_address": n.peer_address, "weight": n.weight,
                         "reachable": n.reachable, "error": n.error, "self": n.is_self,
                         "down_for_ms": n.down_for.map(|d| d.as_millis() as u64),
                         "membership": n.membership.as_str(),
@@ -216,7 +217,8 @@ pub fn ring(out: &RingLayout, format: Format) -> String {
                 .iter()
                 .enumerate()
                 .map(|(i, m)| {
-                    json!({ "id": m.id, "zone": m.zone, "address": m.address, "weight": m.weight, "partitions": owned(i) })
+                    json!({ "id": m.id, "zone": m.zone, "address": m.address, "peer_address": m.peer_address,
+                            "weight": m.weight, "partitions": owned(i) })
                 })
                 .collect();
             format!("{}\n", json!({ "partitions": out.partitions, "n": out.n, "nodes": nodes }))
@@ -313,6 +315,7 @@ mod tests {
         let m = |id: &str| RingMember {
             id: id.into(),
             address: "a:1".into(),
+            peer_address: "a:2".into(),
             zone: "z".into(),
             weight: 1,
         };

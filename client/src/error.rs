@@ -52,6 +52,69 @@ pub enum ClientError {
     /// The client was built without an endpoint.
     #[error("no endpoint given: pass at least one node address (HOST:PORT)")]
     NoEndpoint,
+    /// The node wants a credential and got none it accepts (`UNAUTHENTICATED`). Never sent to
+    /// another node: they all check the same way.
+    #[error(
+        "{endpoint} refused the call: {message}; give a credential of this cluster: a bearer \
+         token (dynamoctl: --token or DYNAMO_TOKEN) or a client certificate issued by its CA \
+         (--cert and --key, or DYNAMO_CERT and DYNAMO_KEY)"
+    )]
+    Unauthenticated { endpoint: String, message: String },
+    /// The credential's role does not allow the call (`PERMISSION_DENIED`), e.g. a read token
+    /// on a put, or a client token on an admin call. Nothing was done; never retried.
+    #[error(
+        "{endpoint} refused the call: {message}; use a credential with the role the call needs \
+         (read for get and ring, readwrite for put and delete, admin for status, decommission, \
+         repair: `dynamoctl token create --role ...` makes one)"
+    )]
+    PermissionDenied { endpoint: String, message: String },
+    /// An admin call went to a port that does not serve the admin API (a node's client port).
+    #[error(
+        "{endpoint} does not serve the admin API: admin calls go to a node's peer port (7071 by \
+         default), not its client port: pass --admin-addr or DYNAMO_ADMIN_ADDR \
+         (ClientBuilder::admin_endpoint)"
+    )]
+    NotAdminPort { endpoint: String },
+    /// The TLS handshake failed: the node's certificate is not from the CA given, it does not
+    /// name the address dialled, or one side speaks plaintext.
+    #[error(
+        "TLS with {endpoint} failed: {cause}; check that --ca-cert (DYNAMO_CA_CERT) is this \
+         cluster's CA certificate, that the node's certificate names the address dialled, and \
+         that a client certificate (--cert/--key) comes from the same CA; a `--dev --insecure` \
+         node speaks plaintext: pass --insecure"
+    )]
+    Tls { endpoint: String, cause: String },
+    /// The client's own settings are unusable (a credential that cannot be loaded).
+    #[error("{0}")]
+    Settings(String),
+}
+
+impl ClientError {
+    /// Whether a node refused the call for want of a credential or a role: the caller must
+    /// change its credentials, retrying cannot help.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, ClientError::Unauthenticated { .. } | ClientError::PermissionDenied { .. })
+    }
+
+    /// The gRPC status code a node answered with, if the failure is a node's answer.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Node { code, .. } => Some(*code),
+            ClientError::Unauthenticated { .. } => Some(Code::Unauthenticated),
+            ClientError::PermissionDenied { .. } => Some(Code::PermissionDenied),
+            ClientError::NotAdminPort { .. } => Some(Code::Unimplemented),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a transport failure's cause is a TLS problem (a certificate not trusted, an alert
+/// from the peer, plaintext met by TLS), by rustls' wording.
+fn is_tls_cause(cause: &str) -> bool {
+    let cause = cause.to_ascii_lowercase();
+    ["certificate", "tls", "alert", "corrupt message", "handshake"]
+        .iter()
+        .any(|w| cause.contains(w))
 }
 
 /// Whether a request that failed may be sent to another node.
@@ -88,6 +151,26 @@ impl Failure {
     /// Classifies a failed call to `endpoint`: the node's own error, a timeout, or no
     /// connection (and how far the request got).
     pub(crate) fn of(status: &Status, endpoint: &str, timeout: Duration) -> Failure {
+        // Credentials first: whichever layer refused, every node would refuse the same way.
+        let refused = |make: fn(String, String) -> ClientError| Failure {
+            error: make(endpoint.to_string(), status.message().to_string()),
+            delivery: Delivery::Final,
+        };
+        match status.code() {
+            Code::Unauthenticated => {
+                return refused(|endpoint, message| ClientError::Unauthenticated {
+                    endpoint,
+                    message,
+                })
+            }
+            Code::PermissionDenied => {
+                return refused(|endpoint, message| ClientError::PermissionDenied {
+                    endpoint,
+                    message,
+                })
+            }
+            _ => {}
+        }
         if contract::is_node_error(status) {
             let kind =
                 status.metadata().get(contract::ERROR_KIND_KEY).and_then(|v| v.to_str().ok());
@@ -114,7 +197,13 @@ impl Failure {
                 Failure { error: timed_out(), delivery: Delivery::Final }
             }
             _ if contract::never_connected(status) => {
-                Failure { error: connect(), delivery: Delivery::Unreached }
+                let cause = contract::transport_cause(status);
+                let error = if is_tls_cause(&cause) {
+                    ClientError::Tls { endpoint: endpoint.to_string(), cause }
+                } else {
+                    connect()
+                };
+                Failure { error, delivery: Delivery::Unreached }
             }
             Code::Unavailable | Code::Unknown | Code::Internal => {
                 Failure { error: connect(), delivery: Delivery::Interrupted }
@@ -165,13 +254,52 @@ mod tests {
         assert!(broken.may_retry(Op::Read) && !broken.may_retry(Op::Write));
     }
 
+    #[test]
+    fn refusals_for_credentials_are_their_own_errors_and_final() {
+        let t = Duration::from_secs(1);
+        let no_credential = Failure::of(
+            &Status::unauthenticated("the client API needs a client certificate or a token"),
+            "a:1",
+            t,
+        );
+        assert!(!no_credential.may_retry(Op::Read) && !no_credential.may_retry(Op::Write));
+        assert!(no_credential.error.is_auth());
+        let message = no_credential.error.to_string();
+        assert!(message.contains("a:1 refused the call: the client API needs"), "{message}");
+        assert!(message.contains("--token") && message.contains("--cert"), "{message}");
+        // The same code with the node's error kind set: still the credential error.
+        let mut denied =
+            Status::permission_denied("put needs the readwrite role; this token has read");
+        denied
+            .metadata_mut()
+            .insert(contract::ERROR_KIND_KEY, "permission-denied".parse().unwrap());
+        let denied = Failure::of(&denied, "a:1", t);
+        assert!(!denied.may_retry(Op::Read));
+        assert!(matches!(denied.error, ClientError::PermissionDenied { .. }));
+        assert_eq!(denied.error.code(), Some(Code::PermissionDenied));
+        assert!(denied.error.to_string().contains("needs the readwrite role"), "{}", denied.error);
+    }
+
+    #[test]
+    fn tls_causes_are_recognised() {
+        assert!(is_tls_cause("invalid peer certificate: UnknownIssuer"));
+        assert!(is_tls_cause("received fatal alert: BadCertificate"));
+        assert!(is_tls_cause("received corrupt message of type InvalidContentType"));
+        assert!(!is_tls_cause("Connection refused (os error 111)"));
+    }
+
     #[tokio::test]
     async fn a_refused_connection_counts_as_unreached() {
         // A port nothing listens on: bind one, then free it.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let channel = contract::channel(&address, Duration::from_secs(2)).unwrap();
+        let channel = contract::channel(
+            &address,
+            Duration::from_secs(2),
+            &dynamo_api::security::Credentials::insecure(),
+        )
+        .unwrap();
         let mut client = dynamo_api::pb::client::client_client::ClientClient::new(channel);
         let status = client.get(dynamo_api::pb::client::GetRequest::default()).await.unwrap_err();
         let failure = Failure::of(&status, &address, Duration::from_secs(2));

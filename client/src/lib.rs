@@ -5,10 +5,17 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), dynamo_client::ClientError> {
+//! use std::path::Path;
 //! use std::time::Duration;
-//! use dynamo_client::Client;
+//! use dynamo_client::{Client, Credentials};
 //!
-//! let client = Client::new("127.0.0.1:7070", Duration::from_secs(5))?;
+//! // The cluster's CA certificate (to verify the nodes) and a token with the readwrite role.
+//! let credentials = Credentials::load(Some(Path::new("ca.crt")), None, None, Some(token()))
+//!     .map_err(|e| dynamo_client::ClientError::Settings(e.to_string()))?;
+//! let client = Client::builder(["127.0.0.1:7070"])
+//!     .credentials(credentials)
+//!     .timeout(Duration::from_secs(5))
+//!     .build()?;
 //! // A blind write: without a context it becomes a sibling of whatever the key holds.
 //! client.put(b"cart:42", b"{\"items\":[1]}".to_vec(), Vec::new(), None).await?;
 //! // Read every concurrent value and one context covering them...
@@ -18,7 +25,20 @@
 //! let merged = got.values.concat();
 //! client.put(b"cart:42", merged, got.context, None).await?;
 //! # Ok(()) }
+//! # fn token() -> String { String::new() }
 //! ```
+//!
+//! # Credentials and the admin endpoint
+//!
+//! Nodes serve TLS; a client verifies them with the cluster's CA certificate and proves who it
+//! is with a client certificate of that CA or a bearer token ([`ClientBuilder::credentials`]),
+//! whose role (read, readwrite, admin) decides what it may do. Data calls and the ring go to a
+//! node's client port (7070 by default). Admin calls (status, decommission, repair) go to one
+//! node's peer port (7071 by default), named with [`ClientBuilder::admin_endpoint`], and need
+//! the admin role. A node refusing a credential answers `UNAUTHENTICATED` or
+//! `PERMISSION_DENIED` ([`ClientError::Unauthenticated`], [`ClientError::PermissionDenied`]);
+//! such a call is never sent to another node. [`Client::new`] talks plaintext without a
+//! credential: only to a `--dev --insecure` node.
 //!
 //! # Partition-aware routing
 //!
@@ -64,17 +84,20 @@ use std::time::{Duration, Instant};
 
 use dynamo_api::contract;
 use dynamo_api::pb::admin::{
-    admin_client::AdminClient, DecommissionRequest, RepairRequest, RingRequest, StatusRequest,
+    admin_client::AdminClient, DecommissionRequest, RepairRequest, StatusRequest,
 };
-use dynamo_api::pb::client::{client_client::ClientClient, DeleteRequest, GetRequest, PutRequest};
-use tonic::transport::Channel;
-use tonic::Status;
+use dynamo_api::pb::client::{
+    client_client::ClientClient, DeleteRequest, GetRequest, PutRequest, RingRequest,
+};
+use tonic::{Code, Status};
 
 use error::{Delivery, Failure, Op};
-use pool::Pool;
+use pool::{Dialer, Pool, Transport};
 use routing::Health;
 
+pub use dynamo_api::security::Credentials;
 pub use error::ClientError;
+pub use pool::channel;
 pub use routing::Router;
 pub use types::{
     ClusterStatus, Decommissioned, Hints, MemberState, NodeInfo, RepairReport, RingLayout,
@@ -106,9 +129,28 @@ pub struct ClientBuilder {
     partition_aware: bool,
     /// How many more nodes a request may go to after one that could not take it.
     retries: usize,
+    /// CA, client certificate and token for every call.
+    credentials: Credentials,
+    /// Where admin calls go (a node's peer port); None: the first seed.
+    admin_endpoint: Option<String>,
 }
 
 impl ClientBuilder {
+    /// The credentials every call presents (default: none, plaintext, for a `--dev
+    /// --insecure` cluster): the CA to verify nodes with, and a client certificate and/or a
+    /// bearer token.
+    pub fn credentials(mut self, credentials: Credentials) -> ClientBuilder {
+        self.credentials = credentials;
+        self
+    }
+
+    /// Where admin calls (status, decommission, repair, faults) go: a node's peer port,
+    /// HOST:PORT (default: the first seed, which answers only if it is a peer port).
+    pub fn admin_endpoint(mut self, address: impl Into<String>) -> ClientBuilder {
+        self.admin_endpoint = Some(address.into()).filter(|a| !a.trim().is_empty());
+        self
+    }
+
     /// How long one call may take (default [`DEFAULT_TIMEOUT`]).
     pub fn timeout(mut self, timeout: Duration) -> ClientBuilder {
         self.timeout = timeout;
@@ -145,12 +187,18 @@ impl ClientBuilder {
         if seeds.is_empty() {
             return Err(ClientError::NoEndpoint);
         }
-        let pool = Pool::new(self.timeout);
+        let dialer = Dialer::new(self.timeout, self.credentials)?;
+        let admin_endpoint =
+            self.admin_endpoint.map(|a| a.trim().to_string()).unwrap_or_else(|| seeds[0].clone());
+        let admin = dialer.admin(&admin_endpoint)?;
+        let pool = Pool::new(dialer);
         for seed in &seeds {
             pool.get(seed)?;
         }
         Ok(Client {
             inner: Arc::new(Inner {
+                admin_endpoint,
+                admin,
                 state: Mutex::new(State {
                     router: Router::new(seeds.clone()),
                     health: Health::default(),
@@ -175,8 +223,12 @@ pub struct Client {
 
 /// What clones of a client share.
 struct Inner {
-    /// The endpoints given, deduplicated, in order; admin calls go to the first.
+    /// The endpoints given, deduplicated, in order; [`Client::ring`] asks the first.
     seeds: Vec<String>,
+    /// Where admin calls go.
+    admin_endpoint: String,
+    /// The admin API there (its own channel: a peer port is not a member's client address).
+    admin: AdminClient<Transport>,
     /// Per-call timeout.
     timeout: Duration,
     /// Whether requests are routed with the ring.
@@ -223,12 +275,19 @@ impl Client {
             timeout: DEFAULT_TIMEOUT,
             partition_aware: true,
             retries: DEFAULT_RETRIES,
+            credentials: Credentials::insecure(),
+            admin_endpoint: None,
         }
     }
 
-    /// The first seed (HOST:PORT): the node admin calls go to.
+    /// The first seed (HOST:PORT): the node [`Client::ring`] asks.
     pub fn endpoint(&self) -> &str {
         &self.inner.seeds[0]
+    }
+
+    /// Where admin calls go (HOST:PORT, a node's peer port).
+    pub fn admin_endpoint(&self) -> &str {
+        &self.inner.admin_endpoint
     }
 
     /// The seed endpoints, deduplicated, in the order given.
@@ -306,12 +365,12 @@ impl Client {
         .await
     }
 
-    /// The endpoint node's view of the cluster.
+    /// The admin endpoint node's view of the cluster.
     pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
         self.admin(|mut c| async move { c.status(StatusRequest {}).await }).await
     }
 
-    /// Starts decommissioning `node` (empty: the endpoint node); with `force`, removes it even
+    /// Starts decommissioning `node` (empty: the admin endpoint node); with `force`, removes it even
     /// if it does not answer.
     pub async fn decommission(
         &self,
@@ -322,16 +381,22 @@ impl Client {
         self.admin(|mut c| async move { c.decommission(request).await }).await
     }
 
-    /// Runs anti-entropy now on the endpoint node (one partition or all it replicates).
+    /// Runs anti-entropy now on the admin endpoint node (one partition or all it replicates).
     pub async fn repair(&self, partition: Option<u32>) -> Result<RepairReport, ClientError> {
         self.admin(|mut c| async move { c.repair(RepairRequest { partition }).await }).await
     }
 
-    /// The partition layout, as the endpoint node has it. A partition-aware client also routes
-    /// with it from now on, if it is newer than its own.
+    /// The partition layout, as the endpoint node (the first seed) has it, from its client
+    /// port (the read role suffices). A partition-aware client also routes with it from now
+    /// on, if it is newer than its own.
     pub async fn ring(&self) -> Result<RingLayout, ClientError> {
-        let layout: RingLayout =
-            self.admin(|mut c| async move { c.ring(RingRequest {}).await }).await?;
+        let endpoint = self.endpoint();
+        let mut conn = self.inner.pool.get(endpoint)?;
+        let layout = conn
+            .ring(RingRequest {})
+            .await
+            .map(|r| RingLayout::from(r.into_inner()))
+            .map_err(|s| Failure::of(&s, endpoint, self.inner.timeout).error)?;
         if self.inner.partition_aware {
             // An invalid layout is the caller's to inspect; routing keeps its ring then.
             let _ = self.inner.install(&layout);
@@ -366,20 +431,22 @@ impl Client {
         }
     }
 
-    /// An admin call to the endpoint node: run it, convert the answer, classify a failure.
+    /// An admin call to the admin endpoint: run it, convert the answer, classify a failure
+    /// (a port without the admin API answers `UNIMPLEMENTED`: a client port).
     async fn admin<R, T: From<R>, Fut>(
         &self,
-        call: impl FnOnce(AdminClient<Channel>) -> Fut,
+        call: impl FnOnce(AdminClient<Transport>) -> Fut,
     ) -> Result<T, ClientError>
     where
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
-        let endpoint = self.endpoint();
-        let conn = self.inner.pool.get(endpoint)?;
-        call(conn.admin)
-            .await
-            .map(|r| T::from(r.into_inner()))
-            .map_err(|s| Failure::of(&s, endpoint, self.inner.timeout).error)
+        let endpoint = &self.inner.admin_endpoint;
+        call(self.inner.admin.clone()).await.map(|r| T::from(r.into_inner())).map_err(|s| {
+            if s.code() == Code::Unimplemented && !contract::is_node_error(&s) {
+                return ClientError::NotAdminPort { endpoint: endpoint.clone() };
+            }
+            Failure::of(&s, endpoint, self.inner.timeout).error
+        })
     }
 
     /// The envelope of every data call: send it to the planned nodes in turn until one
@@ -389,7 +456,7 @@ impl Client {
         &self,
         key: &[u8],
         op: Op,
-        call: impl Fn(ClientClient<Channel>) -> Fut,
+        call: impl Fn(ClientClient<Transport>) -> Fut,
     ) -> Result<T, ClientError>
     where
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
@@ -407,7 +474,7 @@ impl Client {
                     continue;
                 }
             };
-            match call(conn.client).await {
+            match call(conn).await {
                 Ok(response) => {
                     let epoch = response
                         .metadata()
@@ -530,14 +597,14 @@ impl Inner {
         candidates.truncate(self.retries + 1 + self.seeds.len());
         let mut errors = Vec::new();
         for address in &candidates {
-            let mut admin = match self.pool.get(address) {
-                Ok(conn) => conn.admin,
+            let mut conn = match self.pool.get(address) {
+                Ok(conn) => conn,
                 Err(e) => {
                     errors.push(e);
                     continue;
                 }
             };
-            match admin.ring(RingRequest {}).await {
+            match conn.ring(RingRequest {}).await {
                 Ok(response) => {
                     let layout = RingLayout::from(response.into_inner());
                     if let Err(e) = self.install(&layout) {
@@ -551,6 +618,11 @@ impl Inner {
                 }
                 Err(status) => {
                     let failure = Failure::of(&status, address, self.timeout);
+                    if failure.error.is_auth() {
+                        // Every node checks credentials alike: asking the next one cannot help.
+                        self.state().refresh_failed_at = Some(Instant::now());
+                        return Err(failure.error);
+                    }
                     if failure.delivery == Delivery::Unreached {
                         self.state().health.mark_down(address, Instant::now());
                     }

@@ -6,7 +6,7 @@
 //! Why the first replica: a put must be coordinated by one of the key's N replicas in the
 //! node's committed ring (any other node forwards it, one extra hop), and a get is best
 //! coordinated by a replica too, because its own copy then counts towards R. The ring a node
-//! reports (`admin.Ring`) is its committed ring, so a current replica is always a node the
+//! reports (`Client.Ring`) is its committed ring, so a current replica is always a node the
 //! coordinator accepts, also while a layout change is under way. With a stale ring the target
 //! may no longer be a replica; the node then forwards, answers with its newer epoch, and the
 //! client fetches the ring again.
@@ -185,7 +185,7 @@ mod tests {
         format!("addr-{}", id.0)
     }
 
-    /// The ring as `admin.Ring` reports it (members, owner indices, epoch), every member with
+    /// The ring as `Client.Ring` reports it (members, owner indices, epoch), every member with
     /// an address.
     fn layout(ring: &Ring, n: u32, epoch: u64) -> RingLayout {
         let members: Vec<RingMember> = ring
@@ -194,6 +194,7 @@ mod tests {
             .map(|m| RingMember {
                 id: m.id.0.clone(),
                 address: address_of(&m.id),
+                peer_address: format!("peer-{}", m.id.0),
                 zone: m.zone.clone(),
                 weight: m.weight,
             })

@@ -1,21 +1,21 @@
 //! The client against fake nodes served in-process (gRPC on loopback): which node each request
-//! reaches, when the ring is fetched again, which failures go to another node.
+//! reaches, when the ring is fetched again, which failures go to another node, what the
+//! client sends as its credential and how refusals and admin calls to a client port end.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dynamo_api::contract::EPOCH_KEY;
-use dynamo_api::pb::admin::{self, admin_server};
+use dynamo_api::contract::{AUTHORIZATION_KEY, EPOCH_KEY};
 use dynamo_api::pb::client::{self as wire, client_server};
 use dynamo_api::ring::{Member, NodeId, Ring};
 use tonic::{Request, Response, Status};
 
 use super::*;
 
-/// What every fake node reports: the ring (`admin.Ring`) and the epoch stamped on answers.
+/// What every fake node reports: the ring (`Client.Ring`) and the epoch stamped on answers.
 struct FakeCluster {
-    layout: Mutex<admin::RingResponse>,
+    layout: Mutex<wire::RingResponse>,
     epoch: AtomicU64,
 }
 
@@ -29,11 +29,37 @@ struct FakeNode {
     hang: Arc<AtomicBool>,
     /// How many ring requests it served.
     ring_calls: Arc<AtomicUsize>,
+    /// The `authorization` value of every get and put received ("" without one).
+    authorizations: Arc<Mutex<Vec<String>>>,
 }
 
+/// Keys a fake node refuses: as a node does a caller without a credential, or with a role
+/// that does not allow the call.
+const UNAUTHENTICATED_KEY: &[u8] = b"needs-a-credential";
+const DENIED_KEY: &[u8] = b"needs-another-role";
+
 impl FakeNode {
-    fn answer<T>(&self, key: Vec<u8>, body: T) -> Response<T> {
-        self.received.lock().unwrap().push(key);
+    /// Records the call's key and credential; refuses the keys that stand for a refusal.
+    fn receive<T>(&self, request: &Request<T>, key: &[u8]) -> Result<(), Status> {
+        let authorization = request
+            .metadata()
+            .get(AUTHORIZATION_KEY)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        self.authorizations.lock().unwrap().push(authorization);
+        self.received.lock().unwrap().push(key.to_vec());
+        match key {
+            UNAUTHENTICATED_KEY => Err(Status::unauthenticated(
+                "the client API needs a client certificate of the cluster CA or a bearer token",
+            )),
+            DENIED_KEY => Err(Status::permission_denied(
+                "put needs the readwrite role; this credential has read",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn answer<T>(&self, body: T) -> Response<T> {
         let mut response = Response::new(body);
         let epoch = self.cluster.epoch.load(Ordering::SeqCst);
         response.metadata_mut().insert(EPOCH_KEY, epoch.into());
@@ -51,8 +77,8 @@ impl client_server::Client for FakeNode {
         &self,
         req: Request<wire::GetRequest>,
     ) -> Result<Response<wire::GetResponse>, Status> {
-        let key = req.into_inner().key;
-        Ok(self.answer(key, wire::GetResponse::default()))
+        self.receive(&req, &req.get_ref().key)?;
+        Ok(self.answer(wire::GetResponse::default()))
     }
 
     async fn put(
@@ -62,17 +88,14 @@ impl client_server::Client for FakeNode {
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        let key = req.into_inner().key;
-        Ok(self.answer(key, wire::PutResponse { context: vec![1], acks: 2 }))
+        self.receive(&req, &req.get_ref().key)?;
+        Ok(self.answer(wire::PutResponse { context: vec![1], acks: 2 }))
     }
-}
 
-#[tonic::async_trait]
-impl admin_server::Admin for FakeNode {
     async fn ring(
         &self,
-        _: Request<admin::RingRequest>,
-    ) -> Result<Response<admin::RingResponse>, Status> {
+        _: Request<wire::RingRequest>,
+    ) -> Result<Response<wire::RingResponse>, Status> {
         self.ring_calls.fetch_add(1, Ordering::SeqCst);
         Ok(Response::new(self.cluster.layout.lock().unwrap().clone()))
     }
@@ -94,7 +117,7 @@ impl Drop for Fakes {
 }
 
 /// The ring over the first `members` of `addresses` as a node reports it.
-fn layout(addresses: &[(String, String)], members: usize, epoch: u64) -> admin::RingResponse {
+fn layout(addresses: &[(String, String)], members: usize, epoch: u64) -> wire::RingResponse {
     let ring_members: Vec<Member> = addresses[..members]
         .iter()
         .enumerate()
@@ -105,21 +128,31 @@ fn layout(addresses: &[(String, String)], members: usize, epoch: u64) -> admin::
         })
         .collect();
     let ring = Ring::new(16, ring_members).unwrap();
-    let members: Vec<admin::RingMember> = ring
+    let members: Vec<wire::RingMember> = ring
         .members()
         .iter()
-        .map(|m| admin::RingMember {
+        .map(|m| wire::RingMember {
             id: m.id.0.clone(),
             address: addresses.iter().find(|(id, _)| *id == m.id.0).unwrap().1.clone(),
+            peer_address: format!("{}-peer", m.id.0),
             zone: m.zone.clone(),
             weight: m.weight,
         })
         .collect();
     let owners: Vec<u32> = ring.owner_indices();
-    admin::RingResponse { partitions: 16, n: 3, members, owners, epoch }
+    wire::RingResponse { partitions: 16, n: 3, members, owners, epoch }
 }
 
 async fn fakes(live: usize, dead: usize) -> Fakes {
+    fakes_with(live, dead, None).await
+}
+
+/// [`fakes`] serving TLS with `tls` (a server certificate, optionally client verification).
+async fn fakes_with(
+    live: usize,
+    dead: usize,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Fakes {
     let mut listeners = Vec::new();
     let mut addresses = Vec::new();
     for i in 0..live {
@@ -143,14 +176,20 @@ async fn fakes(live: usize, dead: usize) -> Fakes {
             received: Arc::default(),
             hang: Arc::default(),
             ring_calls: Arc::default(),
+            authorizations: Arc::default(),
         };
         nodes.push(node.clone());
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let tls = tls.clone();
         // Aborted when the test's `Fakes` is dropped.
         servers.push(tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(client_server::ClientServer::new(node.clone()))
-                .add_service(admin_server::AdminServer::new(node))
+            // The client port of a node: no admin service.
+            let mut server = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                server = server.tls_config(tls).unwrap();
+            }
+            server
+                .add_service(client_server::ClientServer::new(node))
                 .serve_with_incoming(incoming)
                 .await
                 .unwrap();
@@ -300,4 +339,118 @@ async fn with_every_node_down_the_error_lists_what_was_tried() {
     assert!(matches!(err, ClientError::Exhausted { ref errors } if errors.len() == 2), "{message}");
     assert!(message.contains(&fakes.address(1)), "{message}");
     assert!(matches!(Client::builder(Vec::<String>::new()).build(), Err(ClientError::NoEndpoint)));
+}
+
+#[tokio::test]
+async fn every_call_carries_the_token_and_the_ring_comes_from_the_client_port() {
+    let fakes = fakes(3, 0).await;
+    let credentials = Credentials { token: Some("s3cret".into()), ..Credentials::insecure() };
+    let client = Client::builder([fakes.address(0)]).credentials(credentials).build().unwrap();
+    let layout = client.ring().await.unwrap();
+    assert_eq!(layout.members.len(), 3);
+    assert!(layout.members.iter().all(|m| m.peer_address == format!("{}-peer", m.id)));
+    for i in 0..10 {
+        client.put(format!("k{i}").as_bytes(), b"v".to_vec(), vec![], None).await.unwrap();
+        client.get(format!("k{i}").as_bytes(), None).await.unwrap();
+    }
+    let seen: Vec<String> =
+        fakes.nodes.iter().flat_map(|n| n.authorizations.lock().unwrap().clone()).collect();
+    assert_eq!(seen.len(), 20);
+    assert!(seen.iter().all(|a| a == "Bearer s3cret"), "{seen:?}");
+    // Without a token, nothing is sent.
+    let anonymous = Client::new(&fakes.address(1), Duration::from_secs(5)).unwrap();
+    anonymous.get(b"x", None).await.unwrap();
+    assert_eq!(fakes.nodes[1].authorizations.lock().unwrap().last().unwrap(), "");
+}
+
+#[tokio::test]
+async fn a_refused_credential_is_reported_and_never_sent_to_another_node() {
+    let fakes = fakes(3, 0).await;
+    let client = Client::builder([fakes.address(0), fakes.address(1), fakes.address(2)])
+        .partition_aware(false)
+        .retries(2)
+        .build()
+        .unwrap();
+    let err = client.put(UNAUTHENTICATED_KEY, b"v".to_vec(), vec![], None).await.unwrap_err();
+    assert!(matches!(err, ClientError::Unauthenticated { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("needs a client certificate"), "{message}");
+    assert!(message.contains("--token") && message.contains("--cert"), "{message}");
+    let err = client.get(DENIED_KEY, None).await.unwrap_err();
+    assert!(matches!(err, ClientError::PermissionDenied { .. }), "{err}");
+    assert!(err.to_string().contains("this credential has read"), "{err}");
+    let asked = |key: &[u8]| fakes.nodes.iter().filter(|n| n.received(key)).count();
+    assert_eq!(asked(UNAUTHENTICATED_KEY), 1, "a refused put went to one node only");
+    assert_eq!(asked(DENIED_KEY), 1, "a refused get went to one node only");
+}
+
+#[tokio::test]
+async fn admin_calls_to_a_client_port_say_where_they_go() {
+    let fakes = fakes(1, 0).await;
+    let client = Client::builder([fakes.address(0)]).build().unwrap();
+    assert_eq!(client.admin_endpoint(), fakes.address(0), "the first seed by default");
+    let err = client.status().await.unwrap_err();
+    assert!(matches!(err, ClientError::NotAdminPort { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("peer port (7071 by default)"), "{message}");
+    assert!(message.contains("--admin-addr") && message.contains("DYNAMO_ADMIN_ADDR"), "{message}");
+    // An admin endpoint of its own: admin calls go there, data calls do not.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let client = Client::builder([fakes.address(0)])
+        .admin_endpoint(dead.to_string())
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    assert_eq!(client.admin_endpoint(), dead.to_string());
+    let err = client.repair(None).await.unwrap_err();
+    assert!(err.to_string().contains(&dead.to_string()), "{err}");
+    client.get(b"k", None).await.unwrap();
+}
+
+#[tokio::test]
+async fn tls_nodes_are_verified_with_the_cluster_ca() {
+    use dynamo_api::security::{Ca, CertRequest, Role};
+    let day = Duration::from_secs(86_400);
+    let ca = Ca::generate("t", day).unwrap();
+    let node = ca
+        .issue(&CertRequest {
+            name: "n0".into(),
+            role: Role::Peer,
+            dns_names: vec!["localhost".into()],
+            ips: vec!["127.0.0.1".parse().unwrap()],
+            lifetime: day,
+        })
+        .unwrap();
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(&node.cert_pem, &node.key_pem));
+    let fakes = fakes_with(3, 0, Some(tls)).await;
+    let trusted = Credentials {
+        ca_pem: Some(ca.cert_pem().to_string()),
+        token: Some("t0k".into()),
+        ..Credentials::default()
+    };
+    let client = Client::builder([fakes.address(0)]).credentials(trusted).build().unwrap();
+    client.refresh_ring().await.unwrap();
+    client.put(b"k", b"v".to_vec(), vec![], None).await.unwrap();
+    let first = fakes.index_of(&client.endpoints_for(b"k")[0]);
+    assert!(fakes.nodes[first].received(b"k"), "routed over TLS to the first replica");
+    assert_eq!(fakes.nodes[first].authorizations.lock().unwrap().last().unwrap(), "Bearer t0k");
+
+    // A client trusting another CA does not talk to these nodes, and says why.
+    let other = Ca::generate("t", day).unwrap();
+    let foreign =
+        Credentials { ca_pem: Some(other.cert_pem().to_string()), ..Credentials::default() };
+    let client = Client::builder([fakes.address(1)])
+        .credentials(foreign)
+        .partition_aware(false)
+        .build()
+        .unwrap();
+    let err = client.put(b"k2", b"v".to_vec(), vec![], None).await.unwrap_err();
+    assert!(matches!(err, ClientError::Tls { .. }), "{err}");
+    assert!(err.to_string().contains("--ca-cert"), "{err}");
+    assert!(fakes.nodes.iter().all(|n| !n.received(b"k2")));
+    // Plaintext to a TLS node fails too (no silent downgrade).
+    let plain = Client::new(&fakes.address(1), Duration::from_secs(2)).unwrap();
+    assert!(plain.get(b"k3", None).await.is_err());
+    assert!(fakes.nodes.iter().all(|n| !n.received(b"k3")));
 }

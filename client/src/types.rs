@@ -112,7 +112,10 @@ impl fmt::Display for TransferState {
 pub struct NodeInfo {
     pub id: String,
     pub zone: String,
+    /// Where clients reach it (its client port).
     pub address: String,
+    /// Where other nodes and admins reach it (its peer port: internode and admin APIs).
+    pub peer_address: String,
     pub weight: u32,
     /// Whether the answering node reached it just now.
     pub reachable: bool,
@@ -201,7 +204,10 @@ impl ClusterStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RingMember {
     pub id: String,
+    /// Where clients reach it (its client port): what a partition-aware client routes to.
     pub address: String,
+    /// Where other nodes and admins reach it (its peer port).
+    pub peer_address: String,
     pub zone: String,
     pub weight: u32,
 }
@@ -294,6 +300,7 @@ impl From<admin::StatusResponse> for ClusterStatus {
                     id: n.id,
                     zone: n.zone,
                     address: n.address,
+                    peer_address: n.peer_address,
                     weight: n.weight,
                     reachable: n.reachable,
                     down_for: (!n.reachable)
@@ -332,8 +339,8 @@ impl From<admin::StatusResponse> for ClusterStatus {
     }
 }
 
-impl From<admin::RingResponse> for RingLayout {
-    fn from(r: admin::RingResponse) -> RingLayout {
+impl From<wire::RingResponse> for RingLayout {
+    fn from(r: wire::RingResponse) -> RingLayout {
         RingLayout {
             partitions: r.partitions,
             n: r.n,
@@ -343,6 +350,7 @@ impl From<admin::RingResponse> for RingLayout {
                 .map(|m| RingMember {
                     id: m.id,
                     address: m.address,
+                    peer_address: m.peer_address,
                     zone: m.zone,
                     weight: m.weight,
                 })

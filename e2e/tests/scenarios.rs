@@ -51,7 +51,7 @@ use dynamo_e2e::storage;
 use dynamo_e2e::traffic::Traffic;
 use dynamo_operator::crd::messages;
 use dynamo_operator::quantity;
-use dynamo_tests::cluster::{local_replica_at, target_binary, Placement};
+use dynamo_tests::cluster::{local_replica_at, target_binary, Access, Placement};
 use dynamo_tests::history;
 use dynamo_tests::nemesis::{converge_nodes, NodeAddress};
 use dynamo_tests::workload::{Endpoint, Recorder, Workload, WorkloadOptions};
@@ -66,8 +66,10 @@ const SETTLE: Duration = Duration::from_secs(240);
 const REPLACE: Duration = Duration::from_secs(600);
 /// Label selector of the cluster's pods, claims and StatefulSets.
 const SELECTOR: &str = "dynamokv.io/cluster=demo";
-/// The node's gRPC port.
+/// The node's gRPC port (client API).
 const NODE_PORT: u16 = 7070;
+/// The node's peer port (internode and admin APIs).
+const PEER_PORT: u16 = 7071;
 /// Another tag of the node's image: the kubelet runs every tag of `dynamo-node` with the same
 /// binary, so only the pod template changes.
 const NEXT_IMAGE: &str = "ghcr.io/dynamokv/dynamo-node:e2e-next";
@@ -112,6 +114,11 @@ impl PodInfo {
         Ok(format!("{}:{NODE_PORT}", self.ip.as_deref().context("pod has no IP yet")?))
     }
 
+    /// Its peer port (internode and admin APIs).
+    fn peer_address(&self) -> anyhow::Result<String> {
+        Ok(format!("{}:{PEER_PORT}", self.ip.as_deref().context("pod has no IP yet")?))
+    }
+
     /// The StatefulSet it belongs to (`demo-zone-a` for `demo-zone-a-0`).
     fn statefulset(&self) -> &str {
         self.name.rsplit_once('-').map_or(self.name.as_str(), |(sts, _)| sts)
@@ -132,6 +139,12 @@ fn workload_options(prefix: &str) -> WorkloadOptions {
 
 fn client(address: &str) -> Client {
     Client::new(address, Duration::from_secs(10)).expect("valid address")
+}
+
+/// What the scenarios call the pods with. Plaintext until the suite reads the operator's
+/// certificates (the operator side of issue 14 wires its admin and peer credentials here).
+fn access() -> Access {
+    Access::insecure()
 }
 
 impl Suite {
@@ -443,12 +456,19 @@ impl Suite {
         let nodes: Vec<NodeAddress> = self
             .pods()?
             .iter()
-            .map(|p| Ok(NodeAddress { id: p.name.clone(), address: p.address()? }))
+            .map(|p| {
+                Ok(NodeAddress {
+                    id: p.name.clone(),
+                    address: p.address()?,
+                    peer_address: p.peer_address()?,
+                })
+            })
             .collect::<anyhow::Result<_>>()?;
         let ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
         let placement = Placement::of(&client(&nodes[0].address), &ids).await?;
         let keys = workload_options("").key_names();
-        let final_state = converge_nodes(&nodes, &placement, &keys, &self.recorder).await?;
+        let final_state =
+            converge_nodes(&nodes, &access(), &placement, &keys, &self.recorder).await?;
         let history = self.recorder.history();
         let verdict = history::check(&history, &final_state);
         let stats = history::Stats::of(&history, &final_state);
@@ -801,11 +821,15 @@ async fn delete_pod(s: &mut Suite) -> anyhow::Result<()> {
     })
     .await?;
     let after = s.pod("demo-zone-b-0")?;
-    let address = after.address()?;
+    let address = after.peer_address()?;
     // Its data came back with it (same volume): every key is there, read locally at once.
     let mut missing = Vec::new();
     for key in s.written.keys() {
-        if local_replica_at(&address, key.as_bytes()).await?.live_values().is_empty() {
+        if local_replica_at(&address, &access().peer, key.as_bytes())
+            .await?
+            .live_values()
+            .is_empty()
+        {
             missing.push(key.clone());
         }
     }
@@ -865,10 +889,13 @@ async fn remove_crashed_node(s: &mut Suite) -> anyhow::Result<()> {
     .await?;
     // N=3 on the three nodes left: each holds every key, copied from the survivors.
     for p in s.pods()? {
-        let address = p.address()?;
+        let address = p.peer_address()?;
         for key in s.written.keys() {
             ensure!(
-                !local_replica_at(&address, key.as_bytes()).await?.live_values().is_empty(),
+                !local_replica_at(&address, &access().peer, key.as_bytes())
+                    .await?
+                    .live_values()
+                    .is_empty(),
                 "{key} is missing on {}",
                 p.name
             );
@@ -1349,12 +1376,16 @@ async fn replace_lost(s: &mut Suite, zone: &str, how: Replacement) -> anyhow::Re
     let peak = log.max_not_ready(&others);
     ensure!(peak.count == 0, "other pods went down meanwhile ({:?}):\n{log}", peak.pods);
     // N=3 on three nodes: the new node holds every key, streamed from the others.
-    let address = s.pod(&name)?.address()?;
+    let address = s.pod(&name)?.peer_address()?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let mut missing = 0;
         for key in s.written.keys() {
-            if local_replica_at(&address, key.as_bytes()).await?.live_values().is_empty() {
+            if local_replica_at(&address, &access().peer, key.as_bytes())
+                .await?
+                .live_values()
+                .is_empty()
+            {
                 missing += 1;
             }
         }

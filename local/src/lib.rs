@@ -2,13 +2,17 @@
 //! up`) and for tests (`dynamo-tests`): find the binary, write a node's `node.toml`, start it
 //! with its log beside it, wait until it serves and until the nodes share one ring, signal it,
 //! stop it cleanly. What a cluster looks like (ids, ports, zones, settings) is the caller's
-//! choice; this crate only runs the processes.
+//! choice; this crate only runs the processes, and keeps a local cluster's CA, certificates
+//! and tokens ([`pki`]).
+
+pub mod pki;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use dynamo_api::config::NodeConfig;
+use dynamo_api::security::Credentials;
 use dynamo_client::Client;
 
 /// Why a node could not be launched or did not come up.
@@ -126,8 +130,12 @@ fn ephemeral_low() -> u16 {
 /// kills the process, so nothing outlives a failed test or an interrupted launcher.
 pub struct NodeProcess {
     pub id: String,
-    /// The address it serves on (HOST:PORT).
+    /// Where clients reach it (its client port, HOST:PORT).
     pub address: String,
+    /// Where admins and other nodes reach it (its peer port, HOST:PORT).
+    pub peer_address: String,
+    /// What the launcher calls it with (an admin credential, or none for an insecure node).
+    pub credentials: Credentials,
     pub config_path: PathBuf,
     pub data_dir: PathBuf,
     pub log: PathBuf,
@@ -136,8 +144,13 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     /// Validates `config` and writes it to `folder/node.toml`; the log goes to
-    /// `folder/node.log`. Does not start anything.
-    pub fn prepare(config: &NodeConfig, folder: &Path) -> Result<NodeProcess, LaunchError> {
+    /// `folder/node.log`. `credentials` (admin, for a TLS node) are what the launcher waits for
+    /// the node with. Does not start anything.
+    pub fn prepare(
+        config: &NodeConfig,
+        folder: &Path,
+        credentials: Credentials,
+    ) -> Result<NodeProcess, LaunchError> {
         config
             .validate()
             .map_err(|e| LaunchError::Config { id: config.id.clone(), message: e.to_string() })?;
@@ -149,6 +162,8 @@ impl NodeProcess {
         Ok(NodeProcess {
             id: config.id.clone(),
             address: config.advertise_addr().to_string(),
+            peer_address: config.peer_advertise_addr(),
+            credentials,
             config_path,
             data_dir: config.data_dir.clone().unwrap_or_else(|| folder.join("data")),
             log: folder.join("node.log"),
@@ -166,6 +181,12 @@ impl NodeProcess {
         let err = log.try_clone().map_err(io("cannot duplicate the log file"))?;
         let mut command = Command::new(bin);
         command.arg("--config").arg(&self.config_path);
+        // node.toml says everything: a DYNAMO_* variable of the caller's shell (e.g. the
+        // DYNAMO_INSECURE an insecure dev cluster's export line set for dynamoctl) must not
+        // override it.
+        for var in dynamo_api::contract::env::ALL {
+            command.env_remove(var);
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
@@ -227,9 +248,11 @@ impl NodeProcess {
         false
     }
 
-    /// Polls until the node answers a status call, failing early if the process exits.
+    /// Polls until the node answers a status call on its peer port, failing early if the
+    /// process exits.
     pub async fn wait_serving(&mut self, limit: Duration) -> Result<(), LaunchError> {
-        let client = self.client()?;
+        let client = self.client(Duration::from_secs(2))?;
+        let mut last;
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Some(status) = self.exited() {
@@ -240,12 +263,17 @@ impl NodeProcess {
                     tail: self.log_tail(30),
                 });
             }
-            if client.status().await.is_ok() {
-                return Ok(());
+            match client.status().await {
+                Ok(_) => return Ok(()),
+                // A node that refuses the launcher's credentials will not accept them later.
+                Err(e) if e.is_auth() => {
+                    return Err(LaunchError::Config { id: self.id.clone(), message: e.to_string() })
+                }
+                Err(e) => last = e.to_string(),
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(LaunchError::Timeout {
-                    what: format!("{} did not serve", self.id),
+                    what: format!("{} did not serve (last: {last})", self.id),
                     limit,
                     log: self.log.clone(),
                     tail: self.log_tail(30),
@@ -255,9 +283,15 @@ impl NodeProcess {
         }
     }
 
-    /// A client of this node (its address was validated with its configuration).
-    fn client(&self) -> Result<Client, LaunchError> {
-        Client::new(&self.address, Duration::from_secs(2))
+    /// A client of this node alone (not partition-aware) with the launcher's credentials:
+    /// data calls and the ring to its client port, admin calls to its peer port.
+    pub fn client(&self, timeout: Duration) -> Result<Client, LaunchError> {
+        Client::builder([self.address.as_str()])
+            .partition_aware(false)
+            .credentials(self.credentials.clone())
+            .admin_endpoint(self.peer_address.as_str())
+            .timeout(timeout)
+            .build()
             .map_err(|e| LaunchError::Config { id: self.id.clone(), message: e.to_string() })
     }
 
@@ -284,7 +318,8 @@ pub async fn wait_for_one_ring(
     members: usize,
     limit: Duration,
 ) -> Result<(), LaunchError> {
-    let clients = nodes.iter().map(NodeProcess::client).collect::<Result<Vec<_>, _>>()?;
+    let clients =
+        nodes.iter().map(|n| n.client(Duration::from_secs(2))).collect::<Result<Vec<_>, _>>()?;
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let mut epochs = Vec::new();

@@ -1,6 +1,14 @@
 //! A cluster of real `dynamo-node` processes, each with its own RocksDB data directory in a
-//! temporary folder and its own port on 127.0.0.1. Dropping the cluster kills every process,
-//! also when a test fails, so nothing leaks.
+//! temporary folder and its own ports on 127.0.0.1 (client, peer, health). Dropping the cluster
+//! kills every process, also when a test fails, so nothing leaks.
+//!
+//! Security: a cluster runs with TLS by default, as a production one does. Each cluster has
+//! its own CA ([`dynamo_local::pki`]), a peer certificate per node (SANs 127.0.0.1 and
+//! localhost), a tokens file with one token per role (read, readwrite, admin), and a random
+//! cluster secret. The harness calls the nodes with an admin client certificate ([`Access`]:
+//! data, ring, status, faults) and reads a node's own replicas with a peer certificate of its
+//! own. [`ClusterOptions::tls`] false starts `--dev --insecure` plaintext nodes instead (for
+//! comparisons such as the benchmark's).
 //!
 //! Faults: [`Cluster::kill`] (SIGKILL) and [`Cluster::restart`] on the same data directory,
 //! [`Cluster::pause`] (SIGSTOP) and [`Cluster::resume_and_sync_faults`] (SIGCONT),
@@ -12,7 +20,7 @@
 //! node-to-node traffic is cut: test clients still reach every node, so a client talking to an
 //! isolated node sees what a client on that side of a real partition would see.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -20,7 +28,9 @@ use dynamo_api::config::{BackgroundConfig, ClusterConfig, EngineKind, NodeConfig
 use dynamo_api::pb::admin::{admin_client::AdminClient, SetFaultsRequest};
 use dynamo_api::pb::internode::{internode_client::InternodeClient, FetchRequest};
 use dynamo_api::ring::Ring;
+use dynamo_api::security::{Credentials, Role};
 use dynamo_client::{Client, ClusterStatus, MemberState};
+use dynamo_local::pki::{self, LocalPki};
 use dynamo_node::version::Clock;
 
 pub use dynamo_local::free_port;
@@ -46,6 +56,8 @@ pub struct ClusterOptions {
     /// Settled time before a node deletes partitions it no longer replicates (0: never, the
     /// default here, so tests can inspect every copy).
     pub cleanup_after_ms: u64,
+    /// TLS, certificates and tokens (the default); false: `--dev --insecure` plaintext nodes.
+    pub tls: bool,
 }
 
 impl Default for ClusterOptions {
@@ -62,7 +74,36 @@ impl Default for ClusterOptions {
             handoff_interval_ms: 200,
             transfer_keys_per_sec: 0,
             cleanup_after_ms: 0,
+            tls: true,
         }
+    }
+}
+
+/// The credentials the harness calls a cluster with.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// An admin client certificate (TLS) or nothing (plaintext): the client API, the ring,
+    /// and the admin API on the peer port (status, faults, decommission).
+    pub admin: Credentials,
+    /// A peer certificate of the harness itself: the internode API, to read one node's own
+    /// replica of a key (`Fetch`).
+    pub peer: Credentials,
+}
+
+impl Access {
+    /// For a `--dev --insecure` cluster: plaintext, no credential.
+    pub fn insecure() -> Access {
+        Access::default()
+    }
+}
+
+/// The names of the tokens every TLS test cluster has, one per role.
+fn token_name(role: Role) -> &'static str {
+    match role {
+        Role::Read => "reader",
+        Role::ReadWrite => "writer",
+        Role::Admin => "admin",
+        Role::Peer => unreachable!("tokens never carry the peer role"),
     }
 }
 
@@ -89,6 +130,12 @@ pub struct Cluster {
     bin: PathBuf,
     pub nodes: Vec<NodeProcess>,
     opts: ClusterOptions,
+    /// The cluster's CA, certificates and tokens (None: plaintext).
+    pki: Option<LocalPki>,
+    /// What the harness calls the nodes with.
+    access: Access,
+    /// Seals contexts; random per cluster.
+    secret: String,
 }
 
 /// The dynamo-node binary: $DYNAMO_NODE_BIN, or the one cargo built next to the test binary.
@@ -108,14 +155,28 @@ impl Cluster {
     pub async fn start(opts: ClusterOptions) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("dynamo-cluster-").tempdir()?;
         let bin = node_binary()?;
-        let addresses: Vec<String> = (0..opts.nodes)
-            .map(|_| Ok(format!("127.0.0.1:{}", free_port()?)))
-            .collect::<anyhow::Result<_>>()?;
-        let mut nodes = Vec::new();
-        for (i, address) in addresses.iter().enumerate() {
-            nodes.push(Self::prepare(dir.path(), &opts, i, address, &addresses)?);
+        let (pki, access) = if opts.tls {
+            let pki = LocalPki::open_or_create(&dir.path().join("tls"), "test")?;
+            for role in [Role::Read, Role::ReadWrite, Role::Admin] {
+                pki.token(token_name(role), role)?;
+            }
+            let access = Access {
+                admin: pki.issue_client("harness-admin", Role::Admin)?,
+                peer: pki.issue_client("harness-peer", Role::Peer)?,
+            };
+            (Some(pki), access)
+        } else {
+            (None, Access::insecure())
+        };
+        let secret = dynamo_api::security::generate_token();
+        let mut cluster =
+            Cluster { _dir: dir, bin, nodes: Vec::new(), opts: opts.clone(), pki, access, secret };
+        let ports: Vec<Ports> = (0..opts.nodes).map(|_| Ports::free()).collect::<Result<_, _>>()?;
+        let seeds: Vec<String> = ports.iter().map(|p| p.peer.clone()).collect();
+        for (i, p) in ports.iter().enumerate() {
+            let node = cluster.prepare(i, p, &seeds)?;
+            cluster.nodes.push(node);
         }
-        let mut cluster = Cluster { _dir: dir, bin, nodes, opts: opts.clone() };
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i)?;
         }
@@ -126,20 +187,26 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Writes the configuration of node `i` (id `node-{i+1}`) and returns its handle.
-    fn prepare(
-        dir: &Path,
-        opts: &ClusterOptions,
-        i: usize,
-        address: &str,
-        seeds: &[String],
-    ) -> anyhow::Result<NodeProcess> {
+    /// Writes the configuration of node `i` (id `node-{i+1}`), with its certificate when the
+    /// cluster runs TLS, and returns its handle.
+    fn prepare(&self, i: usize, ports: &Ports, seeds: &[String]) -> anyhow::Result<NodeProcess> {
+        let opts = &self.opts;
         let id = format!("node-{}", i + 1);
-        let node_dir = dir.join(&id);
+        let node_dir = self._dir.path().join(&id);
         std::fs::create_dir_all(&node_dir)?;
+        let (tls, tokens_file) = match &self.pki {
+            Some(pki) => (pki.issue_node(&id, &[])?, Some(pki.tokens_path())),
+            None => Default::default(),
+        };
         let config = NodeConfig {
             id: id.clone(),
-            listen: address.to_string(),
+            listen: ports.client.clone(),
+            peer_listen: ports.peer.clone(),
+            health_listen: ports.health.clone(),
+            tls,
+            tokens_file,
+            dev: !opts.tls,
+            insecure: !opts.tls,
             zone: format!("zone-{}", i % opts.zones),
             data_dir: Some(node_dir.join("data")),
             engine: EngineKind::Rocksdb,
@@ -147,7 +214,7 @@ impl Cluster {
             fault_injection: true,
             cluster: ClusterConfig {
                 name: "test".into(),
-                secret: "test-secret".into(),
+                secret: self.secret.clone(),
                 partitions: opts.partitions,
                 n: Some(opts.n),
                 r: Some(opts.r),
@@ -164,7 +231,8 @@ impl Cluster {
             },
             ..NodeConfig::default()
         };
-        let process = dynamo_local::NodeProcess::prepare(&config, &node_dir)?;
+        let process =
+            dynamo_local::NodeProcess::prepare(&config, &node_dir, self.access.admin.clone())?;
         Ok(NodeProcess { process, paused: false, blocked: Vec::new() })
     }
 
@@ -172,10 +240,12 @@ impl Cluster {
     /// It serves when this returns; wait for the ring with [`Cluster::wait_members`].
     pub async fn add_node(&mut self) -> anyhow::Result<usize> {
         let i = self.nodes.len();
-        let address = format!("127.0.0.1:{}", free_port()?);
-        let seeds: Vec<String> =
-            (0..i).filter(|j| self.is_running(*j)).map(|j| self.nodes[j].address.clone()).collect();
-        let node = Self::prepare(self._dir.path(), &self.opts, i, &address, &seeds)?;
+        let ports = Ports::free()?;
+        let seeds: Vec<String> = (0..i)
+            .filter(|j| self.is_running(*j))
+            .map(|j| self.nodes[j].peer_address.clone())
+            .collect();
+        let node = self.prepare(i, &ports, &seeds)?;
         self.nodes.push(node);
         self.spawn(i)?;
         self.wait_serving(i).await?;
@@ -230,14 +300,79 @@ impl Cluster {
         Ok(self.nodes[i].process.wait_serving(Duration::from_secs(30)).await?)
     }
 
-    /// A client talking to node `i`.
+    /// A client talking to node `i` with the admin credentials: data calls and the ring to
+    /// its client port, admin calls to its peer port.
     pub fn client(&self, i: usize) -> Client {
-        Client::new(&self.nodes[i].address, Duration::from_secs(10)).expect("valid address")
+        self.client_with_timeout(i, Duration::from_secs(10))
     }
 
     /// A client talking to node `i` whose requests give up after `timeout`.
     pub fn client_with_timeout(&self, i: usize, timeout: Duration) -> Client {
-        Client::new(&self.nodes[i].address, timeout).expect("valid address")
+        self.nodes[i].process.client(timeout).expect("valid address")
+    }
+
+    /// A partition-aware client seeded with every node's client address, with the admin
+    /// credentials (admin calls to node 0's peer port).
+    pub fn routing_client(&self, timeout: Duration) -> Client {
+        Client::builder(self.nodes.iter().map(|n| n.address.clone()))
+            .credentials(self.access.admin.clone())
+            .admin_endpoint(self.nodes[0].peer_address.as_str())
+            .timeout(timeout)
+            .build()
+            .expect("valid addresses")
+    }
+
+    /// What the harness calls the nodes with.
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    /// The cluster's CA, certificates and tokens (None for a plaintext cluster).
+    pub fn pki(&self) -> Option<&LocalPki> {
+        self.pki.as_ref()
+    }
+
+    /// Whether the nodes run TLS.
+    pub fn is_tls(&self) -> bool {
+        self.pki.is_some()
+    }
+
+    /// Credentials with the cluster's token of `role` (read, readwrite or admin) and its CA.
+    pub fn token_credentials(&self, role: Role) -> anyhow::Result<Credentials> {
+        let pki = self.pki.as_ref().context("a plaintext cluster has no tokens")?;
+        Ok(pki.token_credentials(&pki.token(token_name(role), role)?))
+    }
+
+    /// Credentials with a new client certificate `name` of `role` from the cluster's CA.
+    pub fn cert_credentials(&self, name: &str, role: Role) -> anyhow::Result<Credentials> {
+        let pki = self.pki.as_ref().context("a plaintext cluster has no CA")?;
+        Ok(pki.issue_client(name, role)?)
+    }
+
+    /// The `dynamoctl` flags that reach node `i` with the admin credentials (`--endpoint`,
+    /// `--admin-addr`, and `--ca-cert`/`--cert`/`--key`, or `--insecure`).
+    pub fn dynamoctl_args(&self, i: usize) -> Vec<String> {
+        let mut args = vec![
+            "--endpoint".to_string(),
+            self.nodes[i].address.clone(),
+            "--admin-addr".to_string(),
+            self.nodes[i].peer_address.clone(),
+        ];
+        match &self.pki {
+            Some(pki) => {
+                let dir = pki.dir();
+                for (flag, file) in [
+                    ("--ca-cert", pki::CA_CERT_FILE.to_string()),
+                    ("--cert", "harness-admin.crt".to_string()),
+                    ("--key", "harness-admin.key".to_string()),
+                ] {
+                    args.push(flag.to_string());
+                    args.push(dir.join(file).display().to_string());
+                }
+            }
+            None => args.push("--insecure".to_string()),
+        }
+        args
     }
 
     /// Where keys live: the ring as the first running, unpaused node reports it.
@@ -313,10 +448,16 @@ impl Cluster {
         if !self.nodes[i].is_started() || self.nodes[i].paused {
             return Ok(());
         }
-        let channel = dynamo_api::contract::channel(&self.nodes[i].address, Duration::from_secs(5))
-            .map_err(anyhow::Error::msg)?;
+        let channel = dynamo_client::channel(
+            &self.nodes[i].peer_address,
+            Duration::from_secs(5),
+            &self.access.admin,
+        )?;
+        let mut request =
+            tonic::Request::new(SetFaultsRequest { blocked_peers: self.nodes[i].blocked.clone() });
+        self.access.admin.authorize(&mut request);
         AdminClient::new(channel)
-            .set_faults(SetFaultsRequest { blocked_peers: self.nodes[i].blocked.clone() })
+            .set_faults(request)
             .await
             .with_context(|| format!("setting faults on {}", self.nodes[i].id))?;
         Ok(())
@@ -367,7 +508,7 @@ impl Cluster {
 
     /// Node `i`'s own replica of a key, read directly (no quorum, no repair).
     pub async fn local_replica(&self, i: usize, key: &[u8]) -> anyhow::Result<Clock> {
-        local_replica_at(&self.nodes[i].address, key).await
+        local_replica_at(&self.nodes[i].peer_address, &self.access.peer, key).await
     }
 
     /// The live values node `i` holds for a key, sorted.
@@ -418,11 +559,17 @@ pub struct Placement {
     index: std::collections::HashMap<String, usize>,
 }
 
-/// The replica of `key` the node at `address` holds, read directly (no quorum, no repair).
-pub async fn local_replica_at(address: &str, key: &[u8]) -> anyhow::Result<Clock> {
-    let channel = dynamo_api::contract::channel(address, Duration::from_secs(5))
-        .map_err(anyhow::Error::msg)?;
+/// The replica of `key` the node whose peer port is `peer_address` holds, read directly (no
+/// quorum, no repair) with the internode API, so `peer` must carry a peer certificate of the
+/// cluster's CA (or be plaintext for an insecure node).
+pub async fn local_replica_at(
+    peer_address: &str,
+    peer: &Credentials,
+    key: &[u8],
+) -> anyhow::Result<Clock> {
+    let channel = dynamo_client::channel(peer_address, Duration::from_secs(5), peer)?;
     let reply = InternodeClient::new(channel)
+        .max_decoding_message_size(dynamo_api::contract::MAX_MESSAGE_BYTES)
         .fetch(FetchRequest { key: key.to_vec(), ..FetchRequest::default() })
         .await?
         .into_inner();
@@ -453,6 +600,20 @@ impl Placement {
             .take(self.n)
             .filter_map(|m| self.index.get(m.id.as_str()).copied())
             .collect()
+    }
+}
+
+/// A node's three ports on 127.0.0.1.
+struct Ports {
+    client: String,
+    peer: String,
+    health: String,
+}
+
+impl Ports {
+    fn free() -> std::io::Result<Ports> {
+        let port = || free_port().map(|p| format!("127.0.0.1:{p}"));
+        Ok(Ports { client: port()?, peer: port()?, health: port()? })
     }
 }
 

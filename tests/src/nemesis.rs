@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use dynamo_client::Client;
 
-use crate::cluster::{local_replica_at, Cluster, Placement};
+use crate::cluster::{local_replica_at, Access, Cluster, Placement};
 use crate::history::{FinalState, ReplicaState};
 use crate::workload::{recorded_get, Endpoint, Recorder, Workload, WorkloadOptions};
 
@@ -236,24 +236,32 @@ pub async fn converge(
     let nodes: Vec<NodeAddress> = cluster
         .nodes
         .iter()
-        .map(|n| NodeAddress { id: n.id.clone(), address: n.address.clone() })
+        .map(|n| NodeAddress {
+            id: n.id.clone(),
+            address: n.address.clone(),
+            peer_address: n.peer_address.clone(),
+        })
         .collect();
-    converge_nodes(&nodes, &cluster.placement().await?, keys, recorder).await
+    converge_nodes(&nodes, cluster.access(), &cluster.placement().await?, keys, recorder).await
 }
 
-/// A node by id and client address, for [`converge_nodes`].
+/// A node by id and addresses, for [`converge_nodes`].
 #[derive(Debug, Clone)]
 pub struct NodeAddress {
     /// The node's id.
     pub id: String,
     /// Its client endpoint, HOST:PORT.
     pub address: String,
+    /// Its peer port (internode and admin APIs), HOST:PORT.
+    pub peer_address: String,
 }
 
 /// [`converge`] over any set of nodes (`placement` indexes into `nodes`): a cluster this crate
-/// did not start, such as the pods of a Kubernetes e2e test.
+/// did not start, such as the pods of a Kubernetes e2e test. `access` holds an admin
+/// credential (reads, hints in the status) and a peer certificate (each replica's own copy).
 pub async fn converge_nodes(
     nodes: &[NodeAddress],
+    access: &Access,
     placement: &Placement,
     keys: &[String],
     recorder: &Recorder,
@@ -263,7 +271,13 @@ pub async fn converge_nodes(
         .iter()
         .map(|node| Endpoint {
             node: node.id.clone(),
-            client: Client::new(&node.address, Duration::from_secs(10)).expect("valid address"),
+            client: Client::builder([node.address.as_str()])
+                .partition_aware(false)
+                .credentials(access.admin.clone())
+                .admin_endpoint(node.peer_address.as_str())
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("valid address"),
         })
         .collect();
     let deadline = Instant::now() + CONVERGE_TIMEOUT;
@@ -290,9 +304,10 @@ pub async fn converge_nodes(
             for &key in &pending {
                 let mut replicas = Vec::new();
                 for i in placement.replicas(key.as_bytes()) {
-                    let clock = local_replica_at(&nodes[i].address, key.as_bytes())
-                        .await
-                        .map_err(|e| format!("{e:#}"));
+                    let clock =
+                        local_replica_at(&nodes[i].peer_address, &access.peer, key.as_bytes())
+                            .await
+                            .map_err(|e| format!("{e:#}"));
                     replicas.push(ReplicaState { node: nodes[i].id.clone(), clock });
                 }
                 let ok: Vec<_> = replicas.iter().filter_map(|r| r.clock.as_ref().ok()).collect();

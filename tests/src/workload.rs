@@ -359,12 +359,18 @@ fn failed(err: &ClientError) -> Outcome {
 pub fn classify(err: &ClientError) -> Failure {
     match err {
         ClientError::Timeout { .. } => Failure::Timeout,
-        ClientError::Connect { .. } => Failure::Unreachable,
+        ClientError::Connect { .. } | ClientError::Tls { .. } => Failure::Unreachable,
+        // Refused for its credential before anything was done.
+        ClientError::Unauthenticated { .. } | ClientError::PermissionDenied { .. } => {
+            Failure::Rejected
+        }
         // A write goes to another node only when nothing reached the previous one.
         ClientError::Exhausted { .. } => Failure::Unreachable,
         ClientError::InvalidRing { .. }
         | ClientError::NoEndpoint
-        | ClientError::StillMember { .. } => Failure::Other,
+        | ClientError::StillMember { .. }
+        | ClientError::NotAdminPort { .. }
+        | ClientError::Settings(_) => Failure::Other,
         ClientError::Node { code, message } => match code {
             Code::Unavailable if message.contains("required replicas answered") => Failure::Quorum,
             Code::Unavailable if message.contains("could coordinate") => Failure::Unavailable,

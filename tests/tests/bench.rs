@@ -13,9 +13,15 @@ fn dynamoctl() -> PathBuf {
     node_binary().expect("dynamo-node is built").with_file_name("dynamoctl")
 }
 
-async fn bench(args: &[&str]) -> String {
-    let out =
-        tokio::process::Command::new(dynamoctl()).arg("bench").args(args).output().await.unwrap();
+/// Runs `dynamoctl <connection flags> bench <args>`.
+async fn bench(connection: &[String], args: &[&str]) -> String {
+    let out = tokio::process::Command::new(dynamoctl())
+        .args(connection)
+        .arg("bench")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "dynamoctl bench {args:?} failed: {stderr}");
     String::from_utf8(out.stdout).unwrap()
@@ -51,25 +57,29 @@ async fn bench_runs_every_workload_without_errors() {
     let endpoints: Vec<&str> = cluster.nodes.iter().map(|n| n.address.as_str()).collect();
     let endpoints = endpoints.join(",");
 
-    let out = bench(&[
-        "--endpoints",
-        &endpoints,
-        "--records",
-        "200",
-        "--value-size",
-        "100",
-        "--workload",
-        "a,b,c,f,w",
-        "--concurrency",
-        "1,4",
-        "--ops",
-        "150",
-        "-o",
-        "json",
-    ])
+    let out = bench(
+        &cluster.dynamoctl_args(0),
+        &[
+            "--endpoints",
+            &endpoints,
+            "--records",
+            "200",
+            "--value-size",
+            "100",
+            "--workload",
+            "a,b,c,f,w",
+            "--concurrency",
+            "1,4",
+            "--ops",
+            "150",
+            "-o",
+            "json",
+        ],
+    )
     .await;
     let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(doc["cluster"], "test: N=3 R=2 W=2, 3 nodes", "{doc}");
+    assert_eq!(doc["tls"], true, "the harness's clusters run TLS: {doc}");
     // Routing is on by default: one partition-aware client routed with the cluster's ring.
     let epoch = cluster.client(0).ring().await.unwrap().epoch;
     assert_eq!(doc["partition_aware"], true, "{doc}");
@@ -96,25 +106,27 @@ async fn bench_runs_every_workload_without_errors() {
 
     // Text, open loop at a modest rate, on records loaded above (--no-load): the report has
     // its table and says nothing went wrong.
-    let text = bench(&[
-        "--endpoint",
-        &cluster.nodes[1].address,
-        "--no-load",
-        "--records",
-        "200",
-        "--workload",
-        "a",
-        "--concurrency",
-        "2",
-        "--duration-s",
-        "1",
-        "--rate",
-        "100",
-        "--partition-aware",
-        "false",
-    ])
+    let text = bench(
+        &cluster.dynamoctl_args(1),
+        &[
+            "--no-load",
+            "--records",
+            "200",
+            "--workload",
+            "a",
+            "--concurrency",
+            "2",
+            "--duration-s",
+            "1",
+            "--rate",
+            "100",
+            "--partition-aware",
+            "false",
+        ],
+    )
     .await;
     assert!(text.contains("partition-aware routing off"), "{text}");
+    assert!(text.contains(" over TLS, "), "{text}");
     assert!(text.contains("workload a (50% read, 50% update)"), "{text}");
     assert!(text.contains("open loop at 100 ops/s"), "{text}");
     assert!(text.contains(", 0 errors"), "{text}");

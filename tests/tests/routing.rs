@@ -36,8 +36,7 @@ async fn a_partition_aware_client_writes_through_a_join_and_ends_on_the_new_ring
     // their committed ring and a next one meanwhile).
     let opts = ClusterOptions { transfer_keys_per_sec: 400, ..ClusterOptions::default() };
     let mut cluster = Cluster::start(opts).await.unwrap();
-    let seeds: Vec<String> = cluster.nodes.iter().map(|n| n.address.clone()).collect();
-    let client = Client::builder(seeds).timeout(Duration::from_secs(5)).build().unwrap();
+    let client = cluster.routing_client(Duration::from_secs(5));
     assert!(client.is_partition_aware());
     let before = client.refresh_ring().await.unwrap().expect("a partition-aware client");
     assert_routed_to_replicas(&cluster, &client).await;
