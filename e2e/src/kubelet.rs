@@ -7,8 +7,8 @@
 //! PersistentVolumeClaim the bound volume's directory, which outlives the pod) and starts the
 //! program of the container's image inside the namespace. The one difference from a container:
 //! the process sees the host's filesystem, so a mount path in the container's arguments or
-//! environment (`/etc/dynamo/node.toml`, `/var/lib/dynamo`) is rewritten to the directory that
-//! backs it.
+//! environment (`/etc/dynamo/node.toml`, `/var/lib/dynamo`), or in a ConfigMap's file (the
+//! TLS and token paths in `node.toml`), is rewritten to the directory that backs it.
 //!
 //! The pod is reported Running with its IP once the process runs, and Ready exactly when the
 //! container's gRPC readiness probe answers SERVING (checked every [`TICK`]). A process that
@@ -338,8 +338,10 @@ impl Kubelet {
             self.config.dir.join("pods").join(format!("{namespace}_{}_{uid}", pod.name_any()));
         std::fs::create_dir_all(&dir)?;
 
-        // Volumes: name -> host directory.
+        // Volumes: name -> host directory; the ConfigMap ones also listed apart, as their files
+        // get the same path rewriting as the arguments once the mounts are known.
         let mut volumes: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let mut config_dirs: Vec<PathBuf> = Vec::new();
         for volume in spec.volumes.iter().flatten() {
             let host = if let Some(claim) = &volume.persistent_volume_claim {
                 self.claim_dir(namespace, &claim.claim_name).await?
@@ -352,6 +354,7 @@ impl Kubelet {
                 for (key, value) in map.data.unwrap_or_default() {
                     std::fs::write(d.join(key), value)?;
                 }
+                config_dirs.push(d.clone());
                 d
             } else if let Some(secret) = &volume.secret {
                 let name = secret.secret_name.clone().unwrap_or_default();
@@ -384,6 +387,15 @@ impl Kubelet {
         }
         // Longest mount path first, so /a/b wins over /a.
         mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        // A configuration file names other mounts (node.toml: the TLS files, the token file).
+        for d in &config_dirs {
+            for entry in std::fs::read_dir(d)? {
+                let path = entry?.path();
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    std::fs::write(&path, rewrite_paths(&text, &mounts))?;
+                }
+            }
+        }
 
         let net = self.net.add_pod(namespace)?;
         let env = self.resolve_env(pod, &container, namespace, &net).await?;
@@ -739,5 +751,14 @@ mod tests {
         assert_eq!(rewrite_paths("--data=/var/lib/dynamo", &mounts), "--data=/run/v/pvc-1");
         assert_eq!(rewrite_paths("/etc/dynamo2/x", &mounts), "/etc/dynamo2/x");
         assert_eq!(rewrite_paths("/opt/etc/dynamo", &mounts), "/opt/etc/dynamo");
+        // In a TOML file, and a sibling directory whose name starts like a mount.
+        let mounts = vec![
+            ("/etc/dynamo-tls".to_string(), PathBuf::from("/run/p/tls")),
+            ("/etc/dynamo".to_string(), PathBuf::from("/run/p/config")),
+        ];
+        assert_eq!(
+            rewrite_paths("[tls]\ncert = \"/etc/dynamo-tls/tls.crt\"\n", &mounts),
+            "[tls]\ncert = \"/run/p/tls/tls.crt\"\n"
+        );
     }
 }

@@ -1,10 +1,13 @@
 //! The nodes' admin API as the operator uses it: a [`NodeAdmin`] trait (status and
 //! decommission), its real implementation over gRPC (the tonic client of `dynamo-api`, the
-//! node's own contract), and the merge of what several nodes report into one view of the ring.
+//! node's own contract) on the nodes' peer port with the operator's credentials, and the merge
+//! of what several nodes report into one view of the ring.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use dynamo_api::security::Credentials;
 use futures::future::BoxFuture;
 use tonic::transport::Endpoint;
 
@@ -36,16 +39,33 @@ pub enum AdminError {
     },
 }
 
+/// How the operator reaches the nodes of one cluster: the credentials it presents (the cluster
+/// CA to verify the node, and an admin certificate or the admin token) and the name it verifies
+/// the node's certificate against. Nodes are dialled by pod IP; every node's certificate names
+/// the client Service, so that name identifies a node of this cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// CA, identity, token. [`Credentials::insecure`] for plaintext (a `--dev --insecure` node).
+    pub credentials: Arc<Credentials>,
+    /// The name to verify the node's certificate against (TLS server name), instead of the IP.
+    pub server_name: Option<String>,
+}
+
 /// What the operator needs from a node's admin API. A trait so that controller tests can use a
 /// scripted fake; [`GrpcAdmin`] is the real one.
 pub trait NodeAdmin: Send + Sync + 'static {
-    /// The membership view of the node at `address` (`host:port`).
-    fn status(&self, address: &str) -> BoxFuture<'static, Result<StatusResponse, AdminError>>;
+    /// The membership view of the node at `address` (`host:port` of its peer port).
+    fn status(
+        &self,
+        access: &Access,
+        address: &str,
+    ) -> BoxFuture<'static, Result<StatusResponse, AdminError>>;
     /// Asks the node at `address` to decommission `node_id` (itself or another member); with
     /// `force`, to remove it even if it does not answer. Starting is idempotent: asking again
     /// reports the current state.
     fn decommission(
         &self,
+        access: &Access,
         address: &str,
         node_id: &str,
         force: bool,
@@ -66,45 +86,89 @@ impl Default for GrpcAdmin {
     }
 }
 
+/// The endpoint of `address` with `access`'s scheme and TLS settings (the node verified under
+/// `access.server_name` when set).
+pub fn endpoint(access: &Access, address: &str) -> Result<Endpoint, tonic::transport::Error> {
+    let credentials = &access.credentials;
+    let endpoint = Endpoint::from_shared(format!("{}://{address}", credentials.scheme()))?;
+    match (credentials.tls_config(), &access.server_name) {
+        (Some(tls), Some(name)) => endpoint.tls_config(tls.domain_name(name.clone())),
+        (Some(tls), None) => endpoint.tls_config(tls),
+        (None, _) => Ok(endpoint),
+    }
+}
+
 impl GrpcAdmin {
     async fn connect(
         timeout: Duration,
+        access: &Access,
         address: String,
     ) -> Result<proto::admin_client::AdminClient<tonic::transport::Channel>, AdminError> {
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        let endpoint = endpoint(access, &address)
             .map_err(|e| AdminError::Connect { address: address.clone(), message: e.to_string() })?
             .connect_timeout(timeout)
             .timeout(timeout);
         let channel = endpoint.connect().await.map_err(|e| AdminError::Connect {
             address: address.clone(),
-            message: e.to_string(),
+            message: transport_message(&e),
         })?;
         Ok(proto::admin_client::AdminClient::new(channel))
     }
 }
 
+/// The error with its causes: a TLS failure (unknown CA, wrong name) is only in the sources.
+fn transport_message(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+/// A request carrying `access`'s bearer token, if it has one.
+fn request<T>(access: &Access, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    access.credentials.authorize(&mut request);
+    request
+}
+
 impl NodeAdmin for GrpcAdmin {
-    fn status(&self, address: &str) -> BoxFuture<'static, Result<StatusResponse, AdminError>> {
-        let (timeout, address) = (self.timeout, address.to_string());
+    fn status(
+        &self,
+        access: &Access,
+        address: &str,
+    ) -> BoxFuture<'static, Result<StatusResponse, AdminError>> {
+        let (timeout, access, address) = (self.timeout, access.clone(), address.to_string());
         Box::pin(async move {
-            let mut client = Self::connect(timeout, address.clone()).await?;
-            client.status(proto::StatusRequest {}).await.map(tonic::Response::into_inner).map_err(
-                |status| AdminError::Call { address, call: "Status", status: Box::new(status) },
-            )
+            let mut client = Self::connect(timeout, &access, address.clone()).await?;
+            client
+                .status(request(&access, proto::StatusRequest {}))
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|status| AdminError::Call {
+                    address,
+                    call: "Status",
+                    status: Box::new(status),
+                })
         })
     }
 
     fn decommission(
         &self,
+        access: &Access,
         address: &str,
         node_id: &str,
         force: bool,
     ) -> BoxFuture<'static, Result<DecommissionResponse, AdminError>> {
-        let (timeout, address, node_id) = (self.timeout, address.to_string(), node_id.to_string());
+        let (timeout, access, address, node_id) =
+            (self.timeout, access.clone(), address.to_string(), node_id.to_string());
         Box::pin(async move {
-            let mut client = Self::connect(timeout, address.clone()).await?;
+            let mut client = Self::connect(timeout, &access, address.clone()).await?;
             client
-                .decommission(proto::DecommissionRequest { node_id, force })
+                .decommission(request(&access, proto::DecommissionRequest { node_id, force }))
                 .await
                 .map(tonic::Response::into_inner)
                 .map_err(|status| AdminError::Call {
@@ -393,6 +457,7 @@ pub(crate) mod tests {
             keys_sent: keys,
             bytes_sent: keys * 10,
             state: proto::TransferState::from_str_name(state).map_or(0, |s| s as i32),
+            ..Transfer::default()
         };
         let mut a = report("a", &[("a", "z", "leaving")]);
         a.transfers = vec![t(1, "TRANSFER_STATE_STREAMING", 5), t(2, "TRANSFER_STATE_DONE", 7)];
@@ -442,14 +507,30 @@ pub(crate) mod tests {
     }
 
     /// A node's admin service answering from fixed data.
-    struct FakeAdminService;
+    /// A node's admin API; with `require_admin`, it answers only a caller with an admin
+    /// certificate or the bearer token `tok`, as a node does.
+    struct FakeAdminService {
+        require_admin: bool,
+    }
 
     #[tonic::async_trait]
     impl proto::admin_server::Admin for FakeAdminService {
         async fn status(
             &self,
-            _: tonic::Request<proto::StatusRequest>,
+            request: tonic::Request<proto::StatusRequest>,
         ) -> Result<tonic::Response<StatusResponse>, tonic::Status> {
+            use dynamo_api::security::{identity_of, Role};
+            let certificate_role = request
+                .peer_certs()
+                .and_then(|certs| certs.first().and_then(|der| identity_of(der)))
+                .map(|identity| identity.role);
+            let bearer = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+            if self.require_admin
+                && certificate_role != Some(Role::Admin)
+                && bearer != Some("Bearer tok")
+            {
+                return Err(tonic::Status::unauthenticated("an admin credential is needed"));
+            }
             Ok(tonic::Response::new(report(
                 "n1",
                 &[("n1", "z1", "normal"), ("n2", "z2", "joining")],
@@ -477,18 +558,21 @@ pub(crate) mod tests {
         let stop = shutdown.clone();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(proto::admin_server::AdminServer::new(FakeAdminService))
+                .add_service(proto::admin_server::AdminServer::new(FakeAdminService {
+                    require_admin: false,
+                }))
                 .serve_with_incoming_shutdown(tokio_stream_from(listener), async move {
                     stop.cancelled().await
                 }),
         );
         let admin = GrpcAdmin::default();
-        let status = admin.status(&address).await.unwrap();
+        let plain = Access::default();
+        let status = admin.status(&plain, &address).await.unwrap();
         assert_eq!(status.node_id, "n1");
         assert_eq!(RingView::merge(&[status]).membership("n2"), Some(Membership::Joining));
-        let answer = admin.decommission(&address, "n2", false).await.unwrap();
+        let answer = admin.decommission(&plain, &address, "n2", false).await.unwrap();
         assert_eq!(answer.state(), proto::MemberState::Leaving);
-        let err = admin.decommission(&address, "n9", false).await.unwrap_err();
+        let err = admin.decommission(&plain, &address, "n9", false).await.unwrap_err();
         assert!(err.to_string().contains("admin call Decommission to"), "{err}");
         assert!(err.to_string().contains("no member n9"), "{err}");
         shutdown.cancel();
@@ -509,11 +593,84 @@ pub(crate) mod tests {
     async fn grpc_admin_reports_an_unreachable_node_as_a_connect_error() {
         // Port 1 on loopback: nothing listens there.
         let admin = GrpcAdmin { timeout: Duration::from_millis(500) };
-        let err = admin.status("127.0.0.1:1").await.unwrap_err();
+        let err = admin.status(&Access::default(), "127.0.0.1:1").await.unwrap_err();
         assert!(matches!(err, AdminError::Connect { .. }), "{err}");
         assert!(
             err.to_string().contains("cannot connect to the admin API at 127.0.0.1:1"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn grpc_admin_calls_a_tls_node_with_a_certificate_or_the_token() {
+        use dynamo_api::security::{Ca, CertRequest, Role};
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+        let day = Duration::from_secs(86_400);
+        let ca = Ca::generate("demo.default", day).unwrap();
+        let node = ca
+            .issue(&CertRequest {
+                name: "dynamo-node".into(),
+                role: Role::Peer,
+                dns_names: vec!["demo.default.svc".into()],
+                ips: vec![],
+                lifetime: day,
+            })
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = shutdown.clone();
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&node.cert_pem, &node.key_pem))
+            .client_ca_root(Certificate::from_pem(ca.cert_pem()))
+            .client_auth_optional(true);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tls_config(tls)
+                .unwrap()
+                .add_service(proto::admin_server::AdminServer::new(FakeAdminService {
+                    require_admin: true,
+                }))
+                .serve_with_incoming_shutdown(tokio_stream_from(listener), async move {
+                    stop.cancelled().await
+                }),
+        );
+        let admin = GrpcAdmin { timeout: Duration::from_secs(5) };
+        let access =
+            |identity: Option<&dynamo_api::security::Issued>, token: Option<&str>| Access {
+                credentials: Arc::new(Credentials {
+                    ca_pem: Some(ca.cert_pem().to_string()),
+                    identity: identity.map(|i| (i.cert_pem.clone(), i.key_pem.clone())),
+                    token: token.map(Into::into),
+                }),
+                server_name: Some("demo.default.svc".into()),
+            };
+
+        // The operator's own admin certificate.
+        let operator = ca.issue(&CertRequest::client("dynamo-operator", Role::Admin, day)).unwrap();
+        let status = admin.status(&access(Some(&operator), None), &address).await.unwrap();
+        assert_eq!(status.node_id, "n1");
+        // The admin token (cert-manager issues the nodes' certificate; the operator has no CA key).
+        admin.status(&access(None, Some("tok")), &address).await.unwrap();
+        // Neither: the node refuses.
+        let err = admin.status(&access(None, Some("guess")), &address).await.unwrap_err();
+        assert!(err.to_string().contains("an admin credential is needed"), "{err}");
+        // A node presenting a certificate of another CA is not trusted.
+        let other = Ca::generate("demo.default", day).unwrap();
+        let mut wrong = access(Some(&operator), None);
+        wrong.credentials = Arc::new(Credentials {
+            ca_pem: Some(other.cert_pem().to_string()),
+            ..(*wrong.credentials).clone()
+        });
+        let err = admin.status(&wrong, &address).await.unwrap_err();
+        assert!(matches!(err, AdminError::Connect { .. }), "{err}");
+        // Nor one whose certificate does not carry the name verified.
+        let mut misnamed = access(Some(&operator), None);
+        misnamed.server_name = Some("other.default.svc".into());
+        let err = admin.status(&misnamed, &address).await.unwrap_err();
+        assert!(matches!(err, AdminError::Connect { .. }), "{err}");
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
     }
 }

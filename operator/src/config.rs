@@ -55,6 +55,18 @@ pub struct Config {
     /// DNS domain of the Kubernetes cluster, used in the nodes' seed addresses.
     #[arg(long, env = "DYNAMO_OPERATOR_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// Namespace of the operator's own pods: the nodes' NetworkPolicy lets pods of it (with
+    /// --operator-pod-labels) reach the peer port. Default: --lease-namespace (POD_NAMESPACE),
+    /// else the service account's namespace, else `dynamo-system`.
+    #[arg(long, env = "DYNAMO_OPERATOR_POD_NAMESPACE")]
+    pub operator_namespace: Option<String>,
+    /// Labels of the operator's own pods (`key=value,...`), for the same NetworkPolicy rule.
+    #[arg(
+        long,
+        env = "DYNAMO_OPERATOR_POD_LABELS",
+        default_value = crate::render::DEFAULT_OPERATOR_LABELS
+    )]
+    pub operator_pod_labels: String,
     /// Milliseconds allowed for each call to a node's admin API (connect and answer).
     #[arg(long, env = "DYNAMO_OPERATOR_ADMIN_TIMEOUT_MS", default_value_t = 5000)]
     pub admin_timeout_ms: u64,
@@ -103,6 +115,15 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
+        if crate::render::parse_labels(&self.operator_pod_labels).is_none_or(|l| l.is_empty()) {
+            return Err(ConfigError {
+                flag: "operator-pod-labels",
+                message: format!(
+                    "'{}' is not a list of key=value labels (e.g. app.kubernetes.io/name=dynamo-operator)",
+                    self.operator_pod_labels
+                ),
+            });
+        }
         if self.cluster_domain.is_empty() || self.cluster_domain.contains('/') {
             return Err(ConfigError {
                 flag: "cluster-domain",
@@ -139,6 +160,15 @@ mod tests {
         c.validate().unwrap();
         assert!(c.leader_elect);
         assert_eq!(c.metrics_addr.port(), 8080);
+        assert_eq!(c.operator_pod_labels, "app.kubernetes.io/name=dynamo-operator");
+    }
+
+    #[test]
+    fn operator_pod_labels_must_be_labels() {
+        let c =
+            Config::try_parse_from(["dynamo-operator", "--operator-pod-labels", "app"]).unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("--operator-pod-labels: 'app' is not a list"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! manager, makes the admin call the plan asks for, deletes what the plan says, records events,
 //! and writes the status.
 
+mod security;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -27,14 +30,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{Membership, NodeAdmin, RingView};
+use crate::admin::{Access, Membership, NodeAdmin, RingView};
 use crate::crd::{display_name, DynamoCluster, DynamoClusterStatus};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Metrics};
 use crate::render::{self, RenderOptions, MANAGER};
-use crate::scaling::{self, Observed, ObservedPod, ObservedPvc, ObservedStatefulSet, RemovedZone};
+use crate::scaling::{
+    self, Observed, ObservedPod, ObservedPvc, ObservedStatefulSet, Progress, RemovedZone,
+};
 use crate::status;
 use crate::validate::validate;
+pub use security::{AdminIdentities, Secured, ADMIN_CERT_LIFETIME};
 
 /// Next pass while something is under way (a node joining or leaving, pods rolling): membership
 /// changes are not Kubernetes events, so the operator polls the nodes this often.
@@ -56,6 +62,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Rendering settings from the operator's flags.
     pub options: RenderOptions,
+    /// The admin certificates the operator issued itself, per cluster.
+    pub admin_identities: AdminIdentities,
 }
 
 impl Context {
@@ -74,6 +82,7 @@ impl Context {
             admin,
             metrics,
             options,
+            admin_identities: AdminIdentities::default(),
         }
     }
 }
@@ -111,11 +120,13 @@ async fn reconcile_inner(cluster: &DynamoCluster, ctx: &Context) -> Result<Actio
         return Ok(Action::requeue(IDLE_REQUEUE));
     }
 
-    let observed = observe(ctx, cluster, &ns).await?;
+    // A paused cluster gets nothing new, not even a renewed certificate; what exists is read.
+    let secured = security::ensure(ctx, cluster, &ns, !cluster.spec.paused).await?;
+    let observed = observe(ctx, cluster, &ns, secured.access.as_ref()).await?;
     let mut plan = scaling::plan(&name, &cluster.spec, &observed);
     if plan.paused {
         // Nothing is written but the status.
-        return finish(ctx, cluster, &observed, &plan, &now).await;
+        return finish(ctx, cluster, &observed, &plan, &now, &secured).await;
     }
     ensure_secret(ctx, cluster, &ns).await?;
 
@@ -125,6 +136,22 @@ async fn reconcile_inner(cluster: &DynamoCluster, ctx: &Context) -> Result<Actio
     apply(&services, &render::client_service(cluster)).await?;
     apply(&Api::namespaced(ctx.client.clone(), &ns), &render::pod_disruption_budget(cluster))
         .await?;
+    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    apply(&policies, &render::security::network_policy(cluster, &ctx.options)).await?;
+    let Some(tls_hash) = secured.tls_hash.clone() else {
+        // Pods cannot start without their certificate: no StatefulSet before it exists.
+        let issuer = secured.status.as_ref().map_or("cert-manager", |s| s.issuer.as_str());
+        plan.progress = Some(Progress {
+            reason: "WaitingForCertificate",
+            message: format!(
+                "waiting for {issuer} to write the nodes' certificate into Secret {} \
+                 (see the Certificate {} and its issuer's status)",
+                render::security::tls_secret_name(&name),
+                render::security::tls_secret_name(&name)
+            ),
+        });
+        return finish(ctx, cluster, &observed, &plan, &now, &secured).await;
+    };
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
     for zone in &cluster.spec.zones {
         let sts = render::statefulset_name(&name, &zone.name);
@@ -153,7 +180,7 @@ async fn reconcile_inner(cluster: &DynamoCluster, ctx: &Context) -> Result<Actio
             continue;
         }
         let replicas = plan.replicas[&zone.name];
-        let mut rendered = render::statefulset(cluster, zone, replicas, &ctx.options);
+        let mut rendered = render::statefulset(cluster, zone, replicas, &ctx.options, &tls_hash);
         if let Some(size) = plan.claim_sizes.get(&zone.name) {
             // Until its claims are expanded, a StatefulSet keeps the claim template it has.
             set_claim_size(&mut rendered, size);
@@ -208,8 +235,14 @@ async fn reconcile_inner(cluster: &DynamoCluster, ctx: &Context) -> Result<Actio
             format!("{node} has left the ring (or never joined); lowered its StatefulSet by one");
         publish(ctx, cluster, EventType::Normal, "NodeRemoved", "RemoveNode", note).await;
     }
-    if let Some(call) = plan.decommission_call.clone() {
-        match ctx.admin.decommission(&call.address, &call.node, call.force).await {
+    if plan.decommission_call.is_some() && secured.access.is_none() {
+        plan.problems.push(
+            "cannot call the nodes' admin API: the operator has no credentials for it yet".into(),
+        );
+    }
+    let call = plan.decommission_call.clone().zip(secured.access.clone());
+    if let Some((call, access)) = call {
+        match ctx.admin.decommission(&access, &call.address, &call.node, call.force).await {
             Ok(response) => {
                 ctx.metrics.count(metrics::Action::Decommission);
                 let state = Membership::from_proto(response.state).map(Membership::as_str);
@@ -304,18 +337,22 @@ async fn reconcile_inner(cluster: &DynamoCluster, ctx: &Context) -> Result<Actio
         publish(ctx, cluster, EventType::Normal, "VolumeDeleted", "DeleteVolume", note).await;
     }
 
-    finish(ctx, cluster, &observed, &plan, &now).await
+    finish(ctx, cluster, &observed, &plan, &now, &secured).await
 }
 
-/// Writes the status and metrics of a pass and says when to come back.
+/// Writes the status and metrics of a pass and says when to come back (at the latest when the
+/// nodes' certificate is due for renewal).
 async fn finish(
     ctx: &Context,
     cluster: &DynamoCluster,
     observed: &Observed,
     plan: &scaling::Plan,
     now: &Time,
+    secured: &Secured,
 ) -> Result<Action> {
-    let new_status = status::build(cluster, observed, plan, now);
+    let mut new_status = status::build(cluster, observed, plan, now);
+    new_status.tls =
+        secured.status.clone().or_else(|| cluster.status.as_ref().and_then(|s| s.tls.clone()));
     ctx.metrics.cluster_nodes(
         &cluster.namespace().unwrap_or_default(),
         &cluster.name_any(),
@@ -324,7 +361,10 @@ async fn finish(
     );
     write_status(ctx, cluster, new_status).await?;
     let busy = (plan.progress.is_some() && !plan.paused) || !plan.problems.is_empty();
-    Ok(Action::requeue(if busy { BUSY_REQUEUE } else { IDLE_REQUEUE }))
+    let next = if busy { BUSY_REQUEUE } else { IDLE_REQUEUE };
+    // A second late rather than early: the renewal is due once the time has passed.
+    let renewal = secured.renew_in.map(|d| d + Duration::from_secs(1));
+    Ok(Action::requeue(renewal.map_or(next, |r| r.min(next))))
 }
 
 /// Sets the storage request of `sts`'s volume claim template.
@@ -370,8 +410,13 @@ async fn ensure_secret(ctx: &Context, cluster: &DynamoCluster, ns: &str) -> Resu
 }
 
 /// Reads the StatefulSets, pods and volumes of the cluster and asks every running node for its
-/// view of the ring.
-async fn observe(ctx: &Context, cluster: &DynamoCluster, ns: &str) -> Result<Observed> {
+/// view of the ring (when there is a way in: `access`).
+async fn observe(
+    ctx: &Context,
+    cluster: &DynamoCluster,
+    ns: &str,
+    access: Option<&Access>,
+) -> Result<Observed> {
     let name = cluster.name_any();
     let selector = render::cluster_selector_string(&name);
     let params = ListParams::default().labels(&selector);
@@ -517,11 +562,12 @@ async fn observe(ctx: &Context, cluster: &DynamoCluster, ns: &str) -> Result<Obs
     let calls = observed
         .pods
         .iter()
+        .filter(|_| access.is_some())
         .filter(|p| !p.terminating)
         .filter_map(|p| p.ip.as_ref().map(|ip| (p.name.clone(), render::node_address(ip))))
-        .map(|(pod, address)| {
-            let call = ctx.admin.status(&address);
-            async move { (pod, call.await) }
+        .filter_map(|(pod, address)| {
+            let call = ctx.admin.status(access?, &address);
+            Some(async move { (pod, call.await) })
         });
     let mut reports = Vec::new();
     for (pod, result) in futures::future::join_all(calls).await {
@@ -741,7 +787,8 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
         .owns(api::<StatefulSet>(&client, &children), owned.clone())
         .owns(api::<Service>(&client, &children), owned.clone())
         .owns(api::<ConfigMap>(&client, &children), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, &children), owned)
+        .owns(api::<PodDisruptionBudget>(&client, &children), owned.clone())
+        .owns(api::<NetworkPolicy>(&client, &children), owned)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

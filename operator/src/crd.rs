@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Affinity, LocalObjectReference, ResourceRequirements, Toleration,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -70,6 +71,15 @@ pub mod messages {
     /// `failure.forceRemoveAfter` is not a duration.
     pub const DURATION_FORMAT: &str =
         "failure.forceRemoveAfter must be a duration such as 90s, 5m or 1h30m (units h, m, s)";
+    /// `tls.certificateLifetime` is not a duration or is too short.
+    pub const LIFETIME_FORMAT: &str =
+        "tls.certificateLifetime must be a duration of at least 2m such as 2160h, 720h or 90m (units h, m, s)";
+    /// `tls.renewBefore` is not a duration.
+    pub const RENEW_BEFORE_FORMAT: &str =
+        "tls.renewBefore must be a duration of at least 1m such as 720h or 30m (units h, m, s)";
+    /// `tls.renewBefore` is not shorter than the lifetime.
+    pub const RENEW_BEFORE_LT_LIFETIME: &str =
+        "tls.renewBefore must be shorter than tls.certificateLifetime, or every pass would issue a new certificate (and restart every node)";
     /// `<cluster>-<zone>` is too long to name a StatefulSet.
     pub const NAME_LENGTH: &str =
         "the cluster name plus a zone name must be at most 51 characters (they name the StatefulSet <cluster>-<zone>)";
@@ -153,6 +163,128 @@ pub struct DynamoClusterSpec {
     /// How the operator treats nodes that are gone.
     #[serde(default, skip_serializing_if = "FailureSpec::is_default")]
     pub failure: FailureSpec,
+    /// The nodes' certificate: issued by the operator from the cluster's own CA (default), or by
+    /// cert-manager when `issuerRef` is set; its lifetime and when it is renewed.
+    #[serde(default, skip_serializing_if = "TlsSpec::is_default")]
+    pub tls: TlsSpec,
+    /// Who may reach the nodes: the NetworkPolicy `<cluster>` the operator renders.
+    #[serde(default, skip_serializing_if = "NetworkSpec::is_default")]
+    pub network: NetworkSpec,
+}
+
+/// The nodes' certificate. One certificate (Secret `<cluster>-tls`) serves every node: its names
+/// are the wildcard of the headless Service and the client Service's names.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.renewBefore) || !self.certificateLifetime.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') || !self.renewBefore.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') || duration(self.renewBefore) < duration(self.certificateLifetime)").message(messages::RENEW_BEFORE_LT_LIFETIME)
+)]
+pub struct TlsSpec {
+    /// A cert-manager issuer (Issuer in the cluster's namespace, or ClusterIssuer) that issues
+    /// the nodes' certificate instead of the operator. It must be a CA-type issuer: the Secret it
+    /// writes must hold the CA in `ca.crt`, which the nodes and the operator verify peers with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+    /// How long the nodes' certificate is valid. A duration: `2160h` (90 days, default), `90m`.
+    #[serde(default = "default_certificate_lifetime")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self != '' && duration(self) >= duration('2m')").message(messages::LIFETIME_FORMAT))]
+    pub certificate_lifetime: String,
+    /// How long before it expires the certificate is renewed (and every node restarted onto it,
+    /// one at a time). Default: a third of the lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self != '' && duration(self) >= duration('1m')").message(messages::RENEW_BEFORE_FORMAT))]
+    pub renew_before: Option<String>,
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        TlsSpec {
+            issuer_ref: None,
+            certificate_lifetime: default_certificate_lifetime(),
+            renew_before: None,
+        }
+    }
+}
+
+impl TlsSpec {
+    /// True when every setting has its default.
+    pub fn is_default(&self) -> bool {
+        self == &TlsSpec::default()
+    }
+
+    /// The certificate's lifetime; `None` when it is not a duration.
+    pub fn lifetime(&self) -> Option<std::time::Duration> {
+        parse_duration(&self.certificate_lifetime)
+    }
+
+    /// How long before expiry it is renewed: `renewBefore`, else a third of the lifetime.
+    pub fn renew_before(&self) -> Option<std::time::Duration> {
+        match &self.renew_before {
+            Some(text) => parse_duration(text),
+            None => self.lifetime().map(|l| l / 3),
+        }
+    }
+}
+
+fn default_certificate_lifetime() -> String {
+    "2160h".into()
+}
+
+/// A cert-manager issuer.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the Issuer or ClusterIssuer.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` (in the cluster's namespace, default) or `ClusterIssuer`.
+    #[serde(default)]
+    pub kind: IssuerKind,
+    /// API group of the issuer (default `cert-manager.io`; another for external issuers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// Kind of a cert-manager issuer.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IssuerKind {
+    /// An Issuer in the cluster's namespace.
+    #[default]
+    Issuer,
+    /// A cluster-wide ClusterIssuer.
+    ClusterIssuer,
+}
+
+impl IssuerKind {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssuerKind::Issuer => "Issuer",
+            IssuerKind::ClusterIssuer => "ClusterIssuer",
+        }
+    }
+}
+
+/// Who may reach the nodes' ports (rendered as the NetworkPolicy `<cluster>`): the peer port
+/// only from the cluster's own pods and the operator, the health port from anywhere (kubelet
+/// probes), and the client port as `clientFrom` says.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// Who may reach the client port (7070), as NetworkPolicy peers (`podSelector`,
+    /// `namespaceSelector`, `ipBlock`). Unset: every pod of the cluster's namespace. An empty
+    /// list: nobody (unless another NetworkPolicy allows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_from: Option<Vec<NetworkPolicyPeer>>,
+}
+
+impl NetworkSpec {
+    /// True when every setting has its default.
+    pub fn is_default(&self) -> bool {
+        self == &NetworkSpec::default()
+    }
 }
 
 /// How the operator treats nodes that are gone.
@@ -487,6 +619,8 @@ impl DynamoClusterSpec {
             persistent_volume_claim_retention_policy: PvcRetentionPolicy::default(),
             paused: false,
             failure: FailureSpec::default(),
+            tls: TlsSpec::default(),
+            network: NetworkSpec::default(),
         }
     }
 
@@ -557,6 +691,30 @@ pub struct DynamoClusterStatus {
     /// Volume expansion after `storage.size` grew.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageStatus>,
+    /// The nodes' certificate: who issued it, when it expires and when it is renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
+}
+
+/// The nodes' certificate (Secret `<cluster>-tls`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStatus {
+    /// The Secret holding it (`ca.crt`, `tls.crt`, `tls.key`).
+    pub secret_name: String,
+    /// `operator` (the cluster CA in `<cluster>-ca`) or the cert-manager issuer (`Issuer/<name>`,
+    /// `ClusterIssuer/<name>`).
+    pub issuer: String,
+    /// When the certificate expires (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// When the operator renews it (RFC 3339); cert-manager renews its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<String>,
+    /// SHA-256 (first 16 hex digits) of the certificate the pods are rolled onto (the pod
+    /// template annotation `dynamokv.io/tls-hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 /// A rolling change of the pod template.
@@ -856,6 +1014,43 @@ mod tests {
             let rust = crate::validate::validate("demo", &c.spec);
             assert_eq!(rust.is_ok(), ok, "Rust on {text}: {rust:?}");
         }
+    }
+
+    #[test]
+    fn certificate_durations_are_checked_alike_by_cel_and_rust() {
+        for (lifetime, renew, message) in [
+            ("2160h", None, None),
+            ("3m", Some("2m"), None),
+            ("90m", Some("30m"), None),
+            ("1m", None, Some(messages::LIFETIME_FORMAT)),
+            ("90 days", None, Some(messages::LIFETIME_FORMAT)),
+            ("3m", Some("3m"), Some(messages::RENEW_BEFORE_LT_LIFETIME)),
+            ("3m", Some("1h"), Some(messages::RENEW_BEFORE_LT_LIFETIME)),
+            ("3m", Some("30s"), Some(messages::RENEW_BEFORE_FORMAT)),
+            ("3m", Some("x"), Some(messages::RENEW_BEFORE_FORMAT)),
+        ] {
+            let mut c = example();
+            c.spec.tls.certificate_lifetime = lifetime.into();
+            c.spec.tls.renew_before = renew.map(Into::into);
+            let cel = validate_cel(&c);
+            let rust = crate::validate::validate("demo", &c.spec);
+            match message {
+                None => {
+                    assert!(cel.is_ok(), "CEL on {lifetime}/{renew:?}: {cel:?}");
+                    assert!(rust.is_ok(), "Rust on {lifetime}/{renew:?}: {rust:?}");
+                }
+                Some(m) => {
+                    let cel = cel.expect_err("CEL rejects").to_string();
+                    assert!(cel.contains(m), "CEL on {lifetime}/{renew:?}: {cel}");
+                    let rust = rust.expect_err("Rust rejects").to_string();
+                    assert!(rust.contains(m), "Rust on {lifetime}/{renew:?}: {rust}");
+                }
+            }
+        }
+        assert_eq!(
+            TlsSpec::default().renew_before(),
+            Some(std::time::Duration::from_secs(720 * 3600))
+        );
     }
 
     #[test]

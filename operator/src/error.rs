@@ -17,6 +17,10 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The cluster's security material is unusable (a CA Secret without its key, cert-manager
+    /// asked for but not installed, ...); the message says what to do.
+    #[error("{0}")]
+    Security(String),
     /// A DynamoCluster without a namespace: the CRD installed is not the namespaced one.
     #[error("DynamoCluster {0} has no namespace: reinstall the CRD from crds/dynamoclusters.yaml")]
     NoNamespace(String),

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::admin::{
-    AdminError, DecommissionResponse, Membership, NodeAdmin, NodeStatus, StatusResponse,
+    Access, AdminError, DecommissionResponse, Membership, NodeAdmin, NodeStatus, StatusResponse,
 };
 
 /// One request the fake API server received.
@@ -425,12 +425,25 @@ impl FakeApiServer {
     }
 }
 
+/// What an admin call presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The CA the node was verified with.
+    pub ca_pem: Option<String>,
+    /// The caller's certificate.
+    pub cert_pem: Option<String>,
+    /// The caller's bearer token.
+    pub token: Option<String>,
+    /// The name the node was verified under.
+    pub server_name: Option<String>,
+}
+
 /// A fake node process.
 #[derive(Debug, Clone)]
 struct FakeNode {
     zone: String,
     membership: String,
-    /// `ip:7070` while its pod runs.
+    /// `ip:7071` (its peer port) while its pod runs.
     address: Option<String>,
 }
 
@@ -442,6 +455,8 @@ struct Fleet {
     lose_decommissions: bool,
     /// Nodes whose admin API does not answer.
     silent: BTreeSet<String>,
+    /// The credentials of every status call, in order.
+    callers: Vec<Caller>,
 }
 
 /// A fleet of fake nodes sharing one membership view, behind the [`NodeAdmin`] trait.
@@ -509,6 +524,11 @@ impl FakeNodes {
         fleet.silent = if silent { fleet.nodes.keys().cloned().collect() } else { BTreeSet::new() };
     }
 
+    /// The credentials of every status call so far.
+    pub fn callers(&self) -> Vec<Caller> {
+        self.0.lock().unwrap().callers.clone()
+    }
+
     fn at(fleet: &Fleet, address: &str) -> Result<String, AdminError> {
         fleet
             .nodes
@@ -523,8 +543,19 @@ impl FakeNodes {
 }
 
 impl NodeAdmin for FakeNodes {
-    fn status(&self, address: &str) -> BoxFuture<'static, Result<StatusResponse, AdminError>> {
-        let fleet = self.0.lock().unwrap();
+    fn status(
+        &self,
+        access: &Access,
+        address: &str,
+    ) -> BoxFuture<'static, Result<StatusResponse, AdminError>> {
+        let mut fleet = self.0.lock().unwrap();
+        let credentials = &access.credentials;
+        fleet.callers.push(Caller {
+            ca_pem: credentials.ca_pem.clone(),
+            cert_pem: credentials.identity.as_ref().map(|(cert, _)| cert.clone()),
+            token: credentials.token.clone(),
+            server_name: access.server_name.clone(),
+        });
         let result = Self::at(&fleet, address).map(|me| StatusResponse {
             node_id: me.clone(),
             cluster: "demo.default".into(),
@@ -553,6 +584,7 @@ impl NodeAdmin for FakeNodes {
 
     fn decommission(
         &self,
+        _access: &Access,
         address: &str,
         node_id: &str,
         _force: bool,
@@ -614,7 +646,7 @@ pub fn simulate_kubernetes(server: &FakeApiServer, nodes: &FakeNodes) {
                         state.uid += 1;
                         format!("10.1.{}.{}", state.uid / 250, state.uid % 250 + 1)
                     };
-                    nodes.start(&pod, &zone, &format!("{ip}:7070"));
+                    nodes.start(&pod, &zone, &format!("{ip}:7071"));
                     let claim = format!("data-{pod}");
                     if server.get::<Value>(&format!("{PVCS}/{claim}")).is_none() {
                         let template = &sts["spec"]["volumeClaimTemplates"][0];

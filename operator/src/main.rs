@@ -12,7 +12,7 @@ use dynamo_operator::config::Config;
 use dynamo_operator::controller::{self, Context};
 use dynamo_operator::leader::{LeaderElector, LeaseConfig};
 use dynamo_operator::metrics::{self, Metrics};
-use dynamo_operator::render::RenderOptions;
+use dynamo_operator::render::{parse_labels, RenderOptions, DEFAULT_OPERATOR_NAMESPACE};
 use dynamo_operator::DynamoCluster;
 use kube::api::ListParams;
 use kube::Api;
@@ -54,7 +54,19 @@ async fn main() -> anyhow::Result<()> {
 
     let identity = config.identity.clone().unwrap_or_else(default_identity);
     let admin = GrpcAdmin { timeout: Duration::from_millis(config.admin_timeout_ms) };
-    let options = RenderOptions { cluster_domain: config.cluster_domain.clone() };
+    let own_namespace = config.lease_namespace.clone().or_else(|| {
+        std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE).ok().map(|s| s.trim().to_string())
+    });
+    let options = RenderOptions {
+        cluster_domain: config.cluster_domain.clone(),
+        operator_namespace: config
+            .operator_namespace
+            .clone()
+            .or_else(|| own_namespace.clone())
+            .unwrap_or_else(|| DEFAULT_OPERATOR_NAMESPACE.into()),
+        operator_labels: parse_labels(&config.operator_pod_labels)
+            .context("--operator-pod-labels was validated")?,
+    };
     let ctx = Arc::new(Context::new(
         client.clone(),
         Arc::new(admin),
@@ -67,15 +79,7 @@ async fn main() -> anyhow::Result<()> {
 
     let result = if config.leader_elect {
         let (lease_duration, renew_deadline, retry_period) = config.lease_timings();
-        let lease_namespace = config
-            .lease_namespace
-            .clone()
-            .or_else(|| {
-                std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
-                    .ok()
-                    .map(|s| s.trim().to_string())
-            })
-            .unwrap_or_else(|| "default".into());
+        let lease_namespace = own_namespace.unwrap_or_else(|| "default".into());
         let elector = LeaderElector::new(
             client,
             LeaseConfig {

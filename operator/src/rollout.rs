@@ -168,7 +168,7 @@ pub fn plan(cluster: &str, spec: &DynamoClusterSpec, observed: &Observed) -> Rol
         if observed.ring.answered == 0 {
             let message =
                 "no node answers its admin API, so the ring is unknown: waiting (check that \
-                           the operator reaches the nodes' port 7070)"
+                           the operator reaches the nodes' peer port 7071)"
                     .to_string();
             return decide(message, None, false);
         }

@@ -397,7 +397,7 @@ impl<'a> Planner<'a> {
                         "its pod is Ready; a running node is not replaced (remove the annotation)"
                     } else {
                         "no node answers its admin API, so whether it still holds data is unknown; check that \
-                         the operator reaches the nodes' port 7070"
+                         the operator reaches the nodes' peer port 7071"
                     }
                 );
                 self.plan.problems.push(problem);
@@ -1179,7 +1179,7 @@ mod tests {
         assert_eq!(
             p.decommission_call,
             Some(DecommissionCall {
-                address: "10.0.0.3:7070".into(),
+                address: "10.0.0.3:7071".into(),
                 node: "demo-a-2".into(),
                 force: false
             })
@@ -1258,7 +1258,7 @@ mod tests {
         assert_eq!(
             w.plan().decommission_call,
             Some(DecommissionCall {
-                address: "10.0.0.1:7070".into(),
+                address: "10.0.0.1:7071".into(),
                 node: "demo-a-2".into(),
                 force: true
             })
@@ -1283,7 +1283,7 @@ mod tests {
         // Once every node that answers finds it down for the grace period, it goes by force.
         w.down.insert("demo-a-2".into(), 400_000);
         let call = w.plan().decommission_call.unwrap();
-        assert_eq!(call.address, "10.0.0.1:7070");
+        assert_eq!(call.address, "10.0.0.1:7071");
         assert!(call.force, "a node that does not answer is removed without its cooperation");
     }
 

@@ -160,6 +160,8 @@ pub fn build(
         decommission: plan.decommission.clone(),
         rollout: plan.rollout.clone(),
         storage: plan.storage.clone(),
+        // The controller fills it from the certificate it found (status::build sees no Secret).
+        tls: cluster.status.as_ref().and_then(|s| s.tls.clone()),
     }
 }
 

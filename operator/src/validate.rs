@@ -105,6 +105,32 @@ pub fn validate(name: &str, spec: &DynamoClusterSpec) -> Result<(), InvalidSpec>
             &format!("{} (got '{}')", messages::DURATION_FORMAT, spec.failure.force_remove_after),
         );
     }
+    let tls = &spec.tls;
+    let lifetime = tls.lifetime();
+    match lifetime {
+        Some(l) if l >= std::time::Duration::from_secs(120) => {}
+        _ => problem(
+            "tls.certificateLifetime",
+            &format!("{} (got '{}')", messages::LIFETIME_FORMAT, tls.certificate_lifetime),
+        ),
+    }
+    let renew_before = tls.renew_before();
+    if let Some(text) = &tls.renew_before {
+        if renew_before.is_none_or(|r| r < std::time::Duration::from_secs(60)) {
+            problem(
+                "tls.renewBefore",
+                &format!("{} (got '{text}')", messages::RENEW_BEFORE_FORMAT),
+            );
+        }
+    }
+    if let (Some(l), Some(r), Some(_)) = (lifetime, renew_before, &tls.renew_before) {
+        if r >= l {
+            problem("tls.renewBefore", messages::RENEW_BEFORE_LT_LIFETIME);
+        }
+    }
+    if tls.issuer_ref.as_ref().is_some_and(|i| i.name.is_empty()) {
+        problem("tls.issuerRef.name", "must name a cert-manager Issuer or ClusterIssuer");
+    }
 
     if problems.is_empty() {
         Ok(())

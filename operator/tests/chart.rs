@@ -102,7 +102,9 @@ const NEEDED: &[(&str, &str, &[&str])] = &[
     ("", "services", &["list", "watch", "create", "patch"]),
     ("", "configmaps", &["list", "watch", "create", "patch"]),
     ("policy", "poddisruptionbudgets", &["list", "watch", "create", "patch"]),
-    ("", "secrets", &["get", "create"]),
+    ("networking.k8s.io", "networkpolicies", &["list", "watch", "create", "patch"]),
+    ("", "secrets", &["get", "create", "patch"]),
+    ("cert-manager.io", "certificates", &["get", "create", "patch"]),
     ("", "pods", &["list", "delete"]),
     ("", "persistentvolumeclaims", &["list", "patch", "delete"]),
     ("events.k8s.io", "events", &["create", "patch"]),
@@ -200,7 +202,22 @@ fn default_values_render_a_cluster_wide_operator() {
             );
         }
     }
-    assert!(!grants(&rules, "", "secrets", "list"), "least privilege: no listing of Secrets");
+    for verb in ["list", "watch", "delete", "*"] {
+        assert!(!grants(&rules, "", "secrets", verb), "least privilege: no {verb} of Secrets");
+    }
+    assert!(!grants(&rules, "cert-manager.io", "certificates", "delete"));
+    // The nodes' NetworkPolicy admits exactly the chart's operator pods.
+    assert_eq!(
+        dynamo_operator::render::parse_labels(&config.operator_pod_labels).unwrap(),
+        std::collections::BTreeMap::from([
+            ("app.kubernetes.io/name".to_string(), "dynamo-operator".to_string()),
+            ("app.kubernetes.io/instance".to_string(), "dyn".to_string()),
+        ])
+    );
+    let pod_labels = deployment.spec.template.metadata.as_ref().unwrap();
+    for (k, v) in dynamo_operator::render::parse_labels(&config.operator_pod_labels).unwrap() {
+        assert_eq!(pod_labels.labels.as_ref().unwrap().get(&k), Some(&v), "pod label {k}");
+    }
     let lease: Role = typed(of_kind(&docs, "Role")[0]);
     let lease_rules = lease.rules.unwrap();
     for verb in ["get", "create", "update"] {

@@ -8,10 +8,11 @@ use dynamo_api::config::{EngineKind, NodeArgs, NodeConfig};
 use dynamo_operator::crd::{DynamoCluster, DynamoClusterSpec, Engine, ZoneSpec};
 use dynamo_operator::render::{node_toml, statefulset, RenderOptions, CONFIG_FILE, NODE_ENV};
 
-/// Resolves a rendered env var as the kubelet would for a pod named `pod` with IP `ip`.
+/// Resolves a rendered env var as the kubelet would for a pod named `pod` with IP `ip`
+/// (`$(DYNAMO_ID)` is the variable set before it from the pod's name).
 fn resolve(var: &serde_json::Value, pod: &str, ip: &str, secret: &str) -> String {
     if let Some(v) = var["value"].as_str() {
-        return v.replace("$(POD_IP)", ip);
+        return v.replace("$(POD_IP)", ip).replace("$(DYNAMO_ID)", pod);
     }
     let from = &var["valueFrom"];
     match (from["fieldRef"]["fieldPath"].as_str(), from["secretKeyRef"]["key"].as_str()) {
@@ -38,7 +39,8 @@ fn rendered_environment_and_config_file_load_as_the_nodes_config() {
     let mut cluster = DynamoCluster::new("demo", spec);
     cluster.metadata.namespace = Some("prod".into());
 
-    let sts = statefulset(&cluster, &cluster.spec.zones[1], 1, &RenderOptions::default());
+    let sts =
+        statefulset(&cluster, &cluster.spec.zones[1], 1, &RenderOptions::default(), "tls-hash");
     let sts = serde_json::to_value(&sts).unwrap();
     let container = &sts["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["args"], serde_json::json!(["--config", CONFIG_FILE]));
@@ -62,15 +64,27 @@ fn rendered_environment_and_config_file_load_as_the_nodes_config() {
 
     assert_eq!(config.id, "demo-zone-b-0");
     assert_eq!(config.listen, "0.0.0.0:7070");
-    assert_eq!(config.advertise_addr(), "10.244.1.7:7070");
+    // Nodes are reached by name (the certificate names every pod through the headless Service).
+    let own = "demo-zone-b-0.demo-peers.prod.svc.cluster.local";
+    assert_eq!(config.advertise_addr(), format!("{own}:7070"));
+    assert_eq!(config.peer_advertise_addr(), format!("{own}:7071"));
+    assert_eq!(config.peer_listen, "0.0.0.0:7071");
+    assert_eq!(config.health_listen, "0.0.0.0:7072");
+    assert_eq!(config.tls.ca_cert.as_deref(), Some(std::path::Path::new("/etc/dynamo-tls/ca.crt")));
+    assert_eq!(config.tls.cert.as_deref(), Some(std::path::Path::new("/etc/dynamo-tls/tls.crt")));
+    assert_eq!(config.tls.key.as_deref(), Some(std::path::Path::new("/etc/dynamo-tls/tls.key")));
+    assert_eq!(
+        config.tokens_file.as_deref(),
+        Some(std::path::Path::new("/etc/dynamo-tokens/tokens"))
+    );
+    assert!(!config.dev && !config.insecure, "TLS on, no development mode");
     assert_eq!(config.zone, "zone-b");
     assert_eq!(config.data_dir.as_deref(), Some(std::path::Path::new("/var/lib/dynamo")));
     assert_eq!(config.engine, EngineKind::Rocksdb);
     assert_eq!(config.seeds.len(), 3, "{:?}", config.seeds);
-    assert!(
-        config.seeds[0].starts_with("demo-zone-a-0.demo-peers.prod.svc."),
-        "{:?}",
-        config.seeds
+    assert_eq!(
+        config.seeds[0], "demo-zone-a-0.demo-peers.prod.svc.cluster.local:7071",
+        "seeds are the peer port"
     );
     assert_eq!(config.cluster.name, "demo.prod");
     assert_eq!(config.cluster.secret, "s3cret");

@@ -26,6 +26,11 @@ app.kubernetes.io/name: {{ include "dynamo-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* The same labels as one key=value,... argument (the operator's --operator-pod-labels). */}}
+{{- define "dynamo-operator.selectorLabelsArg" -}}
+app.kubernetes.io/name={{ include "dynamo-operator.name" . }},app.kubernetes.io/instance={{ .Release.Name }}
+{{- end }}
+
 {{/* The service account's name. */}}
 {{- define "dynamo-operator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}

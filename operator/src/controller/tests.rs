@@ -3,6 +3,7 @@
 //! invalid specs and deletion. Each pass is a real `reconcile` call through a kube `Client`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
@@ -20,6 +21,7 @@ const CLUSTERS: &str = "/apis/dynamokv.io/v1alpha1/namespaces/default/dynamoclus
 const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets";
 const PVCS: &str = "/api/v1/namespaces/default/persistentvolumeclaims";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+const SECRETS: &str = "/api/v1/namespaces/default/secrets";
 
 struct Harness {
     server: FakeApiServer,
@@ -147,11 +149,19 @@ async fn create_renders_every_child_and_starts_one_seed_per_zone() {
     assert_eq!(
         writes,
         [
+            // Admin token, client token, the token file, the CA, the nodes' certificate.
+            "POST /api/v1/namespaces/default/secrets",
+            "POST /api/v1/namespaces/default/secrets",
+            "PATCH /api/v1/namespaces/default/secrets/demo-tokens",
+            "POST /api/v1/namespaces/default/secrets",
+            "PATCH /api/v1/namespaces/default/secrets/demo-tls",
+            // The cluster secret.
             "POST /api/v1/namespaces/default/secrets",
             "PATCH /api/v1/namespaces/default/configmaps/demo-config",
             "PATCH /api/v1/namespaces/default/services/demo-peers",
             "PATCH /api/v1/namespaces/default/services/demo",
             "PATCH /apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
+            "PATCH /apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo",
             "PATCH /apis/apps/v1/namespaces/default/statefulsets/demo-zone-a",
             "PATCH /apis/apps/v1/namespaces/default/statefulsets/demo-zone-b",
             "PATCH /apis/apps/v1/namespaces/default/statefulsets/demo-zone-c",
@@ -172,7 +182,8 @@ async fn create_renders_every_child_and_starts_one_seed_per_zone() {
     assert_eq!(h.condition(READY).0, "False");
     assert!(h.event_reasons().contains(&"SecretCreated".to_string()));
 
-    // The secret is created once and never rewritten.
+    // The secrets are created once and never rewritten; the certificate is not issued again.
+    let tls_before: Secret = h.server.get(&format!("{SECRETS}/demo-tls")).unwrap();
     h.server.clear_requests();
     h.pass().await;
     assert!(!h
@@ -180,6 +191,8 @@ async fn create_renders_every_child_and_starts_one_seed_per_zone() {
         .requests()
         .iter()
         .any(|r| r.method == http::Method::POST && r.path.contains("secrets")));
+    let tls_after: Secret = h.server.get(&format!("{SECRETS}/demo-tls")).unwrap();
+    assert_eq!(tls_before.data, tls_after.data);
 
     // Seeds come up, join, and only then does zone-b get its second node.
     simulate_kubernetes(&h.server, &h.nodes);
@@ -196,6 +209,215 @@ async fn create_renders_every_child_and_starts_one_seed_per_zone() {
     );
     assert_eq!(h.condition(DEGRADED).0, "False");
     assert_eq!(h.pass().await, Action::requeue(IDLE_REQUEUE));
+}
+
+/// A text key of a Secret.
+fn secret_text(h: &Harness, name: &str, key: &str) -> String {
+    let secret: Secret = h.server.get(&format!("{SECRETS}/{name}")).unwrap_or_else(|| {
+        panic!("no Secret {name}");
+    });
+    String::from_utf8(secret.data.unwrap()[key].0.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn a_new_cluster_gets_its_ca_certificate_tokens_and_network_policy() {
+    use dynamo_api::security::{identity_of, not_after, Ca, Role, Tokens};
+    let h = Harness::new(&[("zone-a", 1), ("zone-b", 1), ("zone-c", 1)]);
+    h.settle(5).await;
+
+    let ca =
+        Ca::from_pem(&secret_text(&h, "demo-ca", "ca.crt"), &secret_text(&h, "demo-ca", "ca.key"))
+            .expect("a usable CA");
+    assert_eq!(secret_text(&h, "demo-tls", "ca.crt"), ca.cert_pem());
+    let cert = secret_text(&h, "demo-tls", "tls.crt");
+    assert!(secret_text(&h, "demo-tls", "tls.key").contains("PRIVATE KEY"));
+    let der = x509_der(&cert);
+    let identity = identity_of(&der).expect("the certificate names a role");
+    assert_eq!(identity.role, Role::Peer);
+    // Valid for the default 2160h, renewed a third before its end.
+    let tls = h.status().tls.expect("status.tls");
+    assert_eq!(tls.issuer, "operator");
+    assert_eq!(tls.secret_name, "demo-tls");
+    let expires = not_after(&cert).unwrap();
+    let left = expires.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(left > Duration::from_secs(2159 * 3600), "{left:?}");
+    assert!(tls
+        .not_after
+        .as_deref()
+        .unwrap()
+        .starts_with(&k8s_openapi::jiff::Timestamp::try_from(expires).unwrap().to_string()[..16]));
+    assert!(tls.renewal_time.is_some());
+
+    let admin = secret_text(&h, "demo-admin-token", "token");
+    let client = secret_text(&h, "demo-client-token", "token");
+    assert_eq!((admin.len(), client.len()), (64, 64));
+    assert_ne!(admin, client);
+    let tokens = Tokens::parse(&secret_text(&h, "demo-tokens", "tokens"), "demo-tokens").unwrap();
+    assert_eq!(tokens.verify(&admin).unwrap().role, Role::Admin);
+    assert_eq!(tokens.verify(&client).unwrap().role, Role::ReadWrite);
+
+    let policy: k8s_openapi::api::networking::v1::NetworkPolicy = h
+        .server
+        .get("/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo")
+        .expect("a NetworkPolicy");
+    assert_eq!(policy.spec.unwrap().ingress.unwrap().len(), 3);
+
+    // The pods roll onto this certificate: its hash is in the template.
+    let sts: StatefulSet = h.server.get(&format!("{STS}/demo-zone-a")).unwrap();
+    let annotations = sts.spec.template.metadata.unwrap().annotations.unwrap();
+    assert_eq!(
+        annotations[render::security::TLS_HASH_ANNOTATION],
+        render::security::cert_hash(&cert)
+    );
+
+    // The operator calls the nodes with the cluster CA, under the client Service's name, with an
+    // admin certificate of its own from that CA.
+    let callers = h.nodes.callers();
+    assert!(!callers.is_empty());
+    for caller in &callers {
+        assert_eq!(caller.ca_pem.as_deref(), Some(ca.cert_pem()));
+        assert_eq!(caller.server_name.as_deref(), Some("demo.default.svc"));
+        assert_eq!(caller.token, None);
+        let mine = identity_of(&x509_der(caller.cert_pem.as_ref().unwrap())).unwrap();
+        assert_eq!((mine.name.as_str(), mine.role), ("dynamo-operator", Role::Admin));
+    }
+    let reasons = h.event_reasons();
+    for reason in ["CACreated", "CertificateIssued", "TokenCreated"] {
+        assert!(reasons.contains(&reason.to_string()), "no {reason} event in {reasons:?}");
+    }
+}
+
+/// The DER of the first certificate of a PEM text.
+fn x509_der(pem: &str) -> Vec<u8> {
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    base64_decode(&body)
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut buffer, mut bits) = (0u32, 0);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let value = ALPHABET.iter().position(|a| *a == c).expect("base64") as u32;
+        buffer = (buffer << 6) | value;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_certificate_due_for_renewal_is_issued_again_and_rolls_every_pod() {
+    let h = Harness::new(&[("zone-a", 2), ("zone-b", 1), ("zone-c", 1)]);
+    h.settle(8).await;
+    let first = secret_text(&h, "demo-tls", "tls.crt");
+
+    // A shorter lifetime: the certificate no longer says what the spec asks.
+    h.edit(|s| {
+        s.tls.certificate_lifetime = "3m".into();
+        s.tls.renew_before = Some("2m".into());
+    });
+    let deleted = roll(&h, 3).await;
+    assert_eq!(deleted, ["demo-zone-a-1", "demo-zone-a-0", "demo-zone-b-0", "demo-zone-c-0"]);
+    let second = secret_text(&h, "demo-tls", "tls.crt");
+    assert_ne!(first, second);
+    let left = dynamo_api::security::not_after(&second)
+        .unwrap()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(left <= Duration::from_secs(180), "{left:?}");
+    assert!(h.event_reasons().contains(&"CertificateRenewed".to_string()));
+    // The next pass comes back when the renewal is due (about a minute), not in ten.
+    let Action { .. } = h.pass().await;
+    let renewal = h.status().tls.unwrap().renewal_time.unwrap();
+    assert!(!renewal.is_empty());
+
+    // A certificate close to its end (issued for a minute, as an old one would be) is renewed.
+    let ca = dynamo_api::security::Ca::from_pem(
+        &secret_text(&h, "demo-ca", "ca.crt"),
+        &secret_text(&h, "demo-ca", "ca.key"),
+    )
+    .unwrap();
+    let c = h.cluster();
+    let request = render::security::node_cert_request(&c, &RenderOptions::default()).unwrap();
+    let short =
+        dynamo_api::security::CertRequest { lifetime: Duration::from_secs(60), ..request.clone() };
+    let issued = ca.issue(&short).unwrap();
+    let expiring = render::security::tls_secret(
+        &c,
+        ca.cert_pem(),
+        &issued.cert_pem,
+        &issued.key_pem,
+        &render::security::request_hash(&request),
+    );
+    h.server.put(&format!("{SECRETS}/demo-tls"), &expiring);
+    let deleted = roll(&h, 3).await;
+    assert_eq!(deleted.len(), 4, "every pod restarts onto the renewed certificate once");
+    assert_ne!(secret_text(&h, "demo-tls", "tls.crt"), issued.cert_pem);
+    assert_eq!(h.condition(READY).0, "True");
+}
+
+#[tokio::test]
+async fn with_cert_manager_the_operator_renders_a_certificate_and_waits_for_its_secret() {
+    let h = Harness::new(&[("zone-a", 1), ("zone-b", 1), ("zone-c", 1)]);
+    h.edit(|s| {
+        s.tls.issuer_ref = Some(crate::crd::IssuerRef {
+            name: "cluster-ca".into(),
+            kind: crate::crd::IssuerKind::ClusterIssuer,
+            group: None,
+        })
+    });
+    h.pass().await;
+    let certificate: Value = h
+        .server
+        .get("/apis/cert-manager.io/v1/namespaces/default/certificates/demo-tls")
+        .expect("a cert-manager Certificate");
+    assert_eq!(certificate["spec"]["secretName"], "demo-tls");
+    assert_eq!(certificate["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    assert!(h.server.get::<Secret>(&format!("{SECRETS}/demo-ca")).is_none(), "no own CA");
+    assert!(h.replicas().is_empty(), "no StatefulSet before the certificate exists");
+    let (_, reason, message) = h.condition(PROGRESSING);
+    assert_eq!(reason, "WaitingForCertificate");
+    assert!(message.contains("ClusterIssuer/cluster-ca"), "{message}");
+
+    // cert-manager writes the Secret.
+    let ca =
+        dynamo_api::security::Ca::generate("demo.default", Duration::from_secs(86_400)).unwrap();
+    let c = h.cluster();
+    let issued = ca
+        .issue(&render::security::node_cert_request(&c, &RenderOptions::default()).unwrap())
+        .unwrap();
+    let written =
+        render::security::tls_secret(&c, ca.cert_pem(), &issued.cert_pem, &issued.key_pem, "");
+    h.server.put(&format!("{SECRETS}/demo-tls"), &written);
+    h.settle(5).await;
+    assert_eq!(h.replicas().len(), 3);
+    let tls = h.status().tls.unwrap();
+    assert_eq!(tls.issuer, "ClusterIssuer/cluster-ca");
+    assert_eq!(tls.hash, Some(render::security::cert_hash(&issued.cert_pem)));
+    // The operator has no CA key: it calls the nodes with the admin token.
+    let admin = secret_text(&h, "demo-admin-token", "token");
+    let caller = h.nodes.callers().pop().expect("admin calls were made");
+    assert_eq!(caller.token.as_deref(), Some(admin.as_str()));
+    assert_eq!(caller.cert_pem, None);
+    assert_eq!(caller.ca_pem.as_deref(), Some(ca.cert_pem()));
+
+    // cert-manager renews it: the pods roll onto the new one.
+    let renewed = ca
+        .issue(&render::security::node_cert_request(&c, &RenderOptions::default()).unwrap())
+        .unwrap();
+    let written =
+        render::security::tls_secret(&c, ca.cert_pem(), &renewed.cert_pem, &renewed.key_pem, "");
+    h.server.put(&format!("{SECRETS}/demo-tls"), &written);
+    assert_eq!(roll(&h, 3).await.len(), 3);
 }
 
 #[tokio::test]

@@ -1,14 +1,18 @@
 //! The ConfigMap with the node configuration file (`node.toml`): the settings every node of a
-//! cluster shares. Per-pod settings (id, addresses, zone, data directory, seeds) and the secret
+//! cluster shares, among them the peer and health ports and where the TLS material and the token
+//! file are mounted. Per-pod settings (id, addresses, zone, data directory, seeds) and the secret
 //! come from the environment the StatefulSet sets, so one file serves every pod.
 
 use std::collections::BTreeMap;
 
-use dynamo_api::config::{ClusterConfig, EngineKind, Limits, NodeConfig};
+use std::path::PathBuf;
+
+use dynamo_api::config::{ClusterConfig, EngineKind, Limits, NodeConfig, TlsConfig};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 
-use super::{child_meta, common_labels, config_map_name};
+use super::security::{CA_CERT_KEY, TLS_CERT_KEY, TLS_DIR, TLS_KEY_KEY, TOKENS_DIR, TOKENS_KEY};
+use super::{child_meta, common_labels, config_map_name, HEALTH_PORT, PEER_PORT};
 use crate::crd::{DynamoCluster, Engine};
 
 /// Key of the file in the ConfigMap.
@@ -50,6 +54,16 @@ pub fn node_config(cluster: &DynamoCluster) -> NodeConfig {
             .request_timeout_ms
             .map_or(defaults.request_timeout_ms, unsigned),
         sync_writes: overrides.sync_writes.unwrap_or(defaults.sync_writes),
+        // Every interface of the pod: other nodes and the operator dial the peer port, the
+        // kubelet probes the health port.
+        peer_listen: format!("0.0.0.0:{PEER_PORT}"),
+        health_listen: format!("0.0.0.0:{HEALTH_PORT}"),
+        tls: TlsConfig {
+            ca_cert: Some(PathBuf::from(format!("{TLS_DIR}/{CA_CERT_KEY}"))),
+            cert: Some(PathBuf::from(format!("{TLS_DIR}/{TLS_CERT_KEY}"))),
+            key: Some(PathBuf::from(format!("{TLS_DIR}/{TLS_KEY_KEY}"))),
+        },
+        tokens_file: Some(PathBuf::from(format!("{TOKENS_DIR}/{TOKENS_KEY}"))),
         cluster: ClusterConfig {
             name: dynamo_cluster_name(cluster),
             secret: String::new(),
@@ -63,6 +77,7 @@ pub fn node_config(cluster: &DynamoCluster) -> NodeConfig {
             max_value_bytes: size(limits.max_value_bytes, defaults.limits.max_value_bytes),
             max_siblings: size(limits.max_siblings, defaults.limits.max_siblings),
             max_object_bytes: size(limits.max_object_bytes, defaults.limits.max_object_bytes),
+            ..defaults.limits.clone()
         },
         ..defaults
     }
@@ -134,6 +149,13 @@ mod tests {
         let parsed: toml::Table = toml::from_str(&text).unwrap();
         let expected: toml::Table = toml::from_str(
             "engine = \"rocksdb\"\n\
+             peer_listen = \"0.0.0.0:7071\"\n\
+             health_listen = \"0.0.0.0:7072\"\n\
+             tokens_file = \"/etc/dynamo-tokens/tokens\"\n\
+             [tls]\n\
+             ca_cert = \"/etc/dynamo-tls/ca.crt\"\n\
+             cert = \"/etc/dynamo-tls/tls.crt\"\n\
+             key = \"/etc/dynamo-tls/tls.key\"\n\
              [cluster]\n\
              name = \"demo.default\"\n\
              partitions = 256\n\
@@ -157,7 +179,20 @@ mod tests {
         let text = node_toml(&c);
         let parsed: toml::Table = toml::from_str(&text).unwrap();
         let keys: Vec<&str> = parsed.keys().map(String::as_str).collect();
-        assert_eq!(keys, ["cluster", "engine", "limits", "request_timeout_ms", "sync_writes"]);
+        assert_eq!(
+            keys,
+            [
+                "cluster",
+                "engine",
+                "health_listen",
+                "limits",
+                "peer_listen",
+                "request_timeout_ms",
+                "sync_writes",
+                "tls",
+                "tokens_file"
+            ]
+        );
         assert_eq!(parsed["engine"].as_str(), Some("memory"));
         assert_eq!(parsed["request_timeout_ms"].as_integer(), Some(500));
         assert_eq!(parsed["sync_writes"].as_bool(), Some(true));
@@ -183,7 +218,12 @@ mod tests {
             "seeds",
             "cluster",
             "limits",
+            "peer_listen",
+            "health_listen",
+            "tls",
+            "tokens_file",
         ];
+        let tls_keys = ["ca_cert", "cert", "key"];
         let cluster_keys = ["name", "secret", "partitions", "n", "r", "w"];
         let limit_keys = ["max_key_bytes", "max_value_bytes", "max_siblings", "max_object_bytes"];
         let mut c = cluster(&[("zone-a", 3)]);
@@ -193,12 +233,16 @@ mod tests {
         c.spec.node_config.limits.max_value_bytes = Some(1);
         c.spec.node_config.limits.max_siblings = Some(1);
         c.spec.node_config.limits.max_object_bytes = Some(1);
-        let parsed: toml::Table = toml::from_str(&node_toml(&c)).unwrap();
+        let text = node_toml(&c);
+        let node: NodeConfig = toml::from_str(&text).expect("the node reads the file");
+        assert_eq!(node.tls.cert, Some(PathBuf::from("/etc/dynamo-tls/tls.crt")));
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
         for (key, value) in &parsed {
             assert!(top.contains(&key.as_str()), "unknown top-level key {key}");
             let allowed: &[&str] = match key.as_str() {
                 "cluster" => &cluster_keys,
                 "limits" => &limit_keys,
+                "tls" => &tls_keys,
                 _ => continue,
             };
             for inner in value.as_table().unwrap().keys() {

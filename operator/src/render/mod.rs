@@ -5,6 +5,7 @@
 mod config;
 mod pdb;
 mod secret;
+pub mod security;
 mod services;
 mod statefulset;
 
@@ -15,14 +16,18 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::DynamoCluster;
 
-pub use config::{config_map, node_toml, CONFIG_FILE, CONFIG_KEY};
+pub use config::{config_map, dynamo_cluster_name, node_toml, CONFIG_FILE, CONFIG_KEY};
 pub use pdb::{max_unavailable, pod_disruption_budget};
 pub use secret::{cluster_secret, random_secret, SECRET_KEY};
 pub use services::{client_service, headless_service};
 pub use statefulset::{seeds, statefulset, DATA_DIR, READY_SERVICE, VOLUME_NAME};
 
-/// The node's one gRPC port (client, internode and admin APIs, gRPC health).
-pub const NODE_PORT: i32 = dynamo_api::contract::DEFAULT_PORT as i32;
+/// The node's client port (TLS; the client API and gRPC health): what the client Service exposes.
+pub const CLIENT_PORT: i32 = dynamo_api::contract::DEFAULT_PORT as i32;
+/// The node's peer port (mutual TLS; the internode and admin APIs): other nodes and the operator.
+pub const PEER_PORT: i32 = dynamo_api::contract::DEFAULT_PEER_PORT as i32;
+/// The node's health port (plaintext gRPC health only): kubelet probes.
+pub const HEALTH_PORT: i32 = dynamo_api::contract::DEFAULT_HEALTH_PORT as i32;
 
 /// The environment variables `dynamo-node` reads (its flags' `env` names, from the node's
 /// contract in `dynamo-api`). Tests check rendered pods and images against it.
@@ -52,20 +57,49 @@ pub const TOPOLOGY_ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 pub struct RenderOptions {
     /// DNS domain of the Kubernetes cluster, for the seeds' names (usually `cluster.local`).
     pub cluster_domain: String,
+    /// Namespace of the operator's pods: the NetworkPolicy lets them reach the peer port.
+    pub operator_namespace: String,
+    /// Labels of the operator's pods, for the same rule.
+    pub operator_labels: BTreeMap<String, String>,
 }
+
+/// The namespace the chart installs the operator in by default.
+pub const DEFAULT_OPERATOR_NAMESPACE: &str = "dynamo-system";
+/// The label every operator pod of the chart carries.
+pub const DEFAULT_OPERATOR_LABELS: &str = "app.kubernetes.io/name=dynamo-operator";
 
 impl Default for RenderOptions {
     fn default() -> Self {
-        RenderOptions { cluster_domain: "cluster.local".into() }
+        RenderOptions {
+            cluster_domain: "cluster.local".into(),
+            operator_namespace: DEFAULT_OPERATOR_NAMESPACE.into(),
+            operator_labels: parse_labels(DEFAULT_OPERATOR_LABELS)
+                .expect("the default labels parse"),
+        }
     }
 }
 
-/// `host:port` of a node's gRPC port at `ip` (IPv6 addresses in brackets).
+/// Parses `k=v,k2=v2` (a label selector of equalities); `None` if a term has no `=` or an empty
+/// key.
+pub fn parse_labels(text: &str) -> Option<BTreeMap<String, String>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|term| {
+            let (k, v) = term.split_once('=')?;
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// `host:port` of a node's peer port (internode and admin APIs) at `ip` (IPv6 addresses in
+/// brackets): where the operator calls the admin API.
 pub fn node_address(ip: &str) -> String {
     if ip.contains(':') {
-        format!("[{ip}]:{NODE_PORT}")
+        format!("[{ip}]:{PEER_PORT}")
     } else {
-        format!("{ip}:{NODE_PORT}")
+        format!("{ip}:{PEER_PORT}")
     }
 }
 
@@ -212,8 +246,19 @@ pub(crate) mod tests {
 
     #[test]
     fn node_addresses_bracket_ipv6() {
-        assert_eq!(node_address("10.0.0.7"), "10.0.0.7:7070");
-        assert_eq!(node_address("fd00::7"), "[fd00::7]:7070");
+        assert_eq!(node_address("10.0.0.7"), "10.0.0.7:7071");
+        assert_eq!(node_address("fd00::7"), "[fd00::7]:7071");
+    }
+
+    #[test]
+    fn operator_labels_parse() {
+        assert_eq!(
+            parse_labels("a=b, c = d,"),
+            Some(BTreeMap::from([("a".into(), "b".into()), ("c".into(), "d".into())]))
+        );
+        assert_eq!(parse_labels("a"), None);
+        assert_eq!(parse_labels("=b"), None);
+        assert_eq!(RenderOptions::default().operator_labels.len(), 1);
     }
 
     #[test]

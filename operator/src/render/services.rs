@@ -1,5 +1,6 @@
 //! The two Services: a headless one that gives every pod a stable DNS name, ready or not (peer
-//! discovery and seeds), and a ClusterIP one for clients, which only routes to ready nodes.
+//! discovery and seeds; the client and peer ports), and a ClusterIP one for clients, which only
+//! routes to ready nodes and exposes only the client port.
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -7,17 +8,17 @@ use kube::ResourceExt;
 
 use super::{
     child_meta, client_service_name, cluster_selector, common_labels, headless_service_name,
-    NODE_PORT,
+    CLIENT_PORT, PEER_PORT,
 };
 use crate::crd::DynamoCluster;
 
-fn grpc_port() -> ServicePort {
+/// A port by the container port's name (`client` or `peer`). Both speak gRPC over TLS.
+fn port(name: &str, number: i32) -> ServicePort {
     ServicePort {
-        name: Some("grpc".into()),
-        port: NODE_PORT,
-        target_port: Some(IntOrString::String("grpc".into())),
+        name: Some(name.into()),
+        port: number,
+        target_port: Some(IntOrString::String(name.into())),
         protocol: Some("TCP".into()),
-        app_protocol: Some("kubernetes.io/h2c".into()),
         ..ServicePort::default()
     }
 }
@@ -32,7 +33,7 @@ pub fn headless_service(cluster: &DynamoCluster) -> Service {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
             selector: Some(cluster_selector(&name)),
-            ports: Some(vec![grpc_port()]),
+            ports: Some(vec![port("client", CLIENT_PORT), port("peer", PEER_PORT)]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -47,7 +48,7 @@ pub fn client_service(cluster: &DynamoCluster) -> Service {
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(cluster_selector(&name)),
-            ports: Some(vec![grpc_port()]),
+            ports: Some(vec![port("client", CLIENT_PORT)]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -71,8 +72,10 @@ mod tests {
                 "clusterIP": "None",
                 "publishNotReadyAddresses": true,
                 "selector": {"app.kubernetes.io/name": "dynamo", "dynamokv.io/cluster": "demo"},
-                "ports": [{"name": "grpc", "port": 7070, "targetPort": "grpc", "protocol": "TCP",
-                           "appProtocol": "kubernetes.io/h2c"}],
+                "ports": [
+                    {"name": "client", "port": 7070, "targetPort": "client", "protocol": "TCP"},
+                    {"name": "peer", "port": 7071, "targetPort": "peer", "protocol": "TCP"},
+                ],
             })
         );
     }
@@ -83,6 +86,10 @@ mod tests {
         assert_eq!(svc["metadata"]["name"], "demo");
         assert_eq!(svc["spec"]["type"], "ClusterIP");
         assert_eq!(svc["spec"].get("publishNotReadyAddresses"), None);
-        assert_eq!(svc["spec"]["ports"][0]["port"], 7070);
+        assert_eq!(
+            svc["spec"]["ports"],
+            json!([{"name": "client", "port": 7070, "targetPort": "client", "protocol": "TCP"}]),
+            "clients reach the client port only"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! One StatefulSet per zone, `<cluster>-<zone>`, pinned to that zone: the node container with
-//! its environment (the node's contract), gRPC probes (Ready only once the node has joined the
-//! ring), a volume per pod, and the volume retention policy.
+//! its environment (the node's contract), its three ports (client, peer, health), gRPC probes on
+//! the plaintext health port (Ready only once the node has joined the ring), the TLS and token
+//! Secrets mounted read-only, a volume per pod, and the volume retention policy.
 //!
 //! Pods are managed in parallel: the operator, not the StatefulSet controller, paces joins and
 //! removals (one node at a time, removals only after a decommission), and ordered management
@@ -14,9 +15,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    GRPCAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    GRPCAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
-    SecurityContext, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::ResourceExt;
@@ -24,10 +26,14 @@ use sha2::{Digest, Sha256};
 
 use super::config::{node_toml, CONFIG_FILE, CONFIG_KEY};
 use super::secret::SECRET_KEY;
+use super::security::{
+    tls_secret_name, tokens_secret_name, CA_CERT_KEY, TLS_CERT_KEY, TLS_DIR, TLS_HASH_ANNOTATION,
+    TLS_KEY_KEY, TOKENS_DIR, TOKENS_KEY,
+};
 use super::{
     child_meta, config_map_name, headless_service_name, pod_name, secret_name, statefulset_name,
-    zone_labels, zone_selector, RenderOptions, CONFIG_HASH_ANNOTATION, NODE_PORT,
-    RESTARTED_AT_ANNOTATION, TOPOLOGY_ZONE_LABEL,
+    zone_labels, zone_selector, RenderOptions, CLIENT_PORT, CONFIG_HASH_ANNOTATION, HEALTH_PORT,
+    PEER_PORT, RESTARTED_AT_ANNOTATION, TOPOLOGY_ZONE_LABEL,
 };
 use crate::crd::{DynamoCluster, ZoneSpec};
 use dynamo_api::contract::env as node_env;
@@ -40,10 +46,10 @@ pub const VOLUME_NAME: &str = "data";
 /// User and group the node runs as (the image's non-root user).
 const NODE_UID: i64 = 10001;
 
-/// The seed list: the first pod of every zone in the spec, through the headless Service. Every
-/// zone is listed whatever its replicas, so the list (and so the pods) change only when zones
-/// are added or removed; the node re-resolves names, so a seed that does not exist yet is
-/// harmless.
+/// The seed list: the peer port of the first pod of every zone in the spec, through the
+/// headless Service. Every zone is listed whatever its replicas, so the list (and so the pods)
+/// change only when zones are added or removed; the node re-resolves names, so a seed that does
+/// not exist yet is harmless.
 pub fn seeds(cluster: &DynamoCluster, options: &RenderOptions) -> String {
     let name = cluster.name_any();
     let namespace = cluster.namespace().unwrap_or_else(|| "default".into());
@@ -54,7 +60,7 @@ pub fn seeds(cluster: &DynamoCluster, options: &RenderOptions) -> String {
         .iter()
         .map(|z| {
             format!(
-                "{}.{peers}.{namespace}.svc.{}:{NODE_PORT}",
+                "{}.{peers}.{namespace}.svc.{}:{PEER_PORT}",
                 pod_name(&name, &z.name, 0),
                 options.cluster_domain
             )
@@ -84,7 +90,7 @@ fn env_field(name: &str, field_path: &str) -> EnvVar {
 fn grpc_probe(service: Option<&str>, period: i32, failures: i32) -> Probe {
     Probe {
         grpc: Some(GRPCAction {
-            port: NODE_PORT,
+            port: HEALTH_PORT,
             service: service.map(Into::into),
             ..GRPCAction::default()
         }),
@@ -99,27 +105,75 @@ fn config_hash(cluster: &DynamoCluster) -> String {
     hex::encode(&Sha256::digest(node_toml(cluster).as_bytes())[..8])
 }
 
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// A Secret volume of the given keys, readable by the node's group only (the pod's fsGroup).
+fn secret_volume(name: &str, secret: String, keys: &[&str]) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret),
+            items: Some(
+                keys.iter()
+                    .map(|k| KeyToPath {
+                        key: (*k).into(),
+                        path: (*k).into(),
+                        ..KeyToPath::default()
+                    })
+                    .collect(),
+            ),
+            default_mode: Some(0o440),
+            optional: Some(false),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
 /// The node container. Its settings follow the node's contract: the shared file from the
-/// ConfigMap, and per pod `DYNAMO_*` variables.
+/// ConfigMap, and per pod `DYNAMO_*` variables. A node advertises its name through the headless
+/// Service (which the nodes' certificate covers), not its IP.
 fn node_container(cluster: &DynamoCluster, zone: &ZoneSpec, options: &RenderOptions) -> Container {
     let name = cluster.name_any();
     let spec = &cluster.spec;
+    let own_name = format!(
+        "$({}).{}.{}.svc.{}",
+        node_env::ID,
+        headless_service_name(&name),
+        cluster.namespace().unwrap_or_else(|| "default".into()),
+        options.cluster_domain
+    );
     Container {
         name: "node".into(),
         image: Some(spec.image.clone()),
         image_pull_policy: Some(spec.image_pull_policy.as_str().into()),
         args: Some(vec!["--config".into(), CONFIG_FILE.into()]),
-        ports: Some(vec![ContainerPort {
-            name: Some("grpc".into()),
-            container_port: NODE_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            container_port("client", CLIENT_PORT),
+            container_port("peer", PEER_PORT),
+            container_port("health", HEALTH_PORT),
+        ]),
         env: Some(vec![
-            env_field("POD_IP", "status.podIP"),
             env_field(node_env::ID, "metadata.name"),
-            env(node_env::LISTEN, format!("0.0.0.0:{NODE_PORT}")),
-            env(node_env::ADVERTISE, format!("$(POD_IP):{NODE_PORT}")),
+            env(node_env::LISTEN, format!("0.0.0.0:{CLIENT_PORT}")),
+            env(node_env::ADVERTISE, format!("{own_name}:{CLIENT_PORT}")),
+            env(node_env::PEER_ADVERTISE, format!("{own_name}:{PEER_PORT}")),
             env(node_env::ZONE, zone.name.clone()),
             env(node_env::DATA_DIR, DATA_DIR),
             env(node_env::SEEDS, seeds(cluster, options)),
@@ -150,12 +204,9 @@ fn node_container(cluster: &DynamoCluster, zone: &ZoneSpec, options: &RenderOpti
                 mount_path: DATA_DIR.into(),
                 ..VolumeMount::default()
             },
-            VolumeMount {
-                name: "config".into(),
-                mount_path: "/etc/dynamo".into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
+            mount("config", "/etc/dynamo"),
+            mount("tls", TLS_DIR),
+            mount("tokens", TOKENS_DIR),
         ]),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -172,10 +223,14 @@ fn node_container(cluster: &DynamoCluster, zone: &ZoneSpec, options: &RenderOpti
 }
 
 /// Annotations of the pod template: the hash of the node configuration (a settings change is a
-/// template change, so it rolls), and the cluster's `dynamokv.io/restartedAt` when set (changing
-/// it rolls every pod, as `kubectl rollout restart` does for a Deployment).
-fn template_annotations(cluster: &DynamoCluster) -> BTreeMap<String, String> {
-    let mut annotations = BTreeMap::from([(CONFIG_HASH_ANNOTATION.into(), config_hash(cluster))]);
+/// template change, so it rolls), the hash of the nodes' certificate (a renewed certificate rolls
+/// the pods onto it), and the cluster's `dynamokv.io/restartedAt` when set (changing it rolls
+/// every pod, as `kubectl rollout restart` does for a Deployment).
+fn template_annotations(cluster: &DynamoCluster, tls_hash: &str) -> BTreeMap<String, String> {
+    let mut annotations = BTreeMap::from([
+        (CONFIG_HASH_ANNOTATION.into(), config_hash(cluster)),
+        (TLS_HASH_ANNOTATION.into(), tls_hash.into()),
+    ]);
     if let Some(at) = cluster.annotations().get(RESTARTED_AT_ANNOTATION) {
         annotations.insert(RESTARTED_AT_ANNOTATION.into(), at.clone());
     }
@@ -183,12 +238,14 @@ fn template_annotations(cluster: &DynamoCluster) -> BTreeMap<String, String> {
 }
 
 /// The StatefulSet of `zone` with `replicas` pods. `replicas` is the operator's decision for
-/// this pass (one step from the current towards the spec), not necessarily the spec's.
+/// this pass (one step from the current towards the spec), not necessarily the spec's;
+/// `tls_hash` is the [`super::security::cert_hash`] of the certificate in `<cluster>-tls`.
 pub fn statefulset(
     cluster: &DynamoCluster,
     zone: &ZoneSpec,
     replicas: i32,
     options: &RenderOptions,
+    tls_hash: &str,
 ) -> StatefulSet {
     let name = cluster.name_any();
     let spec = &cluster.spec;
@@ -219,6 +276,8 @@ pub fn statefulset(
             .then(|| spec.image_pull_secrets.clone()),
         // Time to finish in-flight requests and flush on SIGTERM.
         termination_grace_period_seconds: Some(60),
+        // A node never calls the Kubernetes API: a stolen pod gets no token.
+        automount_service_account_token: Some(false),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(NODE_UID),
@@ -231,19 +290,23 @@ pub fn statefulset(
             }),
             ..PodSecurityContext::default()
         }),
-        volumes: Some(vec![Volume {
-            name: "config".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: config_map_name(&name),
-                items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
-                    key: CONFIG_KEY.into(),
-                    path: CONFIG_KEY.into(),
-                    ..Default::default()
-                }]),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        }]),
+        volumes: Some(vec![
+            Volume {
+                name: "config".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: config_map_name(&name),
+                    items: Some(vec![KeyToPath {
+                        key: CONFIG_KEY.into(),
+                        path: CONFIG_KEY.into(),
+                        ..Default::default()
+                    }]),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            secret_volume("tls", tls_secret_name(&name), &[CA_CERT_KEY, TLS_CERT_KEY, TLS_KEY_KEY]),
+            secret_volume("tokens", tokens_secret_name(&name), &[TOKENS_KEY]),
+        ]),
         ..PodSpec::default()
     };
 
@@ -290,7 +353,7 @@ pub fn statefulset(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
-                    annotations: Some(template_annotations(cluster)),
+                    annotations: Some(template_annotations(cluster, tls_hash)),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(pod),
@@ -313,7 +376,8 @@ mod tests {
 
     fn render(c: &DynamoCluster, zone: &str, replicas: i32) -> Value {
         let z = c.spec.zone(zone).unwrap();
-        serde_json::to_value(statefulset(c, z, replicas, &RenderOptions::default())).unwrap()
+        serde_json::to_value(statefulset(c, z, replicas, &RenderOptions::default(), "tls-hash-1"))
+            .unwrap()
     }
 
     #[test]
@@ -335,7 +399,7 @@ mod tests {
             "app.kubernetes.io/name": "dynamo", "dynamokv.io/cluster": "demo", "dynamokv.io/zone": "zone-b",
         });
         let probe = |service: Option<&str>, period: i32, failures: i32| {
-            let mut grpc = json!({"port": 7070});
+            let mut grpc = json!({"port": 7072});
             if let Some(s) = service {
                 grpc["service"] = json!(s);
             }
@@ -362,25 +426,32 @@ mod tests {
                 "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete", "whenDeleted": "Retain"},
                 "selector": {"matchLabels": selector},
                 "template": {
-                    "metadata": {"labels": labels, "annotations": {"dynamokv.io/config-hash": hash}},
+                    "metadata": {"labels": labels, "annotations": {
+                        "dynamokv.io/config-hash": hash, "dynamokv.io/tls-hash": "tls-hash-1"}},
                     "spec": {
                         "containers": [{
                             "name": "node",
                             "image": format!("ghcr.io/dynamokv/dynamo-node:{}", env!("CARGO_PKG_VERSION")),
                             "imagePullPolicy": "IfNotPresent",
                             "args": ["--config", "/etc/dynamo/node.toml"],
-                            "ports": [{"name": "grpc", "containerPort": 7070, "protocol": "TCP"}],
+                            "ports": [
+                                {"name": "client", "containerPort": 7070, "protocol": "TCP"},
+                                {"name": "peer", "containerPort": 7071, "protocol": "TCP"},
+                                {"name": "health", "containerPort": 7072, "protocol": "TCP"},
+                            ],
                             "env": [
-                                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                                 {"name": "DYNAMO_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                                 {"name": "DYNAMO_LISTEN", "value": "0.0.0.0:7070"},
-                                {"name": "DYNAMO_ADVERTISE", "value": "$(POD_IP):7070"},
+                                {"name": "DYNAMO_ADVERTISE", "value":
+                                    "$(DYNAMO_ID).demo-peers.default.svc.cluster.local:7070"},
+                                {"name": "DYNAMO_PEER_ADVERTISE", "value":
+                                    "$(DYNAMO_ID).demo-peers.default.svc.cluster.local:7071"},
                                 {"name": "DYNAMO_ZONE", "value": "zone-b"},
                                 {"name": "DYNAMO_DATA_DIR", "value": "/var/lib/dynamo"},
                                 {"name": "DYNAMO_SEEDS", "value":
-                                    "demo-zone-a-0.demo-peers.default.svc.cluster.local:7070,\
-                                     demo-zone-b-0.demo-peers.default.svc.cluster.local:7070,\
-                                     demo-zone-c-0.demo-peers.default.svc.cluster.local:7070"},
+                                    "demo-zone-a-0.demo-peers.default.svc.cluster.local:7071,\
+                                     demo-zone-b-0.demo-peers.default.svc.cluster.local:7071,\
+                                     demo-zone-c-0.demo-peers.default.svc.cluster.local:7071"},
                                 {"name": "DYNAMO_CLUSTER_SECRET", "valueFrom": {"secretKeyRef": {
                                     "name": "demo-secret", "key": "secret", "optional": false}}},
                             ],
@@ -391,6 +462,8 @@ mod tests {
                             "volumeMounts": [
                                 {"name": "data", "mountPath": "/var/lib/dynamo"},
                                 {"name": "config", "mountPath": "/etc/dynamo", "readOnly": true},
+                                {"name": "tls", "mountPath": "/etc/dynamo-tls", "readOnly": true},
+                                {"name": "tokens", "mountPath": "/etc/dynamo-tokens", "readOnly": true},
                             ],
                             "securityContext": {
                                 "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
@@ -403,12 +476,23 @@ mod tests {
                             "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": selector},
                         }],
                         "terminationGracePeriodSeconds": 60,
+                        "automountServiceAccountToken": false,
                         "securityContext": {
                             "runAsNonRoot": true, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
                             "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"},
                         },
-                        "volumes": [{"name": "config", "configMap": {
-                            "name": "demo-config", "items": [{"key": "node.toml", "path": "node.toml"}]}}],
+                        "volumes": [
+                            {"name": "config", "configMap": {
+                                "name": "demo-config", "items": [{"key": "node.toml", "path": "node.toml"}]}},
+                            {"name": "tls", "secret": {
+                                "secretName": "demo-tls", "defaultMode": 0o440, "optional": false,
+                                "items": [{"key": "ca.crt", "path": "ca.crt"},
+                                          {"key": "tls.crt", "path": "tls.crt"},
+                                          {"key": "tls.key", "path": "tls.key"}]}},
+                            {"name": "tokens", "secret": {
+                                "secretName": "demo-tokens", "defaultMode": 0o440, "optional": false,
+                                "items": [{"key": "tokens", "path": "tokens"}]}},
+                        ],
                     },
                 },
                 "volumeClaimTemplates": [{
@@ -465,8 +549,9 @@ mod tests {
         assert_eq!(env[4], json!({"name": "DYNAMO_ZONE", "value": "us-east-1a"}));
         assert_eq!(
             env[6]["value"],
-            "demo-us-east-1a-0.demo-peers.prod.svc.cluster.local:7070,demo-b-0.demo-peers.prod.svc.cluster.local:7070"
+            "demo-us-east-1a-0.demo-peers.prod.svc.cluster.local:7071,demo-b-0.demo-peers.prod.svc.cluster.local:7071"
         );
+        assert_eq!(env[2]["value"], "$(DYNAMO_ID).demo-peers.prod.svc.cluster.local:7070");
 
         let b = render(&c, "b", 0);
         assert_eq!(b["spec"]["replicas"], 0);
@@ -475,6 +560,20 @@ mod tests {
             None,
             "an empty selector unpins"
         );
+    }
+
+    #[test]
+    fn a_new_certificate_rolls_the_pods() {
+        let c = cluster(&[("a", 3)]);
+        let z = c.spec.zone("a").unwrap();
+        let template = |hash: &str| {
+            serde_json::to_value(statefulset(&c, z, 3, &RenderOptions::default(), hash)).unwrap()
+                ["spec"]["template"]
+                .clone()
+        };
+        assert_eq!(template("one"), template("one"));
+        assert_ne!(template("one"), template("two"));
+        assert_eq!(template("two")["metadata"]["annotations"]["dynamokv.io/tls-hash"], "two");
     }
 
     #[test]
@@ -490,8 +589,9 @@ mod tests {
     #[test]
     fn seeds_use_the_cluster_domain() {
         let c = cluster(&[("a", 1)]);
-        let options = RenderOptions { cluster_domain: "example.internal".into() };
-        assert_eq!(seeds(&c, &options), "demo-a-0.demo-peers.default.svc.example.internal:7070");
+        let options =
+            RenderOptions { cluster_domain: "example.internal".into(), ..RenderOptions::default() };
+        assert_eq!(seeds(&c, &options), "demo-a-0.demo-peers.default.svc.example.internal:7071");
     }
 
     #[test]
@@ -500,10 +600,7 @@ mod tests {
         let sts = render(&cluster(&[("a", 1)]), "a", 1);
         for var in sts["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap() {
             let name = var["name"].as_str().unwrap();
-            assert!(
-                name == "POD_IP" || node_vars.contains(&name),
-                "{name} is not in the node's contract"
-            );
+            assert!(node_vars.contains(&name), "{name} is not in the node's contract");
         }
     }
 }
