@@ -406,6 +406,9 @@ pub struct Credentials {
     pub identity: Option<(String, String)>,
     /// Sent as `authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// The name to verify the node's certificate against, instead of the host dialled (a node
+    /// dialled by IP whose certificate names its Service, as on Kubernetes).
+    pub server_name: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -443,7 +446,7 @@ impl Credentials {
             }
         };
         let token = token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
-        Ok(Credentials { ca_pem, identity, token })
+        Ok(Credentials { ca_pem, identity, token, server_name: None })
     }
 
     /// Whether calls use TLS.
@@ -467,6 +470,9 @@ impl Credentials {
             .ca_certificate(tonic::transport::Certificate::from_pem(ca));
         if let Some((cert, key)) = &self.identity {
             tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        if let Some(name) = &self.server_name {
+            tls = tls.domain_name(name.clone());
         }
         Some(tls)
     }

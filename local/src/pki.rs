@@ -198,6 +198,7 @@ impl LocalPki {
             ca_pem: Some(self.ca.cert_pem().to_string()),
             identity: None,
             token: Some(token.to_string()),
+            server_name: None,
         }
     }
 }

@@ -119,6 +119,7 @@ impl Node {
             ca_pem: Some(self.ca.cert_pem().to_string()),
             identity,
             token: token.map(str::to_string),
+            server_name: None,
         }
     }
 

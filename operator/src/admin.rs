@@ -643,6 +643,7 @@ pub(crate) mod tests {
                     ca_pem: Some(ca.cert_pem().to_string()),
                     identity: identity.map(|i| (i.cert_pem.clone(), i.key_pem.clone())),
                     token: token.map(Into::into),
+                    server_name: None,
                 }),
                 server_name: Some("demo.default.svc".into()),
             };

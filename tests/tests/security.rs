@@ -195,6 +195,7 @@ fn anonymous(cluster: &Cluster) -> Credentials {
         ca_pem: Some(cluster.pki().unwrap().ca().cert_pem().to_string()),
         identity: None,
         token: None,
+        server_name: None,
     }
 }
 

@@ -196,7 +196,7 @@ fn issued_by_cert_manager(
     };
     status.not_after = security::not_after(&cert).ok().map(rfc3339);
     status.hash = Some(cert_hash(&cert));
-    let credentials = Credentials { ca_pem: Some(ca), identity: None, token: admin_token };
+    let credentials = Credentials { ca_pem: Some(ca), identity: None, token: admin_token, server_name: None };
     Secured {
         access: Some(Access {
             credentials: Arc::new(credentials),
@@ -361,6 +361,7 @@ fn admin_credentials(
         ca_pem: Some(ca.cert_pem().to_string()),
         identity: Some((issued.cert_pem, issued.key_pem)),
         token: None,
+        server_name: None,
     });
     cache.insert(
         key,
