@@ -7,6 +7,7 @@
 //! operator run out of cluster ([`operator`]). The scenarios live in `tests/scenarios.rs`;
 //! `dynamo-e2e up` starts the same environment for a person to use.
 
+pub mod access;
 pub mod control_plane;
 pub mod environment;
 pub mod kubelet;

@@ -11,7 +11,6 @@
 
 use std::sync::Arc;
 
-use dynamo_client::Client;
 use dynamo_tests::workload::{Endpoint, Recorder, Workload, WorkloadOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -83,7 +82,8 @@ async fn run(
         let endpoints: Vec<Endpoint> = ready
             .iter()
             .filter_map(|(name, ip)| {
-                let client = Client::new(&format!("{ip}:{port}"), options.timeout).ok()?;
+                let client =
+                    crate::access::client(&format!("{ip}:{port}"), options.timeout).ok()?;
                 Some(Endpoint { node: name.clone(), client })
             })
             .collect();

@@ -138,13 +138,12 @@ fn workload_options(prefix: &str) -> WorkloadOptions {
 }
 
 fn client(address: &str) -> Client {
-    Client::new(address, Duration::from_secs(10)).expect("valid address")
+    dynamo_e2e::access::client(address, Duration::from_secs(10)).expect("valid address")
 }
 
-/// What the scenarios call the pods with. Plaintext until the suite reads the operator's
-/// certificates (the operator side of issue 14 wires its admin and peer credentials here).
+/// What the scenarios call the pods with: certificates from the cluster's CA once it exists.
 fn access() -> Access {
-    Access::insecure()
+    dynamo_e2e::access::access()
 }
 
 impl Suite {
@@ -211,10 +210,32 @@ impl Suite {
             .into_iter()
             .flatten()
             .any(|c| c["type"] == "Ready" && c["status"] == "True");
-        ready
+        let ready = ready
             && status["observedGeneration"] == dc["metadata"]["generation"]
             && status["readyNodes"].as_i64() == Some(nodes)
-            && status["desiredNodes"].as_i64() == Some(nodes)
+            && status["desiredNodes"].as_i64() == Some(nodes);
+        if ready {
+            if let Err(e) = self.load_access() {
+                println!("e2e:   cannot read the cluster's CA: {e:#}");
+                return false;
+            }
+        }
+        ready
+    }
+
+    /// Reads the cluster's CA from its Secret and makes the suite's certificates from it.
+    fn load_access(&self) -> anyhow::Result<()> {
+        use base64::Engine as _;
+        let secret = self.get_json(&["secret", &format!("{CLUSTER}-ca"), "-n", NS])?;
+        let field = |key: &str| -> anyhow::Result<String> {
+            let b64 = secret["data"][key].as_str().with_context(|| format!("no {key}"))?;
+            Ok(String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64)?)?)
+        };
+        dynamo_e2e::access::set(
+            &field("ca.crt")?,
+            &field("ca.key")?,
+            &format!("{CLUSTER}.{NS}.svc"),
+        )
     }
 
     fn pods(&self) -> anyhow::Result<Vec<PodInfo>> {
@@ -783,7 +804,7 @@ async fn scale_down(s: &mut Suite) -> anyhow::Result<()> {
         .map(|p| {
             Ok(Endpoint {
                 node: p.name.clone(),
-                client: Client::new(&p.address()?, Duration::from_secs(5))?,
+                client: dynamo_e2e::access::client(&p.address()?, Duration::from_secs(5))?,
             })
         })
         .collect::<anyhow::Result<_>>()?;

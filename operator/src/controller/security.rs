@@ -196,7 +196,8 @@ fn issued_by_cert_manager(
     };
     status.not_after = security::not_after(&cert).ok().map(rfc3339);
     status.hash = Some(cert_hash(&cert));
-    let credentials = Credentials { ca_pem: Some(ca), identity: None, token: admin_token, server_name: None };
+    let credentials =
+        Credentials { ca_pem: Some(ca), identity: None, token: admin_token, server_name: None };
     Secured {
         access: Some(Access {
             credentials: Arc::new(credentials),
