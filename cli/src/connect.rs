@@ -45,6 +45,10 @@ pub struct ConnectArgs {
     /// A bearer token (its role, read, readwrite or admin, decides what it may do).
     #[arg(long, global = true, env = "DYNAMO_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The name to verify the nodes' certificate against instead of the address dialled, e.g.
+    /// the client Service's `<cluster>.<namespace>.svc` when dialling pod IPs.
+    #[arg(long, global = true, env = "DYNAMO_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
     /// Talk plaintext, without credentials: only to a `dynamo-node --dev --insecure` cluster
     /// (env DYNAMO_INSECURE=true). `dev up --insecure`: start such a cluster.
     // Not clap's `env`: the variable must not turn `dev up` into a plaintext cluster.
@@ -94,6 +98,7 @@ impl ConnectArgs {
             self.key.as_deref(),
             self.token.clone(),
         )
+        .map(|c| Credentials { server_name: self.tls_server_name.clone(), ..c })
         .map_err(|e| e.to_string())
     }
 

@@ -687,9 +687,37 @@ async fn create_cluster(s: &mut Suite) -> anyhow::Result<()> {
     ensure!(ring.members.len() == 3, "ring members: {:?}", ring.members);
 
     // dynamoctl, as a user would, through the Service's endpoints.
+    // Its credentials, as the operator's README says to get them: the CA and the client token.
     let dynamoctl = target_binary("dynamoctl")?;
-    run(Command::new(&dynamoctl).args(["--endpoint", &endpoints[0], "put", "hello", "world"]))?;
-    let got = run(Command::new(&dynamoctl).args(["--endpoint", &endpoints[1], "get", "hello"]))?;
+    let secret_field = |secret: &str, key: &str| -> anyhow::Result<String> {
+        use base64::Engine as _;
+        let json = s.get_json(&["secret", secret, "-n", NS])?;
+        let b64 = json["data"][key].as_str().with_context(|| format!("{secret} has no {key}"))?;
+        Ok(String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64)?)?)
+    };
+    let ca_file = s.env.control_plane.dir.join("demo-ca.crt");
+    std::fs::write(&ca_file, secret_field(&format!("{CLUSTER}-tls"), "ca.crt")?)?;
+    let token = secret_field(&format!("{CLUSTER}-client-token"), "token")?;
+    let user = |endpoint: &str, token: Option<&str>| {
+        let mut c = Command::new(&dynamoctl);
+        c.env_remove("DYNAMO_TOKEN")
+            .args(["--endpoint", endpoint, "--ca-cert"])
+            .arg(&ca_file)
+            .args(["--tls-server-name", &format!("{CLUSTER}.{NS}.svc")]);
+        if let Some(t) = token {
+            c.env("DYNAMO_TOKEN", t);
+        }
+        c
+    };
+    // Without a credential the node refuses.
+    let refused = user(&endpoints[0], None).args(["put", "hello", "world"]).output()?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success() && stderr.to_lowercase().contains("credential"),
+        "an unauthenticated put was not refused as such: {stderr}"
+    );
+    run(user(&endpoints[0], Some(&token)).args(["put", "hello", "world"]))?;
+    let got = run(user(&endpoints[1], Some(&token)).args(["get", "hello"]))?;
     ensure!(got.lines().next() == Some("world"), "dynamoctl get hello printed {got:?}");
 
     let c = client(&endpoints[2]);
@@ -860,14 +888,14 @@ async fn delete_pod(s: &mut Suite) -> anyhow::Result<()> {
         missing.len(),
         missing.first()
     );
-    let ring = client(&address).ring().await?;
+    let ring = client(&after.address()?).ring().await?;
     ensure!(
         ring.epoch == epoch,
         "the ring changed ({epoch} -> {}): the node rejoined as new",
         ring.epoch
     );
     s.wait(SETTLE, "3 nodes Ready", |s| s.cluster_ready(3)).await?;
-    s.check_written(&address).await
+    s.check_written(&after.address()?).await
 }
 
 async fn remove_crashed_node(s: &mut Suite) -> anyhow::Result<()> {
@@ -921,7 +949,7 @@ async fn remove_crashed_node(s: &mut Suite) -> anyhow::Result<()> {
                 p.name
             );
         }
-        s.check_written(&address).await?;
+        s.check_written(&p.address()?).await?;
     }
     Ok(())
 }
