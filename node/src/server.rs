@@ -19,9 +19,10 @@ use crate::config::{EngineKind, NodeConfig};
 use crate::net::Net;
 use crate::node::Node;
 use crate::ring::NodeId;
-use crate::rpc::admission::{Admission, AdmissionLayer};
-use crate::rpc::auth::{AuthLayer, Policy, TokenFileWorker};
+use crate::rpc::admission::Admission;
+use crate::rpc::auth::{Policy, TokenFileWorker};
 use crate::rpc::faults::{FaultSwitch, Faulty};
+use crate::rpc::gate::GateLayer;
 use crate::rpc::pb::admin::admin_server::AdminServer;
 use crate::rpc::pb::client::client_server::ClientServer;
 use crate::rpc::pb::internode::internode_server::InternodeServer;
@@ -142,7 +143,7 @@ async fn serve<N: Net>(
             None => builder,
         };
         // Who may call comes first; then whether there is room for the call.
-        Ok(builder.layer(AuthLayer(policy.clone())).layer(AdmissionLayer(admission.clone())))
+        Ok(builder.layer(GateLayer(policy.clone())).layer(GateLayer(admission.clone())))
     };
     let limits = RequestLimits::of(config);
     // Client port: the client API (and health).

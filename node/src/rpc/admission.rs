@@ -8,11 +8,10 @@
 //! were admitted where the client request arrived, and membership must keep working under load.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
+use super::gate::Gate;
 use crate::error::Error;
 
 /// Which limit a method counts against.
@@ -73,54 +72,11 @@ impl Admission {
     }
 }
 
-/// The tower layer that puts [`Admission`] in front of a router.
-#[derive(Debug, Clone)]
-pub struct AdmissionLayer(pub Arc<Admission>);
+impl Gate for Admission {
+    type Pass = Option<tokio::sync::OwnedSemaphorePermit>;
 
-impl<S> tower::Layer<S> for AdmissionLayer {
-    type Service = Admit<S>;
-
-    fn layer(&self, inner: S) -> Admit<S> {
-        Admit { inner, admission: self.0.clone() }
-    }
-}
-
-/// See [`AdmissionLayer`].
-#[derive(Debug, Clone)]
-pub struct Admit<S> {
-    inner: S,
-    admission: Arc<Admission>,
-}
-
-impl<S, B, R> tower::Service<http::Request<B>> for Admit<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Send,
-    S::Future: Send + 'static,
-    R: Default + Send + 'static,
-{
-    type Response = http::Response<R>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<http::Response<R>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        match self.admission.admit(req.uri().path()) {
-            Ok(permit) => {
-                let answer = self.inner.call(req);
-                Box::pin(async move {
-                    let answer = answer.await;
-                    drop(permit);
-                    answer
-                })
-            }
-            Err(e) => {
-                let status: tonic::Status = e.into();
-                Box::pin(async move { Ok(status.into_http()) })
-            }
-        }
+    fn admit<B>(&self, req: &mut http::Request<B>) -> Result<Self::Pass, Error> {
+        Admission::admit(self, req.uri().path())
     }
 }
 

@@ -17,13 +17,13 @@
 //! fault switch reads it.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use dynamo_api::contract::AUTHORIZATION_KEY;
 use dynamo_api::security::{identity_of, Role, Tokens};
 use futures::future::BoxFuture;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
+use super::gate::Gate;
 use crate::error::Error;
 
 /// Who may call a method.
@@ -225,51 +225,21 @@ impl crate::worker::Worker for TokenFileWorker {
     }
 }
 
-/// The tower layer that puts [`Policy`] in front of a router.
-#[derive(Debug, Clone)]
-pub struct AuthLayer(pub Arc<Policy>);
+impl Gate for Policy {
+    type Pass = ();
 
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = Authorize<S>;
-
-    fn layer(&self, inner: S) -> Authorize<S> {
-        Authorize { inner, policy: self.0.clone() }
-    }
-}
-
-/// See [`AuthLayer`].
-#[derive(Debug, Clone)]
-pub struct Authorize<S> {
-    inner: S,
-    policy: Arc<Policy>,
-}
-
-impl<S, B, R> tower::Service<http::Request<B>> for Authorize<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Send,
-    S::Future: Send + 'static,
-    R: Default + Send + 'static,
-{
-    type Response = http::Response<R>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<http::Response<R>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        match self.policy.check(req.uri().path(), req.extensions(), req.headers()) {
+    /// Checks the caller and records it in the request's extensions ([`Caller`]).
+    fn admit<B>(&self, req: &mut http::Request<B>) -> Result<(), Error> {
+        match self.check(req.uri().path(), req.extensions(), req.headers()) {
             Ok(caller) => {
                 if let Some(caller) = caller {
                     req.extensions_mut().insert(caller);
                 }
-                Box::pin(self.inner.call(req))
+                Ok(())
             }
             Err(e) => {
                 tracing::info!(path = req.uri().path(), error = %e, "call refused");
-                let status: tonic::Status = e.into();
-                Box::pin(async move { Ok(status.into_http()) })
+                Err(e)
             }
         }
     }

@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod auth;
 pub mod faults;
+pub mod gate;
 pub mod peers;
 pub mod service;
 pub mod status;
