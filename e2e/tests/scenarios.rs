@@ -26,9 +26,12 @@
 //!      second zone, `failure.replaceLostVolumes`) is replaced by an empty node that receives
 //!      its partitions;
 //!  15. a paused cluster ignores a scale-up until it is unpaused;
+//!  16. the operator's CA, certificate and token Secrets and its NetworkPolicy exist, node pods
+//!      mount no service account token, and a certificate rotation rolls the nodes one at a
+//!      time under traffic;
 //!   6. deleting the DynamoCluster garbage-collects its children and keeps the volumes.
 //!
-//! Scenarios 3 and 9 to 15 run client traffic throughout ([`Traffic`]) into one history, which
+//! Scenarios 3, 9 to 15 and 16 run client traffic throughout ([`Traffic`]) into one history, which
 //! the history checker judges at the end of each: no acknowledged write lost, no phantom,
 //! replicas converged. Run it with `scripts/e2e` (root, Go-built tools, release of the
 //! workspace's binaries).
@@ -555,6 +558,7 @@ async fn scenarios(s: &mut Suite) -> anyhow::Result<()> {
     step("13 grow the volumes", grow_storage(s)).await?;
     step("14 replace a node whose machine and volume are lost", replace_lost_nodes(s)).await?;
     step("15 pause the cluster", pause(s)).await?;
+    step("16 credentials, NetworkPolicy and certificate rotation", security(s)).await?;
     step("6 delete the DynamoCluster", delete_cluster(s)).await?;
     Ok(())
 }
@@ -1111,6 +1115,52 @@ async fn restart_annotation(s: &mut Suite) -> anyhow::Result<()> {
     let traffic = s.traffic("s10-").await?;
     let outcome = roll(s, "restartedAt", Trigger::Restart, false).await.map(drop);
     s.finish_traffic(traffic, outcome).await
+}
+
+/// The operator's security objects exist, and a certificate rotation (here started by a shorter
+/// lifetime, which re-issues at once) rolls the nodes one at a time under traffic with no failed
+/// request beyond the clients' retries.
+async fn security(s: &mut Suite) -> anyhow::Result<()> {
+    for name in ["ca", "tls", "admin-token", "client-token", "tokens"] {
+        let secret = format!("{CLUSTER}-{name}");
+        ensure!(s.exists("secret", &secret, NS), "Secret {secret} is missing");
+    }
+    // The peer port admits only the cluster's pods and the operator.
+    let policy = s.get_json(&["networkpolicy", CLUSTER, "-n", NS])?;
+    let rules = policy["spec"]["ingress"].as_array().cloned().unwrap_or_default();
+    let peer_rule = rules
+        .iter()
+        .find(|r| r["ports"].as_array().into_iter().flatten().any(|p| p["port"] == 7071))
+        .with_context(|| format!("no ingress rule for the peer port: {policy}"))?;
+    ensure!(
+        peer_rule["from"].as_array().is_some_and(|f| !f.is_empty()),
+        "the peer port is open to everyone: {peer_rule}"
+    );
+    for pod in
+        s.get_json(&["pods", "-n", NS, "-l", SELECTOR])?["items"].as_array().into_iter().flatten()
+    {
+        ensure!(
+            pod["spec"]["automountServiceAccountToken"] == false,
+            "pod {} mounts a service account token",
+            pod["metadata"]["name"]
+        );
+    }
+    let hash = |s: &Suite| s.cluster_status()["tls"]["hash"].as_str().map(str::to_string);
+    let before = hash(s).context("status.tls.hash is not set")?;
+    let traffic = s.traffic("s16-").await?;
+    let rotate = json!({"spec": {"tls": {"certificateLifetime": "10m", "renewBefore": "8m"}}});
+    let outcome = roll(s, "certificate rotation", Trigger::Patch(rotate), false).await.map(drop);
+    s.finish_traffic(traffic, outcome).await?;
+    let after = hash(s).context("status.tls.hash is not set")?;
+    ensure!(after != before, "the certificate was not re-issued ({before})");
+    let not_after = s.cluster_status()["tls"]["notAfter"].as_str().unwrap_or_default().to_string();
+    let expires: k8s_openapi::jiff::Timestamp = not_after.parse()?;
+    let left = expires.duration_since(k8s_openapi::jiff::Timestamp::now());
+    ensure!(
+        left.as_secs() > 0 && left.as_secs() <= 600,
+        "the new certificate expires at {not_after}, not within its 10 minute lifetime"
+    );
+    Ok(())
 }
 
 async fn immutable_fields(s: &mut Suite) -> anyhow::Result<()> {
