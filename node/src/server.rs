@@ -69,32 +69,35 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
                 ..StoreCaps::from_limits(&config.limits)
             }),
     );
+    // The TLS files are read once, here.
+    let security = Security::load(&config)?;
     let me = NodeId(config.id.clone());
     let peers = Peers::new(
         me,
         Duration::from_millis(config.request_timeout_ms),
-        node_credentials(&config)?,
-        cluster_identity(&config)?,
+        security.credentials.clone(),
+        security.cluster.clone(),
     );
     // Test-only fault injection wraps the network; production nodes run on the bare peers.
     if config.fault_injection {
         let switch = Arc::new(FaultSwitch::default());
         let net = Arc::new(Faulty::new(peers, switch.clone()));
-        serve(config, store, net, Some(switch), shutdown).await
+        serve(config, security, store, net, Some(switch), shutdown).await
     } else {
-        serve(config, store, Arc::new(peers), None, shutdown).await
+        serve(config, security, store, Arc::new(peers), None, shutdown).await
     }
 }
 
 /// Builds the node over `net`, starts its workers and serves until `shutdown`.
 async fn serve<N: Net>(
     config: NodeConfig,
+    security: Security,
     store: Arc<Store>,
     net: Arc<N>,
     faults: Option<Arc<FaultSwitch>>,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    let tls = server_tls(&config)?;
+    let tls = server_tls(&security.credentials);
     let policy = Arc::new(Policy::new(config.is_insecure(), tokens(&config)?));
     let admission = Arc::new(Admission::new(
         config.limits.max_concurrent_requests,
@@ -110,8 +113,7 @@ async fn serve<N: Net>(
     if let (Some(path), false) = (&config.tokens_file, config.is_insecure()) {
         runner.spawn(TokenFileWorker::new(path.clone(), policy.clone()));
     }
-    let shared =
-        node.shared(runner.statuses(), cluster_identity(config)?, node_credentials(config)?);
+    let shared = node.shared(runner.statuses(), security.cluster, security.credentials);
 
     let client_listener = listen(&config.listen).await?;
     let peer_listener = listen(&config.peer_listen).await?;
@@ -244,21 +246,36 @@ async fn listen(address: &str) -> Result<TcpListener, StartError> {
 
 /// The servers' TLS settings: this node's certificate, and the cluster CA for the callers'
 /// certificates (optional at the handshake; each method's rule is checked in `rpc::auth`).
-/// None with `--dev --insecure`.
-fn server_tls(config: &NodeConfig) -> Result<Option<ServerTlsConfig>, StartError> {
-    if config.is_insecure() {
-        return Ok(None);
-    }
-    let credentials = node_credentials(config)?;
+/// None with `--dev --insecure` (credentials without a CA).
+fn server_tls(credentials: &Credentials) -> Option<ServerTlsConfig> {
     let (Some(ca), Some((cert, key))) = (&credentials.ca_pem, &credentials.identity) else {
-        return Err(StartError::Security("tls.ca_cert, tls.cert and tls.key are required".into()));
+        return None;
     };
-    Ok(Some(
+    Some(
         ServerTlsConfig::new()
             .identity(Identity::from_pem(cert, key))
             .client_ca_root(Certificate::from_pem(ca))
             .client_auth_optional(true),
-    ))
+    )
+}
+
+/// The node's TLS material, read once at start: what it presents, and its cluster's identity.
+struct Security {
+    credentials: Credentials,
+    cluster: ClusterIdentity,
+}
+
+impl Security {
+    fn load(config: &NodeConfig) -> Result<Security, StartError> {
+        let credentials = node_credentials(config)?;
+        let ca_fingerprint = match &credentials.ca_pem {
+            Some(ca) => dynamo_api::security::fingerprint(ca)
+                .map_err(|e| StartError::Security(format!("tls.ca_cert: {e}")))?,
+            None => String::new(),
+        };
+        let cluster = ClusterIdentity { name: config.cluster.name.clone(), ca_fingerprint };
+        Ok(Security { credentials, cluster })
+    }
 }
 
 /// What this node presents when it calls the others: the cluster CA, its own certificate
@@ -271,13 +288,10 @@ pub fn node_credentials(config: &NodeConfig) -> Result<Credentials, StartError> 
     let credentials =
         Credentials::load(tls.ca_cert.as_deref(), tls.cert.as_deref(), tls.key.as_deref(), None)
             .map_err(|e| StartError::Security(e.to_string()))?;
-    let ca = credentials.ca_pem.as_deref().unwrap_or_default();
     let (cert, _) = credentials
         .identity
         .as_ref()
         .ok_or_else(|| StartError::Security("tls.cert and tls.key are required".into()))?;
-    dynamo_api::security::fingerprint(ca)
-        .map_err(|e| StartError::Security(format!("tls.ca_cert: {e}")))?;
     let der = dynamo_api::security::first_certificate(cert)
         .map_err(|e| StartError::Security(format!("tls.cert: {e}")))?;
     match dynamo_api::security::identity_of(&der) {
@@ -293,16 +307,6 @@ pub fn node_credentials(config: &NodeConfig) -> Result<Credentials, StartError> 
                 .into(),
         )),
     }
-}
-
-/// This node's cluster: its name and its CA's fingerprint (none when insecure).
-fn cluster_identity(config: &NodeConfig) -> Result<ClusterIdentity, StartError> {
-    let ca_fingerprint = match node_credentials(config)?.ca_pem {
-        Some(ca) => dynamo_api::security::fingerprint(&ca)
-            .map_err(|e| StartError::Security(format!("tls.ca_cert: {e}")))?,
-        None => String::new(),
-    };
-    Ok(ClusterIdentity { name: config.cluster.name.clone(), ca_fingerprint })
 }
 
 fn tokens(config: &NodeConfig) -> Result<Tokens, StartError> {

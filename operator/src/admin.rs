@@ -89,13 +89,11 @@ impl Default for GrpcAdmin {
 /// The endpoint of `address` with `access`'s scheme and TLS settings (the node verified under
 /// `access.server_name` when set).
 pub fn endpoint(access: &Access, address: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let credentials = &access.credentials;
-    let endpoint = Endpoint::from_shared(format!("{}://{address}", credentials.scheme()))?;
-    match (credentials.tls_config(), &access.server_name) {
-        (Some(tls), Some(name)) => endpoint.tls_config(tls.domain_name(name.clone())),
-        (Some(tls), None) => endpoint.tls_config(tls),
-        (None, _) => Ok(endpoint),
-    }
+    let credentials = Credentials {
+        server_name: access.server_name.clone().or_else(|| access.credentials.server_name.clone()),
+        ..(*access.credentials).clone()
+    };
+    credentials.endpoint(address)
 }
 
 impl GrpcAdmin {
