@@ -124,6 +124,9 @@ pub(crate) enum Delivery {
     Unreached,
     /// The node answered that it did nothing (it is not ready).
     Declined,
+    /// The node refused the request unread because it was overloaded: nothing was done; sent
+    /// again after a jittered backoff.
+    Overloaded,
     /// The connection broke after the request was sent: a write may have been applied.
     Interrupted,
     /// The node's own answer, or no answer in time: final.
@@ -177,8 +180,10 @@ impl Failure {
             // "not-ready": the node has no ring yet, or the rings disagree while a layout
             // change propagates; nothing was written. ("unavailable" is not such an answer: a
             // forwarded write may have timed out after it was applied.)
+            // "overloaded": the node's admission limit refused the call before it was read.
             let delivery = match kind {
                 Some("not-ready") => Delivery::Declined,
+                Some("overloaded") => Delivery::Overloaded,
                 _ => Delivery::Final,
             };
             let error = ClientError::Node { code: status.code(), message: status.message().into() };
@@ -218,7 +223,7 @@ impl Failure {
     /// Whether the request may go to the next node.
     pub(crate) fn may_retry(&self, op: Op) -> bool {
         match self.delivery {
-            Delivery::Unreached | Delivery::Declined => true,
+            Delivery::Unreached | Delivery::Declined | Delivery::Overloaded => true,
             Delivery::Interrupted => op == Op::Read,
             Delivery::Final => false,
         }
@@ -245,6 +250,13 @@ mod tests {
         let quorum = Failure::of(&node_error(Code::Unavailable, "quorum"), "a:1", t);
         assert!(!quorum.may_retry(Op::Write) && !quorum.may_retry(Op::Read));
         assert!(matches!(quorum.error, ClientError::Node { code: Code::Unavailable, .. }));
+        let overloaded = Failure::of(&node_error(Code::ResourceExhausted, "overloaded"), "a:1", t);
+        assert_eq!(overloaded.delivery, Delivery::Overloaded);
+        assert!(overloaded.may_retry(Op::Write) && overloaded.may_retry(Op::Read));
+        assert_eq!(overloaded.error.code(), Some(Code::ResourceExhausted));
+        // A refused hint is a node's final answer: the write may have reached replicas.
+        let hint = Failure::of(&node_error(Code::ResourceExhausted, "hint-refused"), "a:1", t);
+        assert!(!hint.may_retry(Op::Write));
         let timeout = Failure::of(&Status::cancelled("timeout expired"), "a:1", t);
         assert!(!timeout.may_retry(Op::Read));
         assert!(timeout.error.to_string().contains("within 1000 ms"), "{}", timeout.error);

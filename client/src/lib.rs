@@ -70,6 +70,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backoff;
 mod error;
 mod pool;
 pub mod routing;
@@ -77,6 +78,7 @@ pub mod routing;
 mod tests;
 mod types;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -95,6 +97,7 @@ use error::{Delivery, Failure, Op};
 use pool::{Dialer, Pool, Transport};
 use routing::Health;
 
+pub use backoff::DEFAULT_OVERLOAD_RETRIES;
 pub use dynamo_api::security::Credentials;
 pub use error::ClientError;
 pub use pool::channel;
@@ -129,6 +132,8 @@ pub struct ClientBuilder {
     partition_aware: bool,
     /// How many more nodes a request may go to after one that could not take it.
     retries: usize,
+    /// How many times a request a node refused as overloaded is sent again.
+    overload_retries: usize,
     /// CA, client certificate and token for every call.
     credentials: Credentials,
     /// Where admin calls go (a node's peer port); None: the first seed.
@@ -171,6 +176,16 @@ impl ClientBuilder {
         self
     }
 
+    /// How many times a request that a node refused because it was overloaded
+    /// (`RESOURCE_EXHAUSTED`, "node overloaded, retry with backoff") is sent again, after a
+    /// jittered exponential backoff (25 ms doubling to at most 1 s; default
+    /// [`DEFAULT_OVERLOAD_RETRIES`]). Such a refusal comes before the node reads the request, so
+    /// a write is never applied twice. 0: the refusal goes to the caller at once.
+    pub fn overload_retries(mut self, retries: usize) -> ClientBuilder {
+        self.overload_retries = retries;
+        self
+    }
+
     /// The client. No I/O: it connects on first use. Fails without a seed or with one that is
     /// not HOST:PORT.
     pub fn build(self) -> Result<Client, ClientError> {
@@ -208,6 +223,7 @@ impl ClientBuilder {
                 timeout: self.timeout,
                 partition_aware: self.partition_aware,
                 retries: self.retries,
+                overload_retries: self.overload_retries,
                 pool,
                 refreshing: AtomicBool::new(false),
             }),
@@ -235,6 +251,8 @@ struct Inner {
     partition_aware: bool,
     /// See [`ClientBuilder::retries`].
     retries: usize,
+    /// See [`ClientBuilder::overload_retries`].
+    overload_retries: usize,
     /// One connection per node.
     pool: Pool,
     /// The ring and the nodes seen down. Locked briefly, never across an await.
@@ -275,6 +293,7 @@ impl Client {
             timeout: DEFAULT_TIMEOUT,
             partition_aware: true,
             retries: DEFAULT_RETRIES,
+            overload_retries: DEFAULT_OVERLOAD_RETRIES,
             credentials: Credentials::insecure(),
             admin_endpoint: None,
         }
@@ -462,11 +481,12 @@ impl Client {
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
         let inner = &self.inner;
-        let plan = inner.plan(key);
+        let mut queue: VecDeque<String> = inner.plan(key).into();
         let mut errors: Vec<ClientError> = Vec::new();
         let mut failed_over = false;
-        for (attempt, address) in plan.iter().enumerate() {
-            let conn = match inner.pool.get(address) {
+        let mut overload_retries = 0;
+        while let Some(address) = queue.pop_front() {
+            let conn = match inner.pool.get(&address) {
                 Ok(conn) => conn,
                 Err(e) => {
                     errors.push(e);
@@ -481,16 +501,16 @@ impl Client {
                         .get(contract::EPOCH_KEY)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<u64>().ok());
-                    inner.state().health.mark_up(address);
+                    inner.state().health.mark_up(&address);
                     if failed_over || inner.is_stale(epoch) {
                         Inner::spawn_refresh(inner, Some(address.clone()));
                     }
                     return Ok(T::from(response.into_inner()));
                 }
                 Err(status) => {
-                    let failure = Failure::of(&status, address, inner.timeout);
+                    let failure = Failure::of(&status, &address, inner.timeout);
                     if matches!(failure.delivery, Delivery::Unreached | Delivery::Interrupted) {
-                        inner.state().health.mark_down(address, Instant::now());
+                        inner.state().health.mark_down(&address, Instant::now());
                         failed_over = true;
                     }
                     if !failure.may_retry(op) {
@@ -499,17 +519,33 @@ impl Client {
                         }
                         return Err(failure.error);
                     }
-                    let last = attempt + 1 == plan.len();
-                    if failure.delivery == Delivery::Declined && !last {
-                        tokio::time::sleep(DECLINED_PAUSE).await;
+                    match failure.delivery {
+                        // Refused unread: wait a jittered, growing while, then send it again,
+                        // to the next node of the plan first, back to this one after.
+                        Delivery::Overloaded if overload_retries < inner.overload_retries => {
+                            tokio::time::sleep(backoff::delay(
+                                overload_retries as u32,
+                                backoff::unit(),
+                            ))
+                            .await;
+                            overload_retries += 1;
+                            queue.push_back(address);
+                        }
+                        Delivery::Declined if !queue.is_empty() => {
+                            tokio::time::sleep(DECLINED_PAUSE).await
+                        }
+                        _ => {}
                     }
                     errors.push(failure.error);
                 }
             }
         }
         Inner::spawn_refresh(inner, None);
+        let overloaded = |e: &ClientError| e.code() == Some(Code::ResourceExhausted);
         match errors.len() {
             1 => Err(errors.remove(0)),
+            // Overloaded every time: the last refusal says so, and how to go on.
+            _ if errors.iter().all(overloaded) => Err(errors.pop().expect("not empty")),
             _ => Err(ClientError::Exhausted {
                 errors: errors.iter().map(|e| e.to_string()).collect(),
             }),

@@ -31,6 +31,10 @@ struct FakeNode {
     ring_calls: Arc<AtomicUsize>,
     /// The `authorization` value of every get and put received ("" without one).
     authorizations: Arc<Mutex<Vec<String>>>,
+    /// How many more puts it refuses as overloaded, before reading them.
+    overloaded: Arc<AtomicUsize>,
+    /// How many puts it refused as overloaded.
+    refused: Arc<AtomicUsize>,
 }
 
 /// Keys a fake node refuses: as a node does a caller without a credential, or with a role
@@ -87,6 +91,19 @@ impl client_server::Client for FakeNode {
     ) -> Result<Response<wire::PutResponse>, Status> {
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
+        }
+        let more = |n: usize| n.checked_sub(1);
+        if self.overloaded.fetch_update(Ordering::SeqCst, Ordering::SeqCst, more).is_ok() {
+            // As a node's admission layer answers: before the request is read.
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            let mut status = Status::resource_exhausted(
+                "node overloaded: 1024 client requests are in progress, the most it takes at \
+                 once; retry with backoff",
+            );
+            status
+                .metadata_mut()
+                .insert(dynamo_api::contract::ERROR_KIND_KEY, "overloaded".parse().unwrap());
+            return Err(status);
         }
         self.receive(&req, &req.get_ref().key)?;
         Ok(self.answer(wire::PutResponse { context: vec![1], acks: 2 }))
@@ -177,6 +194,8 @@ async fn fakes_with(
             hang: Arc::default(),
             ring_calls: Arc::default(),
             authorizations: Arc::default(),
+            overloaded: Arc::default(),
+            refused: Arc::default(),
         };
         nodes.push(node.clone());
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -314,6 +333,35 @@ async fn a_put_that_times_out_is_not_sent_again() {
     let err = client.put(&key, b"v".to_vec(), vec![], None).await.unwrap_err();
     assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
     assert!(fakes.nodes.iter().all(|n| !n.received(&key)), "the put went nowhere else");
+}
+
+#[tokio::test]
+async fn an_overloaded_node_is_asked_again_after_a_backoff_and_then_the_caller_is_told() {
+    let fakes = fakes(1, 0).await;
+    let node = &fakes.nodes[0];
+    let client = Client::builder([fakes.address(0)]).partition_aware(false).build().unwrap();
+    // Refused three times, then taken: the put succeeds, written once.
+    node.overloaded.store(3, Ordering::SeqCst);
+    let started = Instant::now();
+    client.put(b"busy", b"v".to_vec(), vec![], None).await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(node.refused.load(Ordering::SeqCst), 3);
+    assert_eq!(node.received.lock().unwrap().len(), 1, "the put was read once");
+    // Three waits of at least half of 25, 50 and 100 ms.
+    assert!(waited >= Duration::from_micros(87_500), "waited only {waited:?}");
+    // Refused more often than the client retries: the caller gets the node's refusal.
+    let client = Client::builder([fakes.address(0)])
+        .partition_aware(false)
+        .overload_retries(2)
+        .build()
+        .unwrap();
+    node.overloaded.store(100, Ordering::SeqCst);
+    node.refused.store(0, Ordering::SeqCst);
+    let err = client.put(b"busier", b"v".to_vec(), vec![], None).await.unwrap_err();
+    assert_eq!(node.refused.load(Ordering::SeqCst), 3, "one try and two retries");
+    assert_eq!(err.code(), Some(Code::ResourceExhausted), "{err}");
+    assert!(err.to_string().contains("retry with backoff"), "{err}");
+    assert!(!node.received(b"busier"));
 }
 
 #[tokio::test]
