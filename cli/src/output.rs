@@ -97,7 +97,8 @@ pub fn status(out: &ClusterStatus, format: Format) -> String {
                 .iter()
                 .map(|t| {
                     json!({ "partition": t.partition, "from": t.from, "to": t.to, "keys": t.keys_sent,
-                            "bytes": t.bytes_sent, "state": t.state.as_str() })
+                            "bytes": t.bytes_sent, "bytes_per_second": t.bytes_per_second,
+                            "state": t.state.as_str() })
                 })
                 .collect();
             let doc = json!({
@@ -144,8 +145,14 @@ pub fn status(out: &ClusterStatus, format: Format) -> String {
             for t in &out.transfers {
                 let _ = writeln!(
                     s,
-                    "transfer of partition {} from {} to {}: {} ({} keys, {} bytes)",
-                    t.partition, t.from, t.to, t.state, t.keys_sent, t.bytes_sent
+                    "transfer of partition {} from {} to {}: {} ({} keys, {} bytes, {} bytes/s)",
+                    t.partition,
+                    t.from,
+                    t.to,
+                    t.state,
+                    t.keys_sent,
+                    t.bytes_sent,
+                    t.bytes_per_second
                 );
             }
             for h in &out.hints {

@@ -140,6 +140,9 @@ pub struct Transfer {
     pub to: String,
     pub keys_sent: u64,
     pub bytes_sent: u64,
+    /// Bytes per second since the partition started streaming (over the whole transfer once
+    /// done).
+    pub bytes_per_second: u64,
     pub state: TransferState,
 }
 
@@ -322,6 +325,7 @@ impl From<admin::StatusResponse> for ClusterStatus {
                     to: t.to,
                     keys_sent: t.keys_sent,
                     bytes_sent: t.bytes_sent,
+                    bytes_per_second: t.bytes_per_second,
                 })
                 .collect(),
             pending_partitions: r.pending_partitions,

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use dynamo_api::config::{BackgroundConfig, ClusterConfig, EngineKind, NodeConfig};
+use dynamo_api::config::{BackgroundConfig, ClusterConfig, EngineKind, Limits, NodeConfig};
 use dynamo_api::pb::admin::{admin_client::AdminClient, SetFaultsRequest};
 use dynamo_api::pb::internode::{internode_client::InternodeClient, FetchRequest};
 use dynamo_api::ring::Ring;
@@ -61,6 +61,11 @@ pub struct ClusterOptions {
     /// The nodes' test-only fault switch (`SetFaults`), which [`Cluster::partition`] needs;
     /// on by default here.
     pub fault_injection: bool,
+    /// Request size and concurrency limits (the node's defaults unless a test changes them).
+    pub limits: Limits,
+    /// How long a node keeps taking hints for a node that is down (the node's default, 3 h,
+    /// unless a test shortens it).
+    pub hint_window_ms: u64,
 }
 
 impl Default for ClusterOptions {
@@ -79,6 +84,8 @@ impl Default for ClusterOptions {
             cleanup_after_ms: 0,
             tls: true,
             fault_injection: true,
+            limits: Limits::default(),
+            hint_window_ms: BackgroundConfig::default().hint_window_ms,
         }
     }
 }
@@ -216,6 +223,7 @@ impl Cluster {
             engine: EngineKind::Rocksdb,
             request_timeout_ms: opts.timeout_ms,
             fault_injection: opts.fault_injection,
+            limits: opts.limits.clone(),
             cluster: ClusterConfig {
                 name: "test".into(),
                 secret: self.secret.clone(),
@@ -231,6 +239,7 @@ impl Cluster {
                 handoff_interval_ms: opts.handoff_interval_ms,
                 transfer_keys_per_sec: opts.transfer_keys_per_sec,
                 cleanup_after_ms: opts.cleanup_after_ms,
+                hint_window_ms: opts.hint_window_ms,
                 ..BackgroundConfig::default()
             },
             ..NodeConfig::default()

@@ -376,6 +376,8 @@ pub fn classify(err: &ClientError) -> Failure {
             Code::Unavailable if message.contains("could coordinate") => Failure::Unavailable,
             // The node's own refusals, before anything is written.
             Code::InvalidArgument | Code::FailedPrecondition => Failure::Rejected,
+            // Refused by the admission limit before the request was read.
+            Code::ResourceExhausted if message.contains("node overloaded") => Failure::Rejected,
             Code::DeadlineExceeded | Code::Cancelled => Failure::Timeout,
             _ => Failure::Other,
         },
