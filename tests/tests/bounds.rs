@@ -386,11 +386,7 @@ async fn a_burst_past_the_admission_limit_is_refused_at_once_then_served() {
         .map(|i| {
             let mut raw = ClientClient::new(channel.clone());
             tokio::spawn(async move {
-                let request = GetRequest {
-                    key: format!("k{}", i % 20).into_bytes(),
-                    r: Some(3),
-                    ..Default::default()
-                };
+                let request = GetRequest { key: format!("k{}", i % 20).into_bytes(), r: Some(3) };
                 let result = raw.get(Request::new(request)).await;
                 (result.map(|_| ()), started.elapsed())
             })
