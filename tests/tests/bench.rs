@@ -3,6 +3,11 @@
 //! timing is asserted: the machine may be busy.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynamo_api::pb::internode::{internode_client::InternodeClient, StreamPartitionRequest};
 
 use dynamo_tests::cluster::node_binary;
 use dynamo_tests::{Cluster, ClusterOptions};
@@ -218,4 +223,120 @@ async fn tls_overhead() {
     let (tls, insecure) = tls_and_insecure(opts, &args).await;
     println!("dynamoctl bench {}\n{}", args.join(" "), comparison(&tls, &insecure));
     println!("TLS report: {tls}\ninsecure report: {insecure}");
+}
+
+/// Pages through every partition of node `i` with `StreamPartition` (the default page budget),
+/// over and over, as a joining node's transfer reads its source, until `stop`; returns the
+/// bytes and full passes scanned.
+async fn scan_until(
+    cluster: &Cluster,
+    i: usize,
+    partitions: u32,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, u64)> {
+    let channel = dynamo_client::channel(
+        &cluster.nodes[i].peer_address,
+        Duration::from_secs(30),
+        &cluster.access().peer,
+    )
+    .unwrap();
+    tokio::spawn(async move {
+        let mut node = InternodeClient::new(channel).max_decoding_message_size(64 << 20);
+        let (mut bytes, mut passes) = (0u64, 0u64);
+        while !stop.load(Ordering::Relaxed) {
+            for partition in 0..partitions {
+                let mut after = None;
+                loop {
+                    let request = StreamPartitionRequest {
+                        partition,
+                        after: after.clone(),
+                        limit: 4096,
+                        max_bytes: 0,
+                    };
+                    let page = node.stream_partition(request).await.unwrap().into_inner();
+                    bytes += page
+                        .entries
+                        .iter()
+                        .map(|e| (e.key.len() + e.clock.len()) as u64)
+                        .sum::<u64>();
+                    after = page.entries.last().map(|e| e.key.clone());
+                    if page.done || stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+            }
+            passes += 1;
+        }
+        (bytes, passes)
+    })
+}
+
+/// The measurement behind the README's figure for full-partition scans under load (run by hand
+/// on a quiet machine, not in CI): the same closed-loop bench on one 3-node cluster, first
+/// alone, then while a peer pages through every partition of node-1 again and again (what a
+/// transfer to a joining node or a repair of a wiped replica reads):
+/// `DYNAMO_BENCH_ARGS="--records 50000 --workload a,c --concurrency 16 --duration-s 15"
+/// cargo test --workspace --test bench -- --ignored --nocapture scan_under_load`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run by hand on a quiet machine"]
+async fn scan_under_load() {
+    let args = std::env::var("DYNAMO_BENCH_ARGS").unwrap_or_else(|_| {
+        "--records 50000 --workload a,c --concurrency 16 --duration-s 15".into()
+    });
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let partitions = 8;
+    let cluster =
+        Cluster::start(ClusterOptions { partitions, ..ClusterOptions::default() }).await.unwrap();
+    let endpoints: Vec<&str> = cluster.nodes.iter().map(|n| n.address.as_str()).collect();
+    let endpoints = endpoints.join(",");
+    let run = |extra: &'static [&'static str]| {
+        let mut all = vec!["--endpoints", endpoints.as_str()];
+        all.extend_from_slice(&args);
+        all.extend_from_slice(extra);
+        all.extend_from_slice(&["-o", "json"]);
+        let connection = cluster.dynamoctl_args(0);
+        let all: Vec<String> = all.into_iter().map(String::from).collect();
+        async move {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            let out = bench(&connection, &all).await;
+            serde_json::from_str::<Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+        }
+    };
+    let quiet = run(&[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let scanner = scan_until(&cluster, 0, partitions, stop.clone()).await;
+    let started = std::time::Instant::now();
+    let scanned = run(&["--no-load"]).await;
+    stop.store(true, Ordering::Relaxed);
+    let (bytes, passes) = scanner.await.unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "scans: {passes} full passes over node-1's {partitions} partitions, {:.0} MB/s",
+        bytes as f64 / seconds / 1e6
+    );
+    println!(
+        "workload  conc  ops/s alone  p99.9 ms | ops/s scanned  p99.9 ms | ops ratio  p99.9 ratio"
+    );
+    let runs = |doc: &Value| doc["runs"].as_array().cloned().unwrap_or_default();
+    let p999 = |run: &Value| {
+        run["operations"]
+            .as_object()
+            .and_then(|ops| ops.values().filter_map(|op| op["latency_us"]["p999"].as_u64()).max())
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    for (a, b) in runs(&quiet).iter().zip(runs(&scanned).iter()) {
+        let (ta, tb) = (a["ops_per_s"].as_f64().unwrap(), b["ops_per_s"].as_f64().unwrap());
+        println!(
+            "{:<9} {:>4} {:>12.0} {:>9.2} | {:>13.0} {:>9.2} | {:>9.2} {:>12.2}",
+            a["workload"].as_str().unwrap_or("?"),
+            a["concurrency"],
+            ta,
+            p999(a),
+            tb,
+            p999(b),
+            tb / ta,
+            p999(b) / p999(a)
+        );
+    }
 }
