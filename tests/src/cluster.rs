@@ -90,6 +90,13 @@ impl Default for ClusterOptions {
     }
 }
 
+impl ClusterOptions {
+    /// One node, one zone, N = R = W = 1 (the rest as [`ClusterOptions::default`]).
+    pub fn single_node() -> ClusterOptions {
+        ClusterOptions { nodes: 1, zones: 1, n: 1, r: 1, w: 1, ..ClusterOptions::default() }
+    }
+}
+
 /// The credentials the harness calls a cluster with.
 #[derive(Debug, Clone, Default)]
 pub struct Access {

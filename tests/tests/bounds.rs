@@ -206,15 +206,7 @@ async fn oversized_and_greedy_requests_are_refused_or_bounded_and_the_node_keeps
     let _serial = SERIAL.lock().await;
     // One node, one partition holding 48 values of 1000 KiB (47 MiB): a greedy page request
     // could ask for all of it.
-    let opts = ClusterOptions {
-        nodes: 1,
-        zones: 1,
-        n: 1,
-        r: 1,
-        w: 1,
-        partitions: 1,
-        ..ClusterOptions::default()
-    };
+    let opts = ClusterOptions { partitions: 1, ..ClusterOptions::single_node() };
     let cluster = Cluster::start(opts).await.unwrap();
     let client = cluster.client(0);
     for i in 0..48 {

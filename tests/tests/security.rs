@@ -318,15 +318,7 @@ async fn every_service_refuses_calls_without_the_right_credential_and_nothing_ch
 
 #[tokio::test]
 async fn set_faults_needs_fault_injection_even_for_an_admin() {
-    let opts = ClusterOptions {
-        nodes: 1,
-        zones: 1,
-        n: 1,
-        r: 1,
-        w: 1,
-        fault_injection: false,
-        ..ClusterOptions::default()
-    };
+    let opts = ClusterOptions { fault_injection: false, ..ClusterOptions::single_node() };
     let cluster = Cluster::start(opts).await.unwrap();
     let target = Target {
         client: cluster.nodes[0].address.clone(),
