@@ -5,6 +5,7 @@
 //! the endpoint and credential flags every command shares; `output` formats answers.
 
 mod admin;
+mod backup;
 mod bench;
 mod connect;
 mod data;
@@ -81,6 +82,11 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
     },
+    /// Cluster backups to a directory or S3-compatible storage, and restores.
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
+    },
     /// Load generator: YCSB-style workloads; throughput, latency percentiles and errors.
     Bench(bench::BenchArgs),
     /// Local development cluster.
@@ -143,6 +149,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Ring { output } => admin::ring(&client()?, output).await,
         Command::Decommission(args) => admin::decommission(&client()?, args).await,
         Command::Repair { partition, output } => admin::repair(&client()?, partition, output).await,
+        Command::Backup { command } => {
+            let client = connect.endpoint_client(command.timeout(timeout))?;
+            backup::run(&client, command).await
+        }
         Command::Bench(args) => bench::run(args, connect, timeout, cli.partition_aware).await,
         Command::Dev { command: DevCommand::Up(args) } => {
             dev::up(dev::DevUpArgs { insecure: connect.insecure, ..args }).await

@@ -86,7 +86,8 @@ use std::time::{Duration, Instant};
 
 use dynamo_api::contract;
 use dynamo_api::pb::admin::{
-    admin_client::AdminClient, DecommissionRequest, RepairRequest, StatusRequest,
+    admin_client::AdminClient, BackupRequest, DecommissionRequest, DeleteBackupRequest,
+    ListBackupsRequest, RepairRequest, RestoreRequest, StatusRequest,
 };
 use dynamo_api::pb::client::{
     client_client::ClientClient, DeleteRequest, GetRequest, PutRequest, RingRequest,
@@ -103,8 +104,9 @@ pub use error::ClientError;
 pub use pool::channel;
 pub use routing::Router;
 pub use types::{
-    ClusterStatus, Decommissioned, Hints, MemberState, NodeInfo, RepairReport, RingLayout,
-    RingMember, Transfer, TransferState, Versions, WorkerInfo, Written,
+    BackupInfo, ClusterStatus, Decommissioned, Hints, MemberState, NodeBackup, NodeInfo,
+    NodeRestore, RepairReport, RingLayout, RingMember, Transfer, TransferState, Versions,
+    WorkerInfo, Written,
 };
 
 /// Default per-call timeout of [`Client::builder`].
@@ -403,6 +405,54 @@ impl Client {
     /// Runs anti-entropy now on the admin endpoint node (one partition or all it replicates).
     pub async fn repair(&self, partition: Option<u32>) -> Result<RepairReport, ClientError> {
         self.admin(|mut c| async move { c.repair(RepairRequest { partition }).await }).await
+    }
+
+    /// Backs the cluster up to `destination` (`file:///absolute/path` or `s3://bucket/prefix`,
+    /// S3 settings from the nodes' environment) under `id` (None: the start time): every node
+    /// checkpoints and uploads what the destination does not hold yet. Takes as long as the
+    /// upload: build the client with a long enough timeout.
+    pub async fn backup(
+        &self,
+        destination: &str,
+        id: Option<&str>,
+    ) -> Result<BackupInfo, ClientError> {
+        let request = BackupRequest {
+            destination: destination.into(),
+            backup_id: id.unwrap_or_default().into(),
+            this_node_only: false,
+        };
+        self.admin(|mut c| async move { c.backup(request).await }).await
+    }
+
+    /// Restores backup `id` from `source` into this cluster (every node keeps the keys it
+    /// replicates): per node, the keys read and kept.
+    pub async fn restore(&self, source: &str, id: &str) -> Result<Vec<NodeRestore>, ClientError> {
+        let request =
+            RestoreRequest { source: source.into(), backup_id: id.into(), this_node_only: false };
+        let reply: dynamo_api::pb::admin::RestoreResponse =
+            self.admin(|mut c| async move { c.restore(request).await }).await?;
+        Ok(reply.nodes.into_iter().map(Into::into).collect())
+    }
+
+    /// The complete backups at `destination`, oldest first.
+    pub async fn backups(&self, destination: &str) -> Result<Vec<BackupInfo>, ClientError> {
+        let request = ListBackupsRequest { destination: destination.into() };
+        let reply: dynamo_api::pb::admin::ListBackupsResponse =
+            self.admin(|mut c| async move { c.list_backups(request).await }).await?;
+        Ok(reply.backups.into_iter().map(Into::into).collect())
+    }
+
+    /// Deletes backup `id` at `destination` and the files no other backup uses: (objects
+    /// deleted, bytes freed).
+    pub async fn delete_backup(
+        &self,
+        destination: &str,
+        id: &str,
+    ) -> Result<(u32, u64), ClientError> {
+        let request = DeleteBackupRequest { destination: destination.into(), backup_id: id.into() };
+        let reply: dynamo_api::pb::admin::DeleteBackupResponse =
+            self.admin(|mut c| async move { c.delete_backup(request).await }).await?;
+        Ok((reply.objects_deleted, reply.bytes_freed))
     }
 
     /// The partition layout, as the endpoint node (the first seed) has it, from its client

@@ -383,3 +383,90 @@ impl From<admin::DecommissionResponse> for Decommissioned {
         Decommissioned { node_id: r.node_id, state: MemberState::from_wire(r.state) }
     }
 }
+
+/// One node's part of a backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeBackup {
+    pub node_id: String,
+    /// Files in the node's checkpoint and their bytes.
+    pub files: u32,
+    pub bytes_total: u64,
+    /// Bytes this backup uploaded (files an earlier backup uploaded are not sent again).
+    pub bytes_uploaded: u64,
+}
+
+/// A complete backup: what [`crate::Client::backup`] took, or one [`crate::Client::backups`]
+/// found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupInfo {
+    pub backup_id: String,
+    /// The cluster it was taken from (empty in the answer to a backup).
+    pub cluster: String,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub finished_at: String,
+    pub nodes: Vec<NodeBackup>,
+}
+
+impl BackupInfo {
+    /// Bytes in every node's checkpoint.
+    pub fn bytes_total(&self) -> u64 {
+        self.nodes.iter().map(|n| n.bytes_total).sum()
+    }
+
+    /// Bytes the backup uploaded.
+    pub fn bytes_uploaded(&self) -> u64 {
+        self.nodes.iter().map(|n| n.bytes_uploaded).sum()
+    }
+}
+
+/// What each node of the restoring cluster read and kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRestore {
+    pub node_id: String,
+    /// Keys read from the backup's files.
+    pub keys_read: u64,
+    /// Keys the node replicates, merged into its store.
+    pub keys_kept: u64,
+}
+
+impl From<admin::NodeBackup> for NodeBackup {
+    fn from(n: admin::NodeBackup) -> NodeBackup {
+        NodeBackup {
+            node_id: n.node_id,
+            files: n.files,
+            bytes_total: n.bytes_total,
+            bytes_uploaded: n.bytes_uploaded,
+        }
+    }
+}
+
+impl From<admin::BackupResponse> for BackupInfo {
+    fn from(r: admin::BackupResponse) -> BackupInfo {
+        BackupInfo {
+            backup_id: r.backup_id,
+            cluster: String::new(),
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            nodes: r.nodes.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<admin::BackupSummary> for BackupInfo {
+    fn from(r: admin::BackupSummary) -> BackupInfo {
+        BackupInfo {
+            backup_id: r.backup_id,
+            cluster: r.cluster,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            nodes: r.nodes.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<admin::NodeRestore> for NodeRestore {
+    fn from(n: admin::NodeRestore) -> NodeRestore {
+        NodeRestore { node_id: n.node_id, keys_read: n.keys_read, keys_kept: n.keys_kept }
+    }
+}

@@ -42,6 +42,12 @@ pub enum Error {
     #[error("{0}")]
     Overloaded(String),
 
+    /// A backup or restore could not read or write its destination, or a member could not
+    /// take its part; the message says which and what to check. A backup that failed has no
+    /// manifest and is never listed or restored.
+    #[error("{0}")]
+    Backup(String),
+
     /// The request itself is wrong; nothing was written.
     #[error("invalid request: {0}")]
     InvalidArgument(String),

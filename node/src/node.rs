@@ -145,6 +145,10 @@ impl<N: Net> Node<N> {
             faults: self.faults.clone(),
             progress: self.progress.clone(),
             workers,
+            data_dir: match self.config.engine {
+                crate::config::EngineKind::Rocksdb => self.config.data_dir.clone(),
+                crate::config::EngineKind::Memory => None,
+            },
         })
     }
 

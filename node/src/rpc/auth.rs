@@ -5,8 +5,9 @@
 //! bearer token found in the node's token file.
 //!
 //! - client API: `Get`, `Ring` need `read`; `Put`, `Delete` need `readwrite`;
-//! - admin API: `admin` (a certificate or a token); `Decommission` also accepts a `peer`
-//!   certificate, because a node forwards a decommission to the node it names;
+//! - admin API: `admin` (a certificate or a token); `Decommission`, `Backup` and `Restore` also
+//!   accept a `peer` certificate, because a node forwards a decommission to the node it names
+//!   and asks every member for its part of a backup or restore;
 //! - internode API: a `peer` certificate only (never a token);
 //! - gRPC health: anyone (probes speak neither TLS credentials nor tokens);
 //! - anything else: `admin`.
@@ -61,7 +62,10 @@ pub fn access(path: &str) -> Access {
         ("dynamo.client.v1.Client", "Get" | "Ring") => Access::AnyOf(&[Role::Read]),
         ("dynamo.client.v1.Client", "Put" | "Delete") => Access::AnyOf(&[Role::ReadWrite]),
         ("dynamo.internode.v1.Internode", _) => Access::AnyOf(&[Role::Peer]),
-        ("dynamo.admin.v1.Admin", "Decommission") => Access::AnyOf(&[Role::Admin, Role::Peer]),
+        // A node asks the others to take their part of a decommission, backup or restore.
+        ("dynamo.admin.v1.Admin", "Decommission" | "Backup" | "Restore") => {
+            Access::AnyOf(&[Role::Admin, Role::Peer])
+        }
         _ => Access::AnyOf(&[Role::Admin]),
     }
 }

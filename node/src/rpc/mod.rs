@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod backup;
 pub mod faults;
 pub mod gate;
 pub mod peers;

@@ -69,6 +69,8 @@ pub struct Shared<N> {
     pub progress: Arc<Mutex<Progress>>,
     /// The background workers' states, reported by `Status`.
     pub workers: Statuses,
+    /// The RocksDB data directory (None on the memory engine): checkpoints and restores.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// The envelope every handler shares: takes the message out of the request, runs the handler
@@ -491,6 +493,34 @@ impl<N: Net> Admin for AdminService<N> {
             })
         })
         .await
+    }
+
+    async fn backup(
+        &self,
+        req: Request<admin::BackupRequest>,
+    ) -> Result<Response<admin::BackupResponse>, Status> {
+        handle(req, |req| super::backup::backup(&self.0, req)).await
+    }
+
+    async fn restore(
+        &self,
+        req: Request<admin::RestoreRequest>,
+    ) -> Result<Response<admin::RestoreResponse>, Status> {
+        handle(req, |req| super::backup::restore(&self.0, req)).await
+    }
+
+    async fn list_backups(
+        &self,
+        req: Request<admin::ListBackupsRequest>,
+    ) -> Result<Response<admin::ListBackupsResponse>, Status> {
+        handle(req, super::backup::list).await
+    }
+
+    async fn delete_backup(
+        &self,
+        req: Request<admin::DeleteBackupRequest>,
+    ) -> Result<Response<admin::DeleteBackupResponse>, Status> {
+        handle(req, super::backup::delete).await
     }
 
     async fn set_faults(

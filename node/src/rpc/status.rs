@@ -15,6 +15,7 @@ fn kind_and_code(e: &Error) -> (&'static str, Code) {
         Error::HintRefused(_) => ("hint-refused", Code::ResourceExhausted),
         Error::Overloaded(_) => ("overloaded", Code::ResourceExhausted),
         Error::InvalidArgument(_) => ("invalid-argument", Code::InvalidArgument),
+        Error::Backup(_) => ("backup", Code::Unavailable),
         Error::Context(_) => ("invalid-context", Code::InvalidArgument),
         Error::Quorum { .. } => ("quorum", Code::Unavailable),
         Error::Unavailable { .. } => ("unavailable", Code::Unavailable),

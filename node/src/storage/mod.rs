@@ -110,6 +110,15 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<Entries, StorageError>;
     /// An estimate of the number of keys in a keyspace.
     fn approximate_len(&self, space: Keyspace) -> u64;
+    /// A consistent copy of the whole store in `dir` (which must not exist), for a backup.
+    fn checkpoint(&self, dir: &std::path::Path) -> Result<(), StorageError> {
+        let _ = dir;
+        Err(StorageError(
+            "this node runs the memory engine, which keeps nothing on disk to back up: run it \
+             with engine = rocksdb"
+                .into(),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -63,6 +63,20 @@ impl RocksEngine {
         Ok(RocksEngine { db, sync_writes })
     }
 
+    /// Opens a database read-only (a checkpoint being restored); never writes to `dir`.
+    pub fn open_read_only(dir: &Path) -> Result<RocksEngine, StorageError> {
+        let opts = Options::default();
+        let names = Keyspace::ALL.iter().map(|s| s.name());
+        let db = DB::open_cf_for_read_only(&opts, dir, names, false).map_err(|e| {
+            StorageError(format!(
+                "cannot read the RocksDB files in {}: {}",
+                dir.display(),
+                e.into_string()
+            ))
+        })?;
+        Ok(RocksEngine { db, sync_writes: false })
+    }
+
     fn cf(&self, space: Keyspace) -> Result<&ColumnFamily, StorageError> {
         self.db
             .cf_handle(space.name())
@@ -116,6 +130,18 @@ impl Engine for RocksEngine {
             out.push((k.into_vec(), v.into_vec()));
         }
         Ok(out)
+    }
+
+    fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
+        // Flushes the memtables first, so the table files hold every write applied so far.
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(err)?;
+        checkpoint.create_checkpoint(dir).map_err(|e| {
+            StorageError(format!(
+                "cannot take a checkpoint in {}: {}",
+                dir.display(),
+                e.into_string()
+            ))
+        })
     }
 
     fn approximate_len(&self, space: Keyspace) -> u64 {

@@ -229,6 +229,11 @@ impl Store {
         self
     }
 
+    /// A consistent copy of the whole store in `dir` (which must not exist), for a backup.
+    pub fn checkpoint(&self, dir: &std::path::Path) -> Result<()> {
+        self.engine.checkpoint(dir).map_err(storage)
+    }
+
     /// The actor id under which this node creates versions.
     pub fn actor(&self) -> Actor {
         self.actor
