@@ -1,6 +1,7 @@
 //! Backups on real processes: 20,000 keys (some with siblings, some deleted) backed up to a
 //! directory, a second backup after more writes uploads only the new files, and a restore into
-//! a new cluster of another size gives back every value and sibling, and no deleted key.
+//! a new cluster of another size gives back every value and sibling, and no deleted key. The
+//! same to S3-compatible storage: a `moto` server (PyPI) the test starts on loopback.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -139,4 +140,100 @@ async fn a_backup_restores_into_a_cluster_of_another_size_and_the_next_uploads_o
     assert_eq!(left, vec![second.backup_id.clone()]);
     let missing = admin.restore(&destination, "first").await.unwrap_err().to_string();
     assert!(missing.contains("no complete backup 'first'"), "{missing}");
+}
+
+/// A moto S3 server on a free loopback port, killed on drop.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// moto's server: `$DYNAMO_MOTO_SERVER`, the one scripts/bootstrap installs, or on the PATH.
+fn moto_server() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("DYNAMO_MOTO_SERVER") {
+        return path.into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_default();
+    let installed = std::path::Path::new(&home).join(".cache/dynamo/moto-5.2.1/bin/moto_server");
+    if installed.exists() {
+        installed
+    } else {
+        "moto_server".into()
+    }
+}
+
+/// Starts moto's S3 server (scripts/bootstrap installs it) and creates `bucket` with a plain
+/// HTTP request (moto takes any credentials).
+fn moto(bucket: &str) -> Moto {
+    use std::io::{Read, Write};
+    let port = dynamo_tests::cluster::free_port().unwrap();
+    let child = std::process::Command::new(moto_server())
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("moto_server runs: scripts/bootstrap installs it");
+    let server = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let request = format!(
+                "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            s.write_all(request.as_bytes()).unwrap();
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            assert!(answer.starts_with("HTTP/1.1 200"), "creating the bucket: {answer}");
+            return server;
+        }
+        assert!(std::time::Instant::now() < deadline, "moto_server did not listen within 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_to_s3_compatible_storage_restores_and_the_next_uploads_only_new_files() {
+    let s3 = moto("dynamo");
+    // The nodes read their S3 settings from the environment they inherit.
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", s3.endpoint.as_str()),
+    ] {
+        std::env::set_var(k, v);
+    }
+    let destination = "s3://dynamo/backups/test";
+    let source = Cluster::start(ClusterOptions::default()).await.unwrap();
+    let client = source.routing_client(std::time::Duration::from_secs(10));
+    write_keys(&client, 0, 5000).await;
+    let admin = source.client(0);
+    let first = admin.backup(destination, Some("one")).await.unwrap();
+    assert_eq!(first.bytes_uploaded(), first.bytes_total());
+    write_keys(&client, 5000, 100).await;
+    let second = admin.backup(destination, Some("two")).await.unwrap();
+    println!(
+        "s3: first {} bytes; second {} bytes, {} uploaded",
+        first.bytes_total(),
+        second.bytes_total(),
+        second.bytes_uploaded()
+    );
+    assert!(second.bytes_uploaded() < second.bytes_total() / 2, "{second:?}");
+    let target =
+        Cluster::start(ClusterOptions { nodes: 4, ..ClusterOptions::default() }).await.unwrap();
+    target.client(0).restore(destination, "two").await.unwrap();
+    let keys: Vec<String> = (0..5100).map(|i| format!("key-{i:05}")).collect();
+    let want = read_all(&client, &keys).await;
+    let got = read_all(&target.routing_client(std::time::Duration::from_secs(10)), &keys).await;
+    assert!(keys.iter().all(|k| want[k] == got[k] && !got[k].is_empty()), "restored values differ");
+    let ids: Vec<String> =
+        admin.backups(destination).await.unwrap().into_iter().map(|b| b.backup_id).collect();
+    assert_eq!(ids, ["one", "two"]);
 }

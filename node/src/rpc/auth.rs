@@ -284,6 +284,13 @@ mod tests {
         assert_eq!(access("/dynamo.client.v1.Client/Delete"), Access::AnyOf(&[Role::ReadWrite]));
         assert_eq!(access("/dynamo.internode.v1.Internode/Gossip"), Access::AnyOf(&[Role::Peer]));
         assert_eq!(access("/dynamo.admin.v1.Admin/SetFaults"), Access::AnyOf(&[Role::Admin]));
+        // A node asks the others for their part of a backup or restore with its peer
+        // certificate; listing and deleting backups is for admins only.
+        let admin_or_peer = Access::AnyOf(&[Role::Admin, Role::Peer]);
+        assert_eq!(access("/dynamo.admin.v1.Admin/Backup"), admin_or_peer);
+        assert_eq!(access("/dynamo.admin.v1.Admin/Restore"), admin_or_peer);
+        assert_eq!(access("/dynamo.admin.v1.Admin/ListBackups"), Access::AnyOf(&[Role::Admin]));
+        assert_eq!(access("/dynamo.admin.v1.Admin/DeleteBackup"), Access::AnyOf(&[Role::Admin]));
         assert_eq!(access("/dynamo.client.v1.Client/Unknown"), Access::AnyOf(&[Role::Admin]));
         assert_eq!(access("garbage"), Access::AnyOf(&[Role::Admin]));
     }
