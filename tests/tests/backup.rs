@@ -237,3 +237,65 @@ async fn a_backup_to_s3_compatible_storage_restores_and_the_next_uploads_only_ne
         admin.backups(destination).await.unwrap().into_iter().map(|b| b.backup_id).collect();
     assert_eq!(ids, ["one", "two"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_during_writes_holds_every_write_acknowledged_before_it_started() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let destination = format!("file://{}", dir.path().join("backups").display());
+    let source = Cluster::start(ClusterOptions::default()).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Four writers of unique keys through every node; each records when its put was acked.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let client = source.client(w % 3);
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("w{w}-{i}");
+                    if client
+                        .put(key.as_bytes(), key.clone().into_bytes(), vec![], None)
+                        .await
+                        .is_ok()
+                    {
+                        acked.push((key, Instant::now()));
+                    }
+                    i += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let taken = source.client(0).backup(&destination, Some("live")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut before = Vec::new();
+    let mut total = 0;
+    for w in writers {
+        let acked = w.await.unwrap();
+        total += acked.len();
+        before.extend(acked.into_iter().filter(|(_, at)| *at < started).map(|(k, _)| k));
+    }
+    println!(
+        "{total} writes acknowledged, {} before the backup started; backup of {} bytes",
+        before.len(),
+        taken.bytes_total()
+    );
+    assert!(before.len() >= 100, "too few writes to prove anything");
+    let target = Cluster::start(ClusterOptions::default()).await.unwrap();
+    target.client(0).restore(&destination, "live").await.unwrap();
+    let got = read_all(&target.routing_client(Duration::from_secs(10)), &before).await;
+    let lost: Vec<&String> =
+        before.iter().filter(|k| got[*k] != vec![k.as_bytes().to_vec()]).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes are not in the backup, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
