@@ -8,8 +8,11 @@
 //! replicas this node owns, with per-target counts.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::lineage::{self, CleanStop, Found};
 use super::{Budget, Engine, Keyspace, WriteOp};
 use crate::error::{Error, Result};
 use crate::merkle::{self, Hash, MerkleTree, TreeShape};
@@ -57,6 +60,8 @@ fn parse_data_key(k: &[u8]) -> Option<(PartitionId, &[u8])> {
 }
 
 const META_ACTOR: &[u8] = b"actor";
+/// The clean-stop record of [`lineage`]: present only between a clean stop and the next start.
+const META_CLEAN_STOP: &[u8] = b"clean-stop";
 const META_PARTITIONS: &[u8] = b"partitions";
 /// Lock stripes: enough that unrelated keys rarely share one.
 const STRIPES: usize = 1024;
@@ -74,8 +79,15 @@ pub struct Store {
     engine: Arc<dyn Engine>,
     /// Serialises read-modify-write cycles per key (by hash of the key).
     stripes: Vec<Mutex<()>>,
-    /// This data directory's actor id: the name under which this node creates versions.
+    /// The actor under which this run creates versions: the stored one only when the last run
+    /// stopped cleanly on this very directory ([`lineage`]), else a fresh one.
     actor: Actor,
+    /// Why this run took a fresh actor (`None`: it kept the last run's).
+    fresh: Option<lineage::Fresh>,
+    /// The data directory (None for the in-memory engine), where a clean stop leaves its marker.
+    dir: Option<PathBuf>,
+    /// Set by [`Store::stop_cleanly`]: no version is created under `actor` any more.
+    stopped: AtomicBool,
     /// One Merkle tree per partition (allocated only once the partition holds data).
     trees: Vec<Mutex<MerkleTree>>,
     /// Hints per target node, kept in step with the hint keyspace.
@@ -127,30 +139,68 @@ fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
 }
 
 impl Store {
-    /// Opens the store, creating the actor id on first use and checking that the data was laid
-    /// out with the configured partition count.
+    /// Opens a store without a data directory (the in-memory engine, tests): see
+    /// [`Store::open_in`].
     pub fn open(engine: Arc<dyn Engine>, partitions: u32) -> Result<Store> {
-        let actor = match engine.get(Keyspace::Meta, META_ACTOR).map_err(storage)? {
+        Store::open_in(engine, partitions, None)
+    }
+
+    /// Opens the store on the engine whose data lives in `dir`, checking that the data was laid
+    /// out with the configured partition count, and chooses the actor of this run
+    /// ([`lineage::choose`]): the stored one when the last run stopped cleanly on this very
+    /// directory, a fresh one otherwise. The choice is made durable, and the clean-stop record
+    /// consumed, before anything else is written.
+    pub fn open_in(engine: Arc<dyn Engine>, partitions: u32, dir: Option<&Path>) -> Result<Store> {
+        let stored = match engine.get(Keyspace::Meta, META_ACTOR).map_err(storage)? {
             Some(bytes) => {
                 let raw: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
                     Error::Storage("the stored actor id is corrupt (not 8 bytes)".into())
                 })?;
-                u64::from_be_bytes(raw)
+                Some(u64::from_be_bytes(raw))
             }
-            None => {
-                // A fresh data directory gets a fresh actor, so a node whose disk was wiped
-                // never re-issues version dots it issued before.
-                let actor: Actor = rand::random::<u64>().max(1);
-                engine
-                    .write(vec![WriteOp::Put {
-                        space: Keyspace::Meta,
-                        key: META_ACTOR.to_vec(),
-                        value: actor.to_be_bytes().to_vec(),
-                    }])
-                    .map_err(storage)?;
-                actor
+            None => None,
+        };
+        let record = engine
+            .get(Keyspace::Meta, META_CLEAN_STOP)
+            .map_err(storage)?
+            .and_then(|b| CleanStop::decode(&b));
+        let found = match dir {
+            None => Found::NoDirectory,
+            Some(d) => Found::Marker(lineage::read_marker(d).map_err(|e| {
+                Error::Storage(format!(
+                    "cannot read {}: {e}",
+                    d.join(lineage::MARKER_FILE).display()
+                ))
+            })?),
+        };
+        let (actor, fresh) = match lineage::choose(stored, record, found) {
+            lineage::Choice::Keep(actor) => (actor, None),
+            lineage::Choice::Fresh(why) => {
+                // Never the stored one again, never 0.
+                let actor = std::iter::repeat_with(rand::random::<u64>)
+                    .find(|&a| a != 0 && Some(a) != stored)
+                    .unwrap_or(1);
+                (actor, Some(why))
             }
         };
+        engine
+            .write_durable(vec![
+                WriteOp::Put {
+                    space: Keyspace::Meta,
+                    key: META_ACTOR.to_vec(),
+                    value: actor.to_be_bytes().to_vec(),
+                },
+                WriteOp::Delete { space: Keyspace::Meta, key: META_CLEAN_STOP.to_vec() },
+            ])
+            .map_err(storage)?;
+        if let Some(d) = dir {
+            lineage::remove_marker(d).map_err(|e| {
+                Error::Storage(format!(
+                    "cannot remove {}: {e}",
+                    d.join(lineage::MARKER_FILE).display()
+                ))
+            })?;
+        }
         match engine.get(Keyspace::Meta, META_PARTITIONS).map_err(storage)? {
             Some(bytes) => {
                 let stored =
@@ -177,6 +227,9 @@ impl Store {
             engine,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             actor,
+            fresh,
+            dir: dir.map(Path::to_path_buf),
+            stopped: AtomicBool::new(false),
             trees: (0..partitions).map(|_| Mutex::new(MerkleTree::new(TREE_SHAPE))).collect(),
             hint_stats: Mutex::new(BTreeMap::new()),
             caps: StoreCaps::from_limits(&crate::config::Limits::default()),
@@ -232,6 +285,40 @@ impl Store {
     /// The actor id under which this node creates versions.
     pub fn actor(&self) -> Actor {
         self.actor
+    }
+
+    /// Why this run took a fresh actor; `None` when it kept the last run's.
+    pub fn fresh_actor(&self) -> Option<lineage::Fresh> {
+        self.fresh
+    }
+
+    /// The last thing a node does when it stops cleanly: refuses every later version under its
+    /// actor (waiting for those being written), then leaves a new marker file and the
+    /// clean-stop record naming it, both fsynced, so the next start on this directory, and only
+    /// on it, may keep the actor. A node that stops without this takes a fresh actor next time.
+    pub fn stop_cleanly(&self) -> Result<()> {
+        self.stopped.store(true, Ordering::SeqCst);
+        // An update that checked the flag before it was set holds its stripe until written.
+        for stripe in &self.stripes {
+            drop(lock(stripe)?);
+        }
+        let marker = match &self.dir {
+            Some(d) => Some(lineage::write_marker(d).map_err(|e| {
+                Error::Storage(format!(
+                    "cannot write {}: {e}",
+                    d.join(lineage::MARKER_FILE).display()
+                ))
+            })?),
+            None => None,
+        };
+        let record = CleanStop { actor: self.actor, marker };
+        self.engine
+            .write_durable(vec![WriteOp::Put {
+                space: Keyspace::Meta,
+                key: META_CLEAN_STOP.to_vec(),
+                value: record.encode(),
+            }])
+            .map_err(storage)
     }
 
     fn stripe(&self, key: &[u8]) -> &Mutex<()> {
@@ -324,7 +411,8 @@ impl Store {
     }
 
     /// Read-modify-write of one key: `f` gets the local clock and returns the new one (or an
-    /// error, in which case nothing is written).
+    /// error, in which case nothing is written). This is how a coordinator creates versions
+    /// under [`Store::actor`]; refused once [`Store::stop_cleanly`] has begun.
     pub fn update(
         &self,
         partition: PartitionId,
@@ -332,6 +420,11 @@ impl Store {
         f: impl FnOnce(&Clock) -> Result<Clock>,
     ) -> Result<Clock> {
         let _guard = lock(self.stripe(key))?;
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(Error::NotReady(
+                "this node is stopping and takes no more writes; retry through another node".into(),
+            ));
+        }
         let (local, old) = self.read(partition, key)?;
         let new = f(&local)?;
         self.write(partition, key, &new, old)?;
@@ -625,12 +718,88 @@ mod tests {
     use crate::version::{Value, VersionVector};
 
     #[test]
-    fn actor_is_stable_and_partition_count_is_checked() {
+    fn the_actor_is_kept_only_across_a_clean_stop_and_partition_count_is_checked() {
         let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::default());
-        let a = Store::open(engine.clone(), 64).unwrap().actor();
-        assert_eq!(Store::open(engine.clone(), 64).unwrap().actor(), a);
+        let first = Store::open(engine.clone(), 64).unwrap();
+        let a = first.actor();
+        assert_eq!(first.fresh_actor(), Some(lineage::Fresh::NewDirectory));
+        first.stop_cleanly().unwrap();
+        let refused = first.update(1, b"k", |c| Ok(c.clone())).unwrap_err();
+        assert!(matches!(refused, Error::NotReady(_)), "{refused}");
+        let second = Store::open(engine.clone(), 64).unwrap();
+        assert_eq!((second.actor(), second.fresh_actor()), (a, None));
+        // No clean stop this time (a crash): the next run must not reuse `a`.
+        let third = Store::open(engine.clone(), 64).unwrap();
+        assert_ne!(third.actor(), a);
+        assert_eq!(third.fresh_actor(), Some(lineage::Fresh::UncleanStop));
         let err = Store::open(engine, 128).err().unwrap().to_string();
         assert!(err.contains("created for 64 partitions"), "{err}");
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    /// KV679 on one node: a copy of a cleanly stopped directory, restored after the node wrote
+    /// more, must not write under the actor again (its dots were issued after the copy).
+    #[test]
+    fn a_directory_restored_from_a_copy_writes_under_a_fresh_actor() {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, copy) = (root.path().join("data"), root.path().join("copy"));
+        let open = || {
+            let engine: Arc<dyn Engine> =
+                Arc::new(super::super::RocksEngine::open(&dir, false).unwrap());
+            Store::open_in(engine, 8, Some(&dir)).unwrap()
+        };
+        let store = open();
+        let a = store.actor();
+        store
+            .update(1, b"k", |c| {
+                Ok(c.update(&VersionVector::new(), Value::Data(b"v1".to_vec()), a))
+            })
+            .unwrap();
+        store.stop_cleanly().unwrap();
+        drop(store);
+        copy_dir(&dir, &copy);
+        // Restarted in place after a clean stop: same actor.
+        let store = open();
+        assert_eq!((store.actor(), store.fresh_actor()), (a, None));
+        let v2 = store
+            .update(1, b"k", |c| Ok(c.update(&c.context(), Value::Data(b"v2".to_vec()), a)))
+            .unwrap();
+        store.stop_cleanly().unwrap();
+        drop(store);
+        // The copy comes back in its place.
+        std::fs::remove_dir_all(&dir).unwrap();
+        copy_dir(&copy, &dir);
+        let store = open();
+        assert_ne!(store.actor(), a);
+        assert_eq!(store.fresh_actor(), Some(lineage::Fresh::CopiedOrRestored));
+        let b = store.actor();
+        let v3 = store
+            .update(1, b"k", |c| {
+                Ok(c.update(&VersionVector::new(), Value::Data(b"v3".to_vec()), b))
+            })
+            .unwrap();
+        // The other replicas hold v2; v3 is concurrent with it, not a repeat of its dot.
+        let merged = v2.sync(&v3);
+        let mut values = merged.live_values();
+        values.sort();
+        assert_eq!(values, [&b"v2"[..], b"v3"]);
+        // A crash (no clean stop): fresh again.
+        drop(store);
+        let store = open();
+        assert!(store.actor() != b && store.actor() != a);
+        assert_eq!(store.fresh_actor(), Some(lineage::Fresh::UncleanStop));
     }
 
     #[test]

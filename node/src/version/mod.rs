@@ -27,6 +27,23 @@
 //! sealed  = 0x01 vector HMAC-SHA256(secret, 0x01 || u64be(key.len) || key || vector)[..16]
 //! ```
 //!
+//! **The actor rule (no reused dots).** A dot `(actor, n)` names one write forever: a replica
+//! that has seen `(a, n)` discards any other value arriving under that dot as already seen. So
+//! an actor must never issue a dot twice, and a node whose data rolled back (a crash with
+//! `sync_writes = false` losing the last writes, a data directory restored from a backup or a
+//! copy) would issue again dots it already issued, and the other replicas would discard the new,
+//! acknowledged writes as seen (Riak's KV679). Hence: *a node writes under the actor of its
+//! last run only if that run stopped cleanly on this very directory; after any other stop, and
+//! on any copy or restore, it writes under a fresh random actor.* A fresh actor's dots are new,
+//! so they meet the old ones as concurrent (siblings or superseded by context), never as
+//! duplicates. `storage::lineage` applies the rule (a clean-stop record plus a marker file
+//! whose inode, change time and token a copy cannot reproduce); the laws with actor changes
+//! are property-tested in `laws.rs`.
+//!
+//! Growth: each fresh actor adds one entry to the vectors of the keys it then coordinates.
+//! Clean restarts (rollouts, upgrades) keep the actor, so entries accumulate only with crashes
+//! and restores, a few per node per year, each about 10 bytes per key written afterwards.
+//!
 //! Everything here is pure: no I/O, no clocks, no randomness (actors are chosen by the caller).
 
 mod codec;
@@ -42,8 +59,8 @@ pub use context::{ContextError, ContextSealer};
 pub use dvvset::Clock;
 pub use vector::VersionVector;
 
-/// Identifies who created an event: a random u64 chosen when a node's data directory is created
-/// (so a node whose disk was wiped never reuses old dots).
+/// Identifies who created an event: a random u64 chosen by a node when its data directory is
+/// new, and again whenever the directory may have rolled back (see the actor rule above).
 pub type Actor = u64;
 
 /// One sibling value of a key: the bytes a client wrote, or the marker a delete leaves behind.
