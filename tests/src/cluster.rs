@@ -10,7 +10,8 @@
 //! own. [`ClusterOptions::tls`] false starts `--dev --insecure` plaintext nodes instead (for
 //! comparisons such as the benchmark's).
 //!
-//! Faults: [`Cluster::kill`] (SIGKILL) and [`Cluster::restart`] on the same data directory,
+//! Faults: [`Cluster::kill`] (SIGKILL) or [`Cluster::stop`] (SIGTERM, a clean stop) and
+//! [`Cluster::restart`] on the same data directory,
 //! [`Cluster::pause`] (SIGSTOP) and [`Cluster::resume_and_sync_faults`] (SIGCONT),
 //! [`Cluster::wipe`] (delete a killed node's data directory), [`Cluster::partition`] and
 //! [`Cluster::heal`]. Partitions are not made in the kernel (that would need root and network
@@ -394,6 +395,16 @@ impl Cluster {
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].process.kill();
         self.nodes[i].paused = false;
+    }
+
+    /// Stops node `i` cleanly (SIGTERM; it drains and records a clean stop), failing if it has
+    /// not exited within 15 s.
+    pub async fn stop(&mut self, i: usize) -> anyhow::Result<()> {
+        self.nodes[i].paused = false;
+        if !self.nodes[i].process.stop(Duration::from_secs(15)).await {
+            bail!("{} did not stop within 15 s of SIGTERM:\n{}", self.nodes[i].id, self.log(i));
+        }
+        Ok(())
     }
 
     /// Starts a killed node again on the same data directory and waits until it serves
