@@ -57,6 +57,10 @@ pub struct ClusterOptions {
     /// Settled time before a node deletes partitions it no longer replicates (0: never, the
     /// default here, so tests can inspect every copy).
     pub cleanup_after_ms: u64,
+    /// How long a tombstone is held before it may be reaped.
+    pub delete_grace_ms: u64,
+    /// Pause between tombstone reaper passes; 0 (the default here) keeps every tombstone.
+    pub reap_interval_ms: u64,
     /// TLS, certificates and tokens (the default); false: `--dev --insecure` plaintext nodes.
     pub tls: bool,
     /// The nodes' test-only fault switch (`SetFaults`), which [`Cluster::partition`] needs;
@@ -78,6 +82,8 @@ impl Default for ClusterOptions {
             handoff_interval_ms: 200,
             transfer_keys_per_sec: 0,
             cleanup_after_ms: 0,
+            delete_grace_ms: BackgroundConfig::default().delete_grace_ms,
+            reap_interval_ms: 0,
             tls: true,
             fault_injection: true,
         }
@@ -232,6 +238,9 @@ impl Cluster {
                 handoff_interval_ms: opts.handoff_interval_ms,
                 transfer_keys_per_sec: opts.transfer_keys_per_sec,
                 cleanup_after_ms: opts.cleanup_after_ms,
+                delete_grace_ms: opts.delete_grace_ms,
+                reap_interval_ms: opts.reap_interval_ms,
+                reap_keys_per_sec: 0,
                 ..BackgroundConfig::default()
             },
             ..NodeConfig::default()

@@ -15,7 +15,7 @@ mod store;
 
 pub use memory::MemoryEngine;
 pub use rocks::RocksEngine;
-pub use store::{data_key, HintStats, Store, StoreCaps, TREE_SHAPE};
+pub use store::{data_key, now_ms, HintStats, Store, StoreCaps, TombstoneStats, TREE_SHAPE};
 
 /// Runs long storage work (a partition scan, a partition's deletion) without stalling the async
 /// worker thread it is called from: on the multi-thread runtime the worker hands its other tasks

@@ -63,6 +63,38 @@ const META_ACTOR: &[u8] = b"actor";
 /// The clean-stop record of [`lineage`]: present only between a clean stop and the next start.
 const META_CLEAN_STOP: &[u8] = b"clean-stop";
 const META_PARTITIONS: &[u8] = b"partitions";
+/// The tombstone index, in [`Keyspace::Meta`]: `TOMB_PREFIX ++ data key` -> the time (ms since
+/// the Unix epoch, this node's clock, u64 BE) this replica first held the key as deleted. One
+/// entry exactly for each key whose stored clock is a tombstone, written in the same batch.
+const TOMB_PREFIX: &[u8] = b"tomb/";
+
+fn tomb_key(partition: PartitionId, key: &[u8]) -> Vec<u8> {
+    let mut k = TOMB_PREFIX.to_vec();
+    k.extend_from_slice(&data_key(partition, key));
+    k
+}
+
+/// Whether a stored clock is a tombstone (every value is one; an empty clock is not stored).
+fn is_tombstone(clock: &Clock) -> bool {
+    clock.is_deleted()
+}
+
+/// This node's wall clock, ms since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Tombstones held and reaped, for `Admin.Status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TombstoneStats {
+    /// Keys this node holds as tombstones now.
+    pub held: u64,
+    /// Tombstones this node has reaped since it started.
+    pub reaped: u64,
+}
+
 /// Lock stripes: enough that unrelated keys rarely share one.
 const STRIPES: usize = 1024;
 
@@ -94,6 +126,12 @@ pub struct Store {
     hint_stats: Mutex<BTreeMap<NodeId, HintStats>>,
     /// What a replica merge may leave in one key, and the hints kept for one node.
     caps: StoreCaps,
+    /// Keys held as tombstones (entries of the tombstone index).
+    tombstones: std::sync::atomic::AtomicU64,
+    /// Keys held (replicas, tombstones included).
+    keys: std::sync::atomic::AtomicU64,
+    /// Tombstones reaped since start.
+    reaped: std::sync::atomic::AtomicU64,
 }
 
 /// What the store keeps at most: in one key after a replica merge, and in hints for one node.
@@ -233,6 +271,9 @@ impl Store {
             trees: (0..partitions).map(|_| Mutex::new(MerkleTree::new(TREE_SHAPE))).collect(),
             hint_stats: Mutex::new(BTreeMap::new()),
             caps: StoreCaps::from_limits(&crate::config::Limits::default()),
+            tombstones: Default::default(),
+            keys: Default::default(),
+            reaped: Default::default(),
         };
         store.load()?;
         Ok(store)
@@ -250,8 +291,17 @@ impl Store {
             after = Some(last.0.clone());
             for (k, v) in &page {
                 if let Some((p, key)) = parse_data_key(k) {
+                    self.keys.fetch_add(1, Ordering::Relaxed);
                     if let Some(tree) = self.trees.get(p as usize) {
                         lock(tree)?.update(key, None, Some(&merkle::version_digest(v)));
+                    }
+                    if is_tombstone(&Clock::decode(v)?) {
+                        self.tombstones.fetch_add(1, Ordering::Relaxed);
+                        // Tombstones written before the index existed get an entry now.
+                        let tk = tomb_key(p, key);
+                        if self.engine.get(Keyspace::Meta, &tk).map_err(storage)?.is_none() {
+                            self.meta_put(&tk, &now_ms().to_be_bytes())?;
+                        }
                     }
                 }
             }
@@ -340,37 +390,118 @@ impl Store {
         }
     }
 
-    /// Writes a replica and updates its partition's tree (`old` is the digest it replaces).
+    /// Writes a replica over `local` (`old` is its digest) and updates its partition's tree
+    /// and the tombstone index.
     fn write(
         &self,
         partition: PartitionId,
         key: &[u8],
         clock: &Clock,
+        local: &Clock,
         old: Option<Hash>,
     ) -> Result<()> {
-        self.write_encoded(partition, key, clock.encode(), old)
+        self.write_encoded(partition, key, clock, clock.encode(), local, old)
     }
 
-    /// [`Store::write`] of a clock already encoded.
+    /// [`Store::write`] of a clock already encoded (`bytes`).
     fn write_encoded(
         &self,
         partition: PartitionId,
         key: &[u8],
+        clock: &Clock,
         bytes: Vec<u8>,
+        local: &Clock,
         old: Option<Hash>,
     ) -> Result<()> {
         let new = merkle::version_digest(&bytes);
-        self.engine
-            .write(vec![WriteOp::Put {
-                space: Keyspace::Data,
-                key: data_key(partition, key),
-                value: bytes,
-            }])
-            .map_err(storage)?;
+        let mut ops = vec![WriteOp::Put {
+            space: Keyspace::Data,
+            key: data_key(partition, key),
+            value: bytes,
+        }];
+        let (was, is) = (old.is_some() && is_tombstone(local), is_tombstone(clock));
+        if is && !was {
+            let since = now_ms().to_be_bytes().to_vec();
+            ops.push(WriteOp::Put {
+                space: Keyspace::Meta,
+                key: tomb_key(partition, key),
+                value: since,
+            });
+        } else if was && !is {
+            ops.push(WriteOp::Delete { space: Keyspace::Meta, key: tomb_key(partition, key) });
+        }
+        self.engine.write(ops).map_err(storage)?;
+        if old.is_none() {
+            self.keys.fetch_add(1, Ordering::Relaxed);
+        }
+        match (was, is) {
+            (false, true) => {
+                self.tombstones.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.tombstones.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
         if let Some(tree) = self.trees.get(partition as usize) {
             lock(tree)?.update(key, old.as_ref().map(|h| &h[..]), Some(&new));
         }
         Ok(())
+    }
+
+    /// Tombstones held now and reaped since start.
+    pub fn tombstone_stats(&self) -> TombstoneStats {
+        TombstoneStats {
+            held: self.tombstones.load(Ordering::Relaxed),
+            reaped: self.reaped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Up to `limit` tombstones this replica has held since at least `held_since` (ms, this
+    /// node's clock), after `after` (a previous answer's last entry), as (partition, key).
+    pub fn tombstones_since(
+        &self,
+        held_since: u64,
+        after: Option<(PartitionId, &[u8])>,
+        limit: usize,
+    ) -> Result<Vec<(PartitionId, Vec<u8>)>> {
+        let after = after.map(|(p, k)| tomb_key(p, k));
+        let page = self
+            .engine
+            .scan(Keyspace::Meta, TOMB_PREFIX, after.as_deref(), Budget::items(limit))
+            .map_err(storage)?;
+        Ok(page
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let since = u64::from_be_bytes(v.as_slice().try_into().ok()?);
+                let (p, key) = parse_data_key(&k[TOMB_PREFIX.len()..])?;
+                (since <= held_since).then(|| (p, key.to_vec()))
+            })
+            .collect())
+    }
+
+    /// Removes this replica's tombstone of a key if it is still exactly `expected` (nothing
+    /// was written since the reaper checked the other replicas); returns whether it did.
+    pub fn reap(&self, partition: PartitionId, key: &[u8], expected: &Clock) -> Result<bool> {
+        let _guard = lock(self.stripe(key))?;
+        let (local, old) = self.read(partition, key)?;
+        let Some(old) = old else { return Ok(false) };
+        if local != *expected || !is_tombstone(&local) {
+            return Ok(false);
+        }
+        self.engine
+            .write(vec![
+                WriteOp::Delete { space: Keyspace::Data, key: data_key(partition, key) },
+                WriteOp::Delete { space: Keyspace::Meta, key: tomb_key(partition, key) },
+            ])
+            .map_err(storage)?;
+        self.tombstones.fetch_sub(1, Ordering::Relaxed);
+        self.keys.fetch_sub(1, Ordering::Relaxed);
+        self.reaped.fetch_add(1, Ordering::Relaxed);
+        if let Some(tree) = self.trees.get(partition as usize) {
+            lock(tree)?.update(key, Some(&old[..]), None);
+        }
+        Ok(true)
     }
 
     /// This replica's clock for a key (empty when it has none).
@@ -391,7 +522,7 @@ impl Store {
             if merged != *incoming {
                 self.check_caps(&merged, bytes.len())?;
             }
-            self.write_encoded(partition, key, bytes, old)?;
+            self.write_encoded(partition, key, &merged, bytes, &local, old)?;
         }
         Ok(merged)
     }
@@ -427,7 +558,7 @@ impl Store {
         }
         let (local, old) = self.read(partition, key)?;
         let new = f(&local)?;
-        self.write(partition, key, &new, old)?;
+        self.write(partition, key, &new, &local, old)?;
         Ok(new)
     }
 
@@ -684,12 +815,20 @@ impl Store {
             for (key, _) in page {
                 let _guard = lock(self.stripe(&key))?;
                 let Some(bytes) = self.read_raw(partition, &key)? else { continue };
-                self.engine
-                    .write(vec![WriteOp::Delete {
-                        space: Keyspace::Data,
-                        key: data_key(partition, &key),
-                    }])
-                    .map_err(storage)?;
+                let tombstone = is_tombstone(&Clock::decode(&bytes)?);
+                let mut ops =
+                    vec![WriteOp::Delete { space: Keyspace::Data, key: data_key(partition, &key) }];
+                if tombstone {
+                    ops.push(WriteOp::Delete {
+                        space: Keyspace::Meta,
+                        key: tomb_key(partition, &key),
+                    });
+                }
+                self.engine.write(ops).map_err(storage)?;
+                self.keys.fetch_sub(1, Ordering::Relaxed);
+                if tombstone {
+                    self.tombstones.fetch_sub(1, Ordering::Relaxed);
+                }
                 if let Some(tree) = self.trees.get(partition as usize) {
                     let old = merkle::version_digest(&bytes);
                     lock(tree)?.update(&key, Some(&old[..]), None);
@@ -705,9 +844,16 @@ impl Store {
         Ok(!self.scan_partition(partition, None, Budget::items(1))?.is_empty())
     }
 
-    /// Estimated number of keys held (replicas only, not hints).
+    /// Estimated number of keys held (replicas only, not hints), from the engine: RocksDB's
+    /// estimate counts deletions poorly, so it stays high after many; see [`Store::keys`].
     pub fn approximate_keys(&self) -> u64 {
         self.engine.approximate_len(Keyspace::Data)
+    }
+
+    /// Keys held (replicas only, not hints), tombstones included: counted at start and kept
+    /// in step with every write and removal.
+    pub fn keys(&self) -> u64 {
+        self.keys.load(Ordering::Relaxed)
     }
 }
 
@@ -800,6 +946,54 @@ mod tests {
         let store = open();
         assert!(store.actor() != b && store.actor() != a);
         assert_eq!(store.fresh_actor(), Some(lineage::Fresh::UncleanStop));
+    }
+
+    #[test]
+    fn tombstones_are_indexed_counted_and_reaped_only_unchanged() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::default());
+        let store = Store::open(engine.clone(), 8).unwrap();
+        let live = write("v", 1);
+        let tomb = live.update(&live.context(), Value::Tombstone, 1);
+        store.merge(1, b"a", &live).unwrap();
+        store.merge(1, b"b", &tomb).unwrap();
+        store.merge(2, b"c", &live).unwrap();
+        store.merge(2, b"c", &tomb).unwrap();
+        assert_eq!(store.keys(), 3);
+        assert_eq!(store.tombstone_stats(), TombstoneStats { held: 2, reaped: 0 });
+        // Held since now: not due for a grace period that ends before it.
+        assert!(store.tombstones_since(now_ms() - 60_000, None, 10).unwrap().is_empty());
+        let due = store.tombstones_since(now_ms(), None, 10).unwrap();
+        assert_eq!(due, [(1, b"b".to_vec()), (2, b"c".to_vec())]);
+        assert_eq!(
+            store.tombstones_since(now_ms(), Some((1, b"b")), 10).unwrap(),
+            [(2, b"c".to_vec())]
+        );
+        // A write after the check (here: a concurrent value) keeps the key.
+        let concurrent = write("w", 2);
+        store.merge(2, b"c", &concurrent).unwrap();
+        assert_eq!(store.tombstone_stats().held, 1, "c is live again");
+        assert!(!store.reap(2, b"c", &tomb).unwrap());
+        assert!(!store.reap(1, b"a", &live).unwrap(), "only tombstones are reaped");
+        let empty_root = Store::open(Arc::new(MemoryEngine::default()), 8)
+            .unwrap()
+            .with_tree(1, |t| t.root())
+            .unwrap();
+        store.merge(1, b"a", &live.update(&live.context(), Value::Tombstone, 1)).unwrap();
+        let a = store.get(1, b"a").unwrap();
+        assert!(store.reap(1, b"a", &a).unwrap());
+        assert!(store.reap(1, b"b", &tomb).unwrap());
+        assert!(store.get(1, b"b").unwrap().is_empty());
+        assert_eq!(store.with_tree(1, |t| t.root()).unwrap(), empty_root, "the tree forgets them");
+        assert_eq!(store.tombstone_stats(), TombstoneStats { held: 0, reaped: 2 });
+        assert_eq!(store.keys(), 1);
+        assert!(store.tombstones_since(u64::MAX, None, 10).unwrap().is_empty());
+        // Counts and the index are rebuilt from disk.
+        store.merge(3, b"d", &tomb).unwrap();
+        let reopened = Store::open(engine, 8).unwrap();
+        assert_eq!((reopened.keys(), reopened.tombstone_stats().held), (2, 1));
+        assert_eq!(reopened.drop_partition(3).unwrap(), 1);
+        assert_eq!((reopened.keys(), reopened.tombstone_stats().held), (1, 0));
+        assert!(reopened.tombstones_since(u64::MAX, None, 10).unwrap().is_empty());
     }
 
     #[test]
