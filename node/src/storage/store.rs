@@ -17,7 +17,7 @@ use super::{Budget, Engine, Keyspace, WriteOp};
 use crate::error::{Error, Result};
 use crate::merkle::{self, Hash, MerkleTree, TreeShape};
 use crate::ring::{NodeId, PartitionId};
-use crate::version::{Actor, Clock};
+use crate::version::{own_actor_in, Actor, Clock, EPOCH_BITS};
 
 /// Shape of every partition's Merkle tree (cluster-wide: both sides of an exchange must agree):
 /// 16 x 16 = 256 leaves, a few KiB per partition that holds data.
@@ -62,6 +62,22 @@ fn parse_data_key(k: &[u8]) -> Option<(PartitionId, &[u8])> {
 const META_ACTOR: &[u8] = b"actor";
 /// The clean-stop record of [`lineage`]: present only between a clean stop and the next start.
 const META_CLEAN_STOP: &[u8] = b"clean-stop";
+/// The per-key epoch high-water mark: `actor (8 bytes BE) ++ epoch (u32 BE)`, an epoch of
+/// that actor never used yet, persisted (fsync) before any epoch below it is used.
+const META_EPOCH: &[u8] = b"epoch";
+/// Epochs reserved by one durable write.
+const EPOCH_BLOCK: u32 = 4096;
+
+/// Per-key epochs of this run (see `crate::version`'s actor rule).
+#[derive(Debug)]
+struct Epochs {
+    /// The node actor they belong to (its high bits).
+    actor: Actor,
+    /// The next epoch to hand out.
+    next: u32,
+    /// Epochs below this one are reserved durably.
+    reserved: u32,
+}
 const META_PARTITIONS: &[u8] = b"partitions";
 /// The tombstone index, in [`Keyspace::Meta`]: `TOMB_PREFIX ++ data key` -> the time (ms since
 /// the Unix epoch, this node's clock, u64 BE) this replica first held the key as deleted. One
@@ -120,6 +136,8 @@ pub struct Store {
     dir: Option<PathBuf>,
     /// Set by [`Store::stop_cleanly`]: no version is created under `actor` any more.
     stopped: AtomicBool,
+    /// Per-key epochs handed out by [`Store::update_as`].
+    epochs: Mutex<Epochs>,
     /// One Merkle tree per partition (allocated only once the partition holds data).
     trees: Vec<Mutex<MerkleTree>>,
     /// Hints per target node, kept in step with the hint keyspace.
@@ -214,10 +232,11 @@ impl Store {
         let (actor, fresh) = match lineage::choose(stored, record, found) {
             lineage::Choice::Keep(actor) => (actor, None),
             lineage::Choice::Fresh(why) => {
-                // Never the stored one again, never 0.
+                // Never the stored one's node bits again, never 0; epoch bits zero.
                 let actor = std::iter::repeat_with(rand::random::<u64>)
-                    .find(|&a| a != 0 && Some(a) != stored)
-                    .unwrap_or(1);
+                    .map(|a| a >> EPOCH_BITS << EPOCH_BITS)
+                    .find(|&a| a != 0 && Some(a >> EPOCH_BITS) != stored.map(|s| s >> EPOCH_BITS))
+                    .unwrap_or(1 << EPOCH_BITS);
                 (actor, Some(why))
             }
         };
@@ -261,7 +280,14 @@ impl Store {
                 }])
                 .map_err(storage)?,
         }
+        // Epochs continue from the mark only under the same actor (a fresh one starts over).
+        let next_epoch = engine
+            .get(Keyspace::Meta, META_EPOCH)
+            .map_err(storage)?
+            .filter(|b| b.len() == 12 && b[..8] == actor.to_be_bytes())
+            .map_or(1, |b| u32::from_be_bytes([b[8], b[9], b[10], b[11]]));
         let store = Store {
+            epochs: Mutex::new(Epochs { actor, next: next_epoch, reserved: next_epoch }),
             engine,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             actor,
@@ -539,6 +565,58 @@ impl Store {
             return Err(Error::ObjectTooLarge { bytes: encoded, max: caps.bytes });
         }
         Ok(())
+    }
+
+    /// A fresh per-key epoch actor: never handed out before under this node actor.
+    fn fresh_epoch(&self) -> Result<Actor> {
+        let mut e = lock(&self.epochs)?;
+        let max = 1u32 << EPOCH_BITS;
+        // The node actor's own epoch bits (an actor from before epochs) are never handed out.
+        let own = (e.actor & ((1 << EPOCH_BITS) - 1)) as u32;
+        if e.next == own {
+            e.next += 1;
+        }
+        if e.next >= max {
+            return Err(Error::NotReady(
+                "this node has used every per-key epoch of its actor; restart it (it takes a \
+                 fresh actor after an unclean stop: kill it)"
+                    .into(),
+            ));
+        }
+        if e.next >= e.reserved {
+            let reserved = e.next.saturating_add(EPOCH_BLOCK).min(max);
+            let mut mark = e.actor.to_be_bytes().to_vec();
+            mark.extend_from_slice(&reserved.to_be_bytes());
+            self.engine
+                .write_durable(vec![WriteOp::Put {
+                    space: Keyspace::Meta,
+                    key: META_EPOCH.to_vec(),
+                    value: mark,
+                }])
+                .map_err(storage)?;
+            e.reserved = reserved;
+        }
+        let epoch = e.next;
+        e.next += 1;
+        Ok((e.actor >> EPOCH_BITS << EPOCH_BITS) | u64::from(epoch))
+    }
+
+    /// [`Store::update`] for a coordinator: `f` also gets the actor to write under, one of this
+    /// node's own actors already in the local clock, or a fresh per-key epoch (see the actor
+    /// rule in `crate::version`).
+    pub fn update_as(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        f: impl FnOnce(&Clock, Actor) -> Result<Clock>,
+    ) -> Result<Clock> {
+        self.update(partition, key, |local| {
+            let actor = match own_actor_in(local, self.actor) {
+                Some(a) => a,
+                None => self.fresh_epoch()?,
+            };
+            f(local, actor)
+        })
     }
 
     /// Read-modify-write of one key: `f` gets the local clock and returns the new one (or an
@@ -994,6 +1072,40 @@ mod tests {
         assert_eq!(reopened.drop_partition(3).unwrap(), 1);
         assert_eq!((reopened.keys(), reopened.tombstone_stats().held), (1, 0));
         assert!(reopened.tombstones_since(u64::MAX, None, 10).unwrap().is_empty());
+    }
+
+    /// Reaping forgets a key's history on one replica while another may still hold it: the
+    /// next write there must not count under the actor of the forgotten dots.
+    #[test]
+    fn a_key_written_again_after_its_reaping_gets_a_fresh_epoch_never_reused() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::default());
+        let store = Store::open(engine.clone(), 8).unwrap();
+        let put = |value: Value| {
+            store
+                .update_as(1, b"k", |local, actor| Ok(local.update(&local.context(), value, actor)))
+                .unwrap()
+        };
+        let first = put(Value::Data(b"v".to_vec()));
+        let tomb = put(Value::Tombstone);
+        let actor = first.context().entries()[0].0;
+        assert_eq!(tomb.context().entries(), [(actor, 2)], "the key's own epoch continues");
+        assert_eq!(actor >> EPOCH_BITS, store.actor() >> EPOCH_BITS);
+        // Another replica still holds the tombstone; this one reaps it and is written again.
+        assert!(store.reap(1, b"k", &tomb).unwrap());
+        let again = put(Value::Data(b"w".to_vec()));
+        let fresh = again.context().entries()[0].0;
+        assert_ne!(fresh, actor);
+        let merged = tomb.sync(&again);
+        assert_eq!(merged.live_values(), [&b"w"[..]], "the new write is not taken for a seen one");
+        // After a clean restart, epochs continue above everything handed out.
+        store.stop_cleanly().unwrap();
+        let reopened = Store::open(engine, 8).unwrap();
+        assert_eq!(reopened.actor(), store.actor());
+        let other = reopened
+            .update_as(2, b"x", |l, a| Ok(l.update(&l.context(), Value::Data(b"x".to_vec()), a)))
+            .unwrap();
+        let epoch = |a: Actor| a & ((1 << EPOCH_BITS) - 1);
+        assert!(epoch(other.context().entries()[0].0) > epoch(fresh));
     }
 
     #[test]
