@@ -6,7 +6,8 @@
 //!
 //! Tombstone reaping is on (grace 2 s): besides the hot keys, one client writes fresh keys and
 //! deletes them, so they are reaped during the faults; the checker's no-resurrection rule then
-//! covers "nothing deleted and reaped comes back", and every node must have reaped some.
+//! covers "nothing deleted and reaped comes back", and some node must have reaped some
+//! (the counts restart with a node, so a restarted node may show none).
 //!
 //! The schedule and the clients' choices are seeded (default seed below, `FAULTS_SEED` to try
 //! another); `FAULTS_SECONDS` changes how long faults are injected. The longer randomized run
@@ -126,7 +127,7 @@ async fn faults_lose_no_acknowledged_write(nodes: usize, seconds: u64, kinds: &[
     let report = check(&history, &final_state);
     println!("{report}");
     assert!(
-        reaped.iter().all(|r| r.2 > 0),
+        reaped.iter().any(|r| r.2 > 0),
         "reaping never happened, so the run proves nothing about it: {reaped:?}"
     );
     if !report.is_ok() {
