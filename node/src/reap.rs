@@ -13,8 +13,8 @@
 //! grace period later, once the others hold nothing.
 //!
 //! [`verdict`] is the pure rule; [`ReapWorker`] reads the other replicas and applies it, one
-//! key at a time, paced (`background.reap_keys_per_sec`), so it stays within the background
-//! share of every node's admission limits.
+//! key at a time, paced (`background.reap_keys_per_sec`). Its reads are ordinary replica
+//! fetches, which the peers' admission control does not count (as for a client's reads).
 
 use std::sync::Arc;
 use std::time::Duration;
