@@ -212,6 +212,17 @@ pub struct BackgroundConfig {
     /// How long the ring must be settled before a node deletes its copies of the partitions it
     /// no longer replicates (after joins and decommissions), ms; 0 keeps them. Default 300000.
     pub cleanup_after_ms: u64,
+    /// How long a tombstone is kept after this node stored it before it may be reaped (and
+    /// then only once every replica of its key holds it or nothing), ms. Default 86400000
+    /// (1 day): far past the hint window's hand-offs and a stand-in's usual outage, so a hint
+    /// or a late message carrying a deleted value meets the tombstone, not an empty key.
+    pub delete_grace_ms: u64,
+    /// Pause between two passes of the tombstone reaper, ms; 0 disables reaping (tombstones
+    /// are kept forever). Default 60000.
+    pub reap_interval_ms: u64,
+    /// Most tombstones the reaper checks per second (each check reads the key's other
+    /// replicas; 0: unlimited). Default 500.
+    pub reap_keys_per_sec: u32,
 }
 
 impl Default for BackgroundConfig {
@@ -226,6 +237,9 @@ impl Default for BackgroundConfig {
             hint_window_ms: 3 * 3600 * 1000,
             max_hint_bytes_per_target: 1 << 30,
             cleanup_after_ms: 300_000,
+            delete_grace_ms: 24 * 3600 * 1000,
+            reap_interval_ms: 60_000,
+            reap_keys_per_sec: 500,
         }
     }
 }

@@ -103,7 +103,8 @@ pub fn status(out: &ClusterStatus, format: Format) -> String {
                 .collect();
             let doc = json!({
                 "node": out.node_id, "cluster": out.cluster, "n": out.n, "r": out.r, "w": out.w,
-                "partitions": out.partitions, "local_keys": out.local_keys, "nodes": nodes,
+                "partitions": out.partitions, "local_keys": out.local_keys,
+                "tombstones": out.tombstones, "tombstones_reaped": out.tombstones_reaped, "nodes": nodes,
                 "hints": hints, "pending_partitions": out.pending_partitions, "transfers": transfers,
                 "workers": out.workers.iter()
                     .map(|w| json!({ "name": w.name, "state": w.state, "steps": w.steps }))
@@ -159,6 +160,11 @@ pub fn status(out: &ClusterStatus, format: Format) -> String {
                 let _ =
                     writeln!(s, "holding {} hint(s), {} bytes, for {}", h.count, h.bytes, h.target);
             }
+            let _ = writeln!(
+                s,
+                "keys on {}: about {}, {} tombstone(s) held, {} reaped since start",
+                out.node_id, out.local_keys, out.tombstones, out.tombstones_reaped
+            );
             if !out.workers.is_empty() {
                 let workers: Vec<String> = out
                     .workers

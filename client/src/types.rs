@@ -165,7 +165,7 @@ pub struct ClusterStatus {
     pub w: u32,
     pub partitions: u32,
     pub nodes: Vec<NodeInfo>,
-    /// Keys stored on the answering node (an estimate).
+    /// Keys stored on the answering node (replicas, tombstones included; not hints).
     pub local_keys: u64,
     /// Partition transfers the answering node takes part in.
     pub transfers: Vec<Transfer>,
@@ -175,6 +175,10 @@ pub struct ClusterStatus {
     pub hints: Vec<Hints>,
     /// The answering node's background workers.
     pub workers: Vec<WorkerInfo>,
+    /// Keys the answering node holds as tombstones (deleted, not yet reaped).
+    pub tombstones: u64,
+    /// Tombstones the answering node has reaped since it started.
+    pub tombstones_reaped: u64,
 }
 
 /// One background worker of a node (gossip, transfer, handoff, anti-entropy, ...).
@@ -315,6 +319,8 @@ impl From<admin::StatusResponse> for ClusterStatus {
                 })
                 .collect(),
             local_keys: r.local_keys,
+            tombstones: r.tombstones,
+            tombstones_reaped: r.tombstones_reaped,
             transfers: r
                 .transfers
                 .into_iter()

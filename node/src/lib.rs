@@ -5,8 +5,8 @@
 //! Modules follow the protocol concerns, in layers where a module imports only from layers
 //! below it: `ring`, `version`, `merkle` (pure); `storage`, `throttle`, `worker`; `net` (the
 //! traits the protocol needs from the network, and the simulator unit tests run on);
-//! `membership`, `coordinator`, `handoff`, `antientropy` (on `net` and `storage`); `backup`
-//! (checkpoints to a destination and restores, on `storage`); `rpc` (gRPC
+//! `membership`, `coordinator`, `handoff`, `antientropy`, `reap` (on `net` and `storage`);
+//! `backup` (checkpoints to a destination and restores, on `storage`); `rpc` (gRPC
 //! peers and services); `node` (the context owning storage, ring view and peers, and the
 //! background workers); `server` (wiring). The ring and the configuration schema live in
 //! `dynamo-api` (shared with the client and the operator) and are re-exported here.
@@ -21,6 +21,7 @@ pub mod membership;
 pub mod merkle;
 pub mod net;
 pub mod node;
+pub mod reap;
 pub use dynamo_api::ring;
 pub mod rpc;
 pub mod server;

@@ -191,6 +191,17 @@ impl<N: Net> Node<N> {
                 bg.anti_entropy_keys_per_sec,
             ));
         }
+        if bg.reap_interval_ms > 0 {
+            runner.spawn(crate::reap::ReapWorker::new(
+                self.membership.clone(),
+                self.store.clone(),
+                self.net.clone(),
+                n,
+                Duration::from_millis(bg.delete_grace_ms),
+                Duration::from_millis(bg.reap_interval_ms),
+                bg.reap_keys_per_sec,
+            ));
+        }
         runner.spawn(Readiness { membership: self.membership.clone(), health, last: None });
     }
 }

@@ -50,19 +50,18 @@ pub enum StartError {
 
 /// Runs a node until `shutdown` is cancelled.
 pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), StartError> {
-    let engine: Arc<dyn Engine> = match config.engine {
+    let (engine, dir): (Arc<dyn Engine>, _) = match config.engine {
         EngineKind::Rocksdb => {
             let dir =
                 config.data_dir.clone().ok_or_else(|| StartError::Storage("no data_dir".into()))?;
-            Arc::new(
-                RocksEngine::open(&dir, config.sync_writes)
-                    .map_err(|e| StartError::Storage(e.0))?,
-            )
+            let engine = RocksEngine::open(&dir, config.sync_writes)
+                .map_err(|e| StartError::Storage(e.0))?;
+            (Arc::new(engine), Some(dir))
         }
-        EngineKind::Memory => Arc::new(MemoryEngine::default()),
+        EngineKind::Memory => (Arc::new(MemoryEngine::default()), None),
     };
     let store = Arc::new(
-        Store::open(engine, config.cluster.partitions)
+        Store::open_in(engine, config.cluster.partitions, dir.as_deref())
             .map_err(|e| StartError::Storage(e.to_string()))?
             .with_caps(StoreCaps {
                 hint_bytes_per_target: config.background.max_hint_bytes_per_target,
@@ -126,6 +125,7 @@ async fn serve<N: Net>(
         health_listen = %config.health_listen,
         tls = tls.is_some(),
         actor = format!("{:016x}", node.store.actor()),
+        fresh_actor = ?node.store.fresh_actor(),
         seeds = ?config.seeds,
         n = quorum.n, r = quorum.r, w = quorum.w,
         "serving"
@@ -204,6 +204,10 @@ async fn serve<N: Net>(
     // Every worker watches the same token; give them a moment to finish what they are doing.
     shutdown.cancel();
     runner.drain(DRAIN_DEADLINE).await;
+    // Only now may the next start on this directory keep the actor (storage::lineage).
+    if let Err(e) = node.store.stop_cleanly() {
+        tracing::warn!(error = %e, "could not record a clean stop: the next start takes a fresh actor");
+    }
     client?;
     peer?;
     health?;

@@ -10,7 +10,8 @@
 //! own. [`ClusterOptions::tls`] false starts `--dev --insecure` plaintext nodes instead (for
 //! comparisons such as the benchmark's).
 //!
-//! Faults: [`Cluster::kill`] (SIGKILL) and [`Cluster::restart`] on the same data directory,
+//! Faults: [`Cluster::kill`] (SIGKILL) or [`Cluster::stop`] (SIGTERM, a clean stop) and
+//! [`Cluster::restart`] on the same data directory,
 //! [`Cluster::pause`] (SIGSTOP) and [`Cluster::resume_and_sync_faults`] (SIGCONT),
 //! [`Cluster::wipe`] (delete a killed node's data directory), [`Cluster::partition`] and
 //! [`Cluster::heal`]. Partitions are not made in the kernel (that would need root and network
@@ -56,6 +57,10 @@ pub struct ClusterOptions {
     /// Settled time before a node deletes partitions it no longer replicates (0: never, the
     /// default here, so tests can inspect every copy).
     pub cleanup_after_ms: u64,
+    /// How long a tombstone is held before it may be reaped.
+    pub delete_grace_ms: u64,
+    /// Pause between tombstone reaper passes; 0 (the default here) keeps every tombstone.
+    pub reap_interval_ms: u64,
     /// TLS, certificates and tokens (the default); false: `--dev --insecure` plaintext nodes.
     pub tls: bool,
     /// The nodes' test-only fault switch (`SetFaults`), which [`Cluster::partition`] needs;
@@ -82,6 +87,8 @@ impl Default for ClusterOptions {
             handoff_interval_ms: 200,
             transfer_keys_per_sec: 0,
             cleanup_after_ms: 0,
+            delete_grace_ms: BackgroundConfig::default().delete_grace_ms,
+            reap_interval_ms: 0,
             tls: true,
             fault_injection: true,
             limits: Limits::default(),
@@ -247,6 +254,9 @@ impl Cluster {
                 transfer_keys_per_sec: opts.transfer_keys_per_sec,
                 cleanup_after_ms: opts.cleanup_after_ms,
                 hint_window_ms: opts.hint_window_ms,
+                delete_grace_ms: opts.delete_grace_ms,
+                reap_interval_ms: opts.reap_interval_ms,
+                reap_keys_per_sec: 0,
                 ..BackgroundConfig::default()
             },
             ..NodeConfig::default()
@@ -410,6 +420,16 @@ impl Cluster {
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].process.kill();
         self.nodes[i].paused = false;
+    }
+
+    /// Stops node `i` cleanly (SIGTERM; it drains and records a clean stop), failing if it has
+    /// not exited within 15 s.
+    pub async fn stop(&mut self, i: usize) -> anyhow::Result<()> {
+        self.nodes[i].paused = false;
+        if !self.nodes[i].process.stop(Duration::from_secs(15)).await {
+            bail!("{} did not stop within 15 s of SIGTERM:\n{}", self.nodes[i].id, self.log(i));
+        }
+        Ok(())
     }
 
     /// Starts a killed node again on the same data directory and waits until it serves

@@ -293,6 +293,20 @@ pub async fn recorded_put(
     record_write(recorder, name, e, key, action, start, result.map(|_| ()))
 }
 
+/// A delete through `e` carrying the context `ctx` of the get `g`, recorded under client `name`.
+pub async fn recorded_delete(
+    recorder: &Recorder,
+    name: &str,
+    e: &Endpoint,
+    key: &str,
+    g: OpId,
+    ctx: Vec<u8>,
+) -> OpId {
+    let start = recorder.now();
+    let result = e.client.delete(key.as_bytes(), ctx, None).await.map(|_| ());
+    record_write(recorder, name, e, key, Action::Delete { context: g }, start, result)
+}
+
 /// Records a finished put or delete that started at `start`.
 fn record_write(
     recorder: &Recorder,

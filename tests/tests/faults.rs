@@ -4,6 +4,11 @@
 //! replicas converged, and the history checker proves that no acknowledged write was lost, no
 //! value came from nowhere and every replica agrees.
 //!
+//! Tombstone reaping is on (grace 2 s): besides the hot keys, one client writes fresh keys and
+//! deletes them, so they are reaped during the faults; the checker's no-resurrection rule then
+//! covers "nothing deleted and reaped comes back", and some node must have reaped some
+//! (the counts restart with a node, so a restarted node may show none).
+//!
 //! The schedule and the clients' choices are seeded (default seed below, `FAULTS_SEED` to try
 //! another); `FAULTS_SECONDS` changes how long faults are injected. The longer randomized run
 //! is `tests/soak.rs`.
@@ -15,7 +20,9 @@ use dynamo_tests::history::{check, Violation};
 use dynamo_tests::nemesis::{
     converge, endpoints, faulty_round, FaultKind, Nemesis, NemesisOptions,
 };
-use dynamo_tests::workload::{recorded_put, Recorder, WorkloadOptions};
+use dynamo_tests::workload::{
+    recorded_delete, recorded_get, recorded_put, Endpoint, Recorder, WorkloadOptions,
+};
 use dynamo_tests::{Cluster, ClusterOptions};
 
 /// The fault tests run one after the other: on two cores, two clusters under faults at once
@@ -31,6 +38,33 @@ fn env_u64(name: &str, default: u64) -> u64 {
     }
 }
 
+/// Keys the deleting client writes once and deletes (`d0`, `d1`, ...), at most this many.
+const DELETED_KEYS: usize = 300;
+
+/// Puts a fresh key, reads it, deletes it with the read's context, and moves on, until
+/// `stop` or [`DELETED_KEYS`]; returns the keys it touched.
+async fn deleter(
+    recorder: Arc<Recorder>,
+    via: Vec<Endpoint>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<String> {
+    let mut keys = Vec::new();
+    for i in 0..DELETED_KEYS {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        let (key, e) = (format!("d{i}"), &via[i % via.len()]);
+        keys.push(key.clone());
+        recorded_put(&recorder, "del", e, &key, format!("del-{i}"), None).await;
+        let (g, got) = recorded_get(&recorder, "del", e, &key, None).await;
+        if let Some(got) = got.filter(|g| !g.values.is_empty()) {
+            recorded_delete(&recorder, "del", e, &key, g, got.context).await;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    keys
+}
+
 /// Starts `nodes` nodes, runs the workload while injecting `kinds` of faults for `seconds`
 /// (or `FAULTS_SECONDS`), heals, converges and checks; every kind must have occurred.
 async fn faults_lose_no_acknowledged_write(nodes: usize, seconds: u64, kinds: &[FaultKind]) {
@@ -43,9 +77,21 @@ async fn faults_lose_no_acknowledged_write(nodes: usize, seconds: u64, kinds: &[
          FAULTS_SEED={seed} FAULTS_SECONDS={seconds})",
         names.join(", ")
     );
-    let mut cluster =
-        Cluster::start(ClusterOptions { nodes, ..ClusterOptions::default() }).await.unwrap();
+    let mut cluster = Cluster::start(ClusterOptions {
+        nodes,
+        delete_grace_ms: 2000,
+        reap_interval_ms: 300,
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap();
     let recorder = Arc::new(Recorder::new());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deleting = tokio::spawn(deleter(
+        recorder.clone(),
+        endpoints(&cluster, Duration::from_secs(3)),
+        stop.clone(),
+    ));
     let workload = WorkloadOptions { seed, ..WorkloadOptions::default() };
     let mut nemesis = Nemesis::new(NemesisOptions {
         kinds: kinds.to_vec(),
@@ -63,9 +109,27 @@ async fn faults_lose_no_acknowledged_write(nodes: usize, seconds: u64, kinds: &[
     )
     .await
     .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let deleted = deleting.await.unwrap();
+    // Reaping goes on after the faults: give it a few grace periods, then converge those keys.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut final_state = final_state;
+    let deleted_state = converge(&cluster, &deleted, &recorder).await.unwrap();
+    final_state.keys.extend(deleted_state.keys);
+    final_state.notes.extend(deleted_state.notes);
+    let mut reaped = Vec::new();
+    for i in 0..nodes {
+        let s = cluster.status(i).await.unwrap();
+        reaped.push((s.node_id, s.tombstones, s.tombstones_reaped));
+    }
+    println!("{} keys deleted; (node, tombstones held, reaped): {reaped:?}", deleted.len());
     let history = recorder.history();
     let report = check(&history, &final_state);
     println!("{report}");
+    assert!(
+        reaped.iter().any(|r| r.2 > 0),
+        "reaping never happened, so the run proves nothing about it: {reaped:?}"
+    );
     if !report.is_ok() {
         let logs: Vec<String> = (0..nodes)
             .map(|i| format!("--- {} log (tail):\n{}", cluster.nodes[i].id, cluster.log(i)))

@@ -327,12 +327,11 @@ impl<T: Replicas> Coordinator<T> {
         }
 
         let limits = self.settings.limits.clone();
-        let actor = self.store.actor();
         let value = match value {
             Some(v) => Value::Data(v),
             None => Value::Tombstone,
         };
-        let clock = self.store.update(partition, key, |local| {
+        let clock = self.store.update_as(partition, key, |local, actor| {
             let next = local.update(&ctx, value, actor);
             if next.sibling_count() > limits.max_siblings {
                 return Err(Error::TooManySiblings {

@@ -640,7 +640,9 @@ impl<N: Net> AdminService<N> {
             w: shared.quorum.w as u32,
             partitions: shared.partitions,
             nodes,
-            local_keys: shared.store.approximate_keys(),
+            local_keys: shared.store.keys(),
+            tombstones: shared.store.tombstone_stats().held,
+            tombstones_reaped: shared.store.tombstone_stats().reaped,
             transfers,
             pending_partitions,
             hints: shared

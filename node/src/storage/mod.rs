@@ -4,16 +4,18 @@
 //!
 //! Layout: data keys are `partition (u32, big-endian) ++ user key` in [`Keyspace::Data`], so a
 //! whole partition is one contiguous, cheaply scannable range (the unit of transfer, hinting and
-//! Merkle trees). Node metadata (actor id, the partition count the data was laid out with)
-//! lives in [`Keyspace::Meta`], hints for other nodes in [`Keyspace::Hints`].
+//! Merkle trees). Node metadata (actor id, the partition count the data was laid out with, the
+//! clean-stop record of [`lineage`]) lives in [`Keyspace::Meta`], hints for other nodes in
+//! [`Keyspace::Hints`].
 
+pub mod lineage;
 mod memory;
 mod rocks;
 mod store;
 
 pub use memory::MemoryEngine;
 pub use rocks::RocksEngine;
-pub use store::{data_key, HintStats, Store, StoreCaps, TREE_SHAPE};
+pub use store::{data_key, now_ms, HintStats, Store, StoreCaps, TombstoneStats, TREE_SHAPE};
 
 /// Runs long storage work (a partition scan, a partition's deletion) without stalling the async
 /// worker thread it is called from: on the multi-thread runtime the worker hands its other tasks
@@ -99,6 +101,11 @@ pub trait Engine: Send + Sync + 'static {
     fn get(&self, space: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
     /// Applies every op atomically (all or none, also across a crash).
     fn write(&self, ops: Vec<WriteOp>) -> Result<(), StorageError>;
+    /// [`Engine::write`], durable before it returns (fsynced, whatever `sync_writes` says):
+    /// for the few writes a node's safety rests on (its actor, its clean-stop record).
+    fn write_durable(&self, ops: Vec<WriteOp>) -> Result<(), StorageError> {
+        self.write(ops)
+    }
     /// Entries whose key starts with `prefix`, in key order, strictly after `after` when given,
     /// as many as `budget` admits. Paging this way never holds an iterator across calls.
     fn scan(

@@ -82,14 +82,9 @@ impl RocksEngine {
             .cf_handle(space.name())
             .ok_or_else(|| StorageError(format!("column family {} is missing", space.name())))
     }
-}
 
-impl Engine for RocksEngine {
-    fn get(&self, space: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.db.get_cf(self.cf(space)?, key).map_err(err)
-    }
-
-    fn write(&self, ops: Vec<WriteOp>) -> Result<(), StorageError> {
+    /// One atomic batch, fsynced when `sync`.
+    fn write_with(&self, ops: Vec<WriteOp>, sync: bool) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         for op in &ops {
             match op {
@@ -98,8 +93,22 @@ impl Engine for RocksEngine {
             }
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(self.sync_writes);
+        wo.set_sync(sync);
         self.db.write_opt(batch, &wo).map_err(err)
+    }
+}
+
+impl Engine for RocksEngine {
+    fn get(&self, space: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db.get_cf(self.cf(space)?, key).map_err(err)
+    }
+
+    fn write(&self, ops: Vec<WriteOp>) -> Result<(), StorageError> {
+        self.write_with(ops, self.sync_writes)
+    }
+
+    fn write_durable(&self, ops: Vec<WriteOp>) -> Result<(), StorageError> {
+        self.write_with(ops, true)
     }
 
     fn scan(

@@ -8,13 +8,16 @@
 //! replicas this node owns, with per-target counts.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::lineage::{self, CleanStop, Found};
 use super::{Budget, Engine, Keyspace, WriteOp};
 use crate::error::{Error, Result};
 use crate::merkle::{self, Hash, MerkleTree, TreeShape};
 use crate::ring::{NodeId, PartitionId};
-use crate::version::{Actor, Clock};
+use crate::version::{own_actor_in, Actor, Clock, EPOCH_BITS};
 
 /// Shape of every partition's Merkle tree (cluster-wide: both sides of an exchange must agree):
 /// 16 x 16 = 256 leaves, a few KiB per partition that holds data.
@@ -57,7 +60,57 @@ fn parse_data_key(k: &[u8]) -> Option<(PartitionId, &[u8])> {
 }
 
 const META_ACTOR: &[u8] = b"actor";
+/// The clean-stop record of [`lineage`]: present only between a clean stop and the next start.
+const META_CLEAN_STOP: &[u8] = b"clean-stop";
+/// The per-key epoch high-water mark: `actor (8 bytes BE) ++ epoch (u32 BE)`, an epoch of
+/// that actor never used yet, persisted (fsync) before any epoch below it is used.
+const META_EPOCH: &[u8] = b"epoch";
+/// Epochs reserved by one durable write.
+const EPOCH_BLOCK: u32 = 4096;
+
+/// Per-key epochs of this run (see `crate::version`'s actor rule).
+#[derive(Debug)]
+struct Epochs {
+    /// The node actor they belong to (its high bits).
+    actor: Actor,
+    /// The next epoch to hand out.
+    next: u32,
+    /// Epochs below this one are reserved durably.
+    reserved: u32,
+}
 const META_PARTITIONS: &[u8] = b"partitions";
+/// The tombstone index, in [`Keyspace::Meta`]: `TOMB_PREFIX ++ data key` -> the time (ms since
+/// the Unix epoch, this node's clock, u64 BE) this replica first held the key as deleted. One
+/// entry exactly for each key whose stored clock is a tombstone, written in the same batch.
+const TOMB_PREFIX: &[u8] = b"tomb/";
+
+fn tomb_key(partition: PartitionId, key: &[u8]) -> Vec<u8> {
+    let mut k = TOMB_PREFIX.to_vec();
+    k.extend_from_slice(&data_key(partition, key));
+    k
+}
+
+/// Whether a stored clock is a tombstone (every value is one; an empty clock is not stored).
+fn is_tombstone(clock: &Clock) -> bool {
+    clock.is_deleted()
+}
+
+/// This node's wall clock, ms since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Tombstones held and reaped, for `Admin.Status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TombstoneStats {
+    /// Keys this node holds as tombstones now.
+    pub held: u64,
+    /// Tombstones this node has reaped since it started.
+    pub reaped: u64,
+}
+
 /// Lock stripes: enough that unrelated keys rarely share one.
 const STRIPES: usize = 1024;
 
@@ -74,14 +127,29 @@ pub struct Store {
     engine: Arc<dyn Engine>,
     /// Serialises read-modify-write cycles per key (by hash of the key).
     stripes: Vec<Mutex<()>>,
-    /// This data directory's actor id: the name under which this node creates versions.
+    /// The actor under which this run creates versions: the stored one only when the last run
+    /// stopped cleanly on this very directory ([`lineage`]), else a fresh one.
     actor: Actor,
+    /// Why this run took a fresh actor (`None`: it kept the last run's).
+    fresh: Option<lineage::Fresh>,
+    /// The data directory (None for the in-memory engine), where a clean stop leaves its marker.
+    dir: Option<PathBuf>,
+    /// Set by [`Store::stop_cleanly`]: no version is created under `actor` any more.
+    stopped: AtomicBool,
+    /// Per-key epochs handed out by [`Store::update_as`].
+    epochs: Mutex<Epochs>,
     /// One Merkle tree per partition (allocated only once the partition holds data).
     trees: Vec<Mutex<MerkleTree>>,
     /// Hints per target node, kept in step with the hint keyspace.
     hint_stats: Mutex<BTreeMap<NodeId, HintStats>>,
     /// What a replica merge may leave in one key, and the hints kept for one node.
     caps: StoreCaps,
+    /// Keys held as tombstones (entries of the tombstone index).
+    tombstones: std::sync::atomic::AtomicU64,
+    /// Keys held (replicas, tombstones included).
+    keys: std::sync::atomic::AtomicU64,
+    /// Tombstones reaped since start.
+    reaped: std::sync::atomic::AtomicU64,
 }
 
 /// What the store keeps at most: in one key after a replica merge, and in hints for one node.
@@ -127,30 +195,69 @@ fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
 }
 
 impl Store {
-    /// Opens the store, creating the actor id on first use and checking that the data was laid
-    /// out with the configured partition count.
+    /// Opens a store without a data directory (the in-memory engine, tests): see
+    /// [`Store::open_in`].
     pub fn open(engine: Arc<dyn Engine>, partitions: u32) -> Result<Store> {
-        let actor = match engine.get(Keyspace::Meta, META_ACTOR).map_err(storage)? {
+        Store::open_in(engine, partitions, None)
+    }
+
+    /// Opens the store on the engine whose data lives in `dir`, checking that the data was laid
+    /// out with the configured partition count, and chooses the actor of this run
+    /// ([`lineage::choose`]): the stored one when the last run stopped cleanly on this very
+    /// directory, a fresh one otherwise. The choice is made durable, and the clean-stop record
+    /// consumed, before anything else is written.
+    pub fn open_in(engine: Arc<dyn Engine>, partitions: u32, dir: Option<&Path>) -> Result<Store> {
+        let stored = match engine.get(Keyspace::Meta, META_ACTOR).map_err(storage)? {
             Some(bytes) => {
                 let raw: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
                     Error::Storage("the stored actor id is corrupt (not 8 bytes)".into())
                 })?;
-                u64::from_be_bytes(raw)
+                Some(u64::from_be_bytes(raw))
             }
-            None => {
-                // A fresh data directory gets a fresh actor, so a node whose disk was wiped
-                // never re-issues version dots it issued before.
-                let actor: Actor = rand::random::<u64>().max(1);
-                engine
-                    .write(vec![WriteOp::Put {
-                        space: Keyspace::Meta,
-                        key: META_ACTOR.to_vec(),
-                        value: actor.to_be_bytes().to_vec(),
-                    }])
-                    .map_err(storage)?;
-                actor
+            None => None,
+        };
+        let record = engine
+            .get(Keyspace::Meta, META_CLEAN_STOP)
+            .map_err(storage)?
+            .and_then(|b| CleanStop::decode(&b));
+        let found = match dir {
+            None => Found::NoDirectory,
+            Some(d) => Found::Marker(lineage::read_marker(d).map_err(|e| {
+                Error::Storage(format!(
+                    "cannot read {}: {e}",
+                    d.join(lineage::MARKER_FILE).display()
+                ))
+            })?),
+        };
+        let (actor, fresh) = match lineage::choose(stored, record, found) {
+            lineage::Choice::Keep(actor) => (actor, None),
+            lineage::Choice::Fresh(why) => {
+                // Never the stored one's node bits again, never 0; epoch bits zero.
+                let actor = std::iter::repeat_with(rand::random::<u64>)
+                    .map(|a| a >> EPOCH_BITS << EPOCH_BITS)
+                    .find(|&a| a != 0 && Some(a >> EPOCH_BITS) != stored.map(|s| s >> EPOCH_BITS))
+                    .unwrap_or(1 << EPOCH_BITS);
+                (actor, Some(why))
             }
         };
+        engine
+            .write_durable(vec![
+                WriteOp::Put {
+                    space: Keyspace::Meta,
+                    key: META_ACTOR.to_vec(),
+                    value: actor.to_be_bytes().to_vec(),
+                },
+                WriteOp::Delete { space: Keyspace::Meta, key: META_CLEAN_STOP.to_vec() },
+            ])
+            .map_err(storage)?;
+        if let Some(d) = dir {
+            lineage::remove_marker(d).map_err(|e| {
+                Error::Storage(format!(
+                    "cannot remove {}: {e}",
+                    d.join(lineage::MARKER_FILE).display()
+                ))
+            })?;
+        }
         match engine.get(Keyspace::Meta, META_PARTITIONS).map_err(storage)? {
             Some(bytes) => {
                 let stored =
@@ -173,13 +280,26 @@ impl Store {
                 }])
                 .map_err(storage)?,
         }
+        // Epochs continue from the mark only under the same actor (a fresh one starts over).
+        let next_epoch = engine
+            .get(Keyspace::Meta, META_EPOCH)
+            .map_err(storage)?
+            .filter(|b| b.len() == 12 && b[..8] == actor.to_be_bytes())
+            .map_or(1, |b| u32::from_be_bytes([b[8], b[9], b[10], b[11]]));
         let store = Store {
+            epochs: Mutex::new(Epochs { actor, next: next_epoch, reserved: next_epoch }),
             engine,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             actor,
+            fresh,
+            dir: dir.map(Path::to_path_buf),
+            stopped: AtomicBool::new(false),
             trees: (0..partitions).map(|_| Mutex::new(MerkleTree::new(TREE_SHAPE))).collect(),
             hint_stats: Mutex::new(BTreeMap::new()),
             caps: StoreCaps::from_limits(&crate::config::Limits::default()),
+            tombstones: Default::default(),
+            keys: Default::default(),
+            reaped: Default::default(),
         };
         store.load()?;
         Ok(store)
@@ -197,8 +317,17 @@ impl Store {
             after = Some(last.0.clone());
             for (k, v) in &page {
                 if let Some((p, key)) = parse_data_key(k) {
+                    self.keys.fetch_add(1, Ordering::Relaxed);
                     if let Some(tree) = self.trees.get(p as usize) {
                         lock(tree)?.update(key, None, Some(&merkle::version_digest(v)));
+                    }
+                    if is_tombstone(&Clock::decode(v)?) {
+                        self.tombstones.fetch_add(1, Ordering::Relaxed);
+                        // Tombstones written before the index existed get an entry now.
+                        let tk = tomb_key(p, key);
+                        if self.engine.get(Keyspace::Meta, &tk).map_err(storage)?.is_none() {
+                            self.meta_put(&tk, &now_ms().to_be_bytes())?;
+                        }
                     }
                 }
             }
@@ -239,6 +368,40 @@ impl Store {
         self.actor
     }
 
+    /// Why this run took a fresh actor; `None` when it kept the last run's.
+    pub fn fresh_actor(&self) -> Option<lineage::Fresh> {
+        self.fresh
+    }
+
+    /// The last thing a node does when it stops cleanly: refuses every later version under its
+    /// actor (waiting for those being written), then leaves a new marker file and the
+    /// clean-stop record naming it, both fsynced, so the next start on this directory, and only
+    /// on it, may keep the actor. A node that stops without this takes a fresh actor next time.
+    pub fn stop_cleanly(&self) -> Result<()> {
+        self.stopped.store(true, Ordering::SeqCst);
+        // An update that checked the flag before it was set holds its stripe until written.
+        for stripe in &self.stripes {
+            drop(lock(stripe)?);
+        }
+        let marker = match &self.dir {
+            Some(d) => Some(lineage::write_marker(d).map_err(|e| {
+                Error::Storage(format!(
+                    "cannot write {}: {e}",
+                    d.join(lineage::MARKER_FILE).display()
+                ))
+            })?),
+            None => None,
+        };
+        let record = CleanStop { actor: self.actor, marker };
+        self.engine
+            .write_durable(vec![WriteOp::Put {
+                space: Keyspace::Meta,
+                key: META_CLEAN_STOP.to_vec(),
+                value: record.encode(),
+            }])
+            .map_err(storage)
+    }
+
     fn stripe(&self, key: &[u8]) -> &Mutex<()> {
         // FNV-1a: cheap and good enough to spread keys over stripes.
         let h = key
@@ -258,37 +421,118 @@ impl Store {
         }
     }
 
-    /// Writes a replica and updates its partition's tree (`old` is the digest it replaces).
+    /// Writes a replica over `local` (`old` is its digest) and updates its partition's tree
+    /// and the tombstone index.
     fn write(
         &self,
         partition: PartitionId,
         key: &[u8],
         clock: &Clock,
+        local: &Clock,
         old: Option<Hash>,
     ) -> Result<()> {
-        self.write_encoded(partition, key, clock.encode(), old)
+        self.write_encoded(partition, key, clock, clock.encode(), local, old)
     }
 
-    /// [`Store::write`] of a clock already encoded.
+    /// [`Store::write`] of a clock already encoded (`bytes`).
     fn write_encoded(
         &self,
         partition: PartitionId,
         key: &[u8],
+        clock: &Clock,
         bytes: Vec<u8>,
+        local: &Clock,
         old: Option<Hash>,
     ) -> Result<()> {
         let new = merkle::version_digest(&bytes);
-        self.engine
-            .write(vec![WriteOp::Put {
-                space: Keyspace::Data,
-                key: data_key(partition, key),
-                value: bytes,
-            }])
-            .map_err(storage)?;
+        let mut ops = vec![WriteOp::Put {
+            space: Keyspace::Data,
+            key: data_key(partition, key),
+            value: bytes,
+        }];
+        let (was, is) = (old.is_some() && is_tombstone(local), is_tombstone(clock));
+        if is && !was {
+            let since = now_ms().to_be_bytes().to_vec();
+            ops.push(WriteOp::Put {
+                space: Keyspace::Meta,
+                key: tomb_key(partition, key),
+                value: since,
+            });
+        } else if was && !is {
+            ops.push(WriteOp::Delete { space: Keyspace::Meta, key: tomb_key(partition, key) });
+        }
+        self.engine.write(ops).map_err(storage)?;
+        if old.is_none() {
+            self.keys.fetch_add(1, Ordering::Relaxed);
+        }
+        match (was, is) {
+            (false, true) => {
+                self.tombstones.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.tombstones.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
         if let Some(tree) = self.trees.get(partition as usize) {
             lock(tree)?.update(key, old.as_ref().map(|h| &h[..]), Some(&new));
         }
         Ok(())
+    }
+
+    /// Tombstones held now and reaped since start.
+    pub fn tombstone_stats(&self) -> TombstoneStats {
+        TombstoneStats {
+            held: self.tombstones.load(Ordering::Relaxed),
+            reaped: self.reaped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Up to `limit` tombstones this replica has held since at least `held_since` (ms, this
+    /// node's clock), after `after` (a previous answer's last entry), as (partition, key).
+    pub fn tombstones_since(
+        &self,
+        held_since: u64,
+        after: Option<(PartitionId, &[u8])>,
+        limit: usize,
+    ) -> Result<Vec<(PartitionId, Vec<u8>)>> {
+        let after = after.map(|(p, k)| tomb_key(p, k));
+        let page = self
+            .engine
+            .scan(Keyspace::Meta, TOMB_PREFIX, after.as_deref(), Budget::items(limit))
+            .map_err(storage)?;
+        Ok(page
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let since = u64::from_be_bytes(v.as_slice().try_into().ok()?);
+                let (p, key) = parse_data_key(&k[TOMB_PREFIX.len()..])?;
+                (since <= held_since).then(|| (p, key.to_vec()))
+            })
+            .collect())
+    }
+
+    /// Removes this replica's tombstone of a key if it is still exactly `expected` (nothing
+    /// was written since the reaper checked the other replicas); returns whether it did.
+    pub fn reap(&self, partition: PartitionId, key: &[u8], expected: &Clock) -> Result<bool> {
+        let _guard = lock(self.stripe(key))?;
+        let (local, old) = self.read(partition, key)?;
+        let Some(old) = old else { return Ok(false) };
+        if local != *expected || !is_tombstone(&local) {
+            return Ok(false);
+        }
+        self.engine
+            .write(vec![
+                WriteOp::Delete { space: Keyspace::Data, key: data_key(partition, key) },
+                WriteOp::Delete { space: Keyspace::Meta, key: tomb_key(partition, key) },
+            ])
+            .map_err(storage)?;
+        self.tombstones.fetch_sub(1, Ordering::Relaxed);
+        self.keys.fetch_sub(1, Ordering::Relaxed);
+        self.reaped.fetch_add(1, Ordering::Relaxed);
+        if let Some(tree) = self.trees.get(partition as usize) {
+            lock(tree)?.update(key, Some(&old[..]), None);
+        }
+        Ok(true)
     }
 
     /// This replica's clock for a key (empty when it has none).
@@ -309,7 +553,7 @@ impl Store {
             if merged != *incoming {
                 self.check_caps(&merged, bytes.len())?;
             }
-            self.write_encoded(partition, key, bytes, old)?;
+            self.write_encoded(partition, key, &merged, bytes, &local, old)?;
         }
         Ok(merged)
     }
@@ -328,8 +572,61 @@ impl Store {
         Ok(())
     }
 
+    /// A fresh per-key epoch actor: never handed out before under this node actor.
+    fn fresh_epoch(&self) -> Result<Actor> {
+        let mut e = lock(&self.epochs)?;
+        let max = 1u32 << EPOCH_BITS;
+        // The node actor's own epoch bits (an actor from before epochs) are never handed out.
+        let own = (e.actor & ((1 << EPOCH_BITS) - 1)) as u32;
+        if e.next == own {
+            e.next += 1;
+        }
+        if e.next >= max {
+            return Err(Error::NotReady(
+                "this node has used every per-key epoch of its actor; restart it (it takes a \
+                 fresh actor after an unclean stop: kill it)"
+                    .into(),
+            ));
+        }
+        if e.next >= e.reserved {
+            let reserved = e.next.saturating_add(EPOCH_BLOCK).min(max);
+            let mut mark = e.actor.to_be_bytes().to_vec();
+            mark.extend_from_slice(&reserved.to_be_bytes());
+            self.engine
+                .write_durable(vec![WriteOp::Put {
+                    space: Keyspace::Meta,
+                    key: META_EPOCH.to_vec(),
+                    value: mark,
+                }])
+                .map_err(storage)?;
+            e.reserved = reserved;
+        }
+        let epoch = e.next;
+        e.next += 1;
+        Ok((e.actor >> EPOCH_BITS << EPOCH_BITS) | u64::from(epoch))
+    }
+
+    /// [`Store::update`] for a coordinator: `f` also gets the actor to write under, one of this
+    /// node's own actors already in the local clock, or a fresh per-key epoch (see the actor
+    /// rule in `crate::version`).
+    pub fn update_as(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        f: impl FnOnce(&Clock, Actor) -> Result<Clock>,
+    ) -> Result<Clock> {
+        self.update(partition, key, |local| {
+            let actor = match own_actor_in(local, self.actor) {
+                Some(a) => a,
+                None => self.fresh_epoch()?,
+            };
+            f(local, actor)
+        })
+    }
+
     /// Read-modify-write of one key: `f` gets the local clock and returns the new one (or an
-    /// error, in which case nothing is written).
+    /// error, in which case nothing is written). This is how a coordinator creates versions
+    /// under [`Store::actor`]; refused once [`Store::stop_cleanly`] has begun.
     pub fn update(
         &self,
         partition: PartitionId,
@@ -337,9 +634,14 @@ impl Store {
         f: impl FnOnce(&Clock) -> Result<Clock>,
     ) -> Result<Clock> {
         let _guard = lock(self.stripe(key))?;
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(Error::NotReady(
+                "this node is stopping and takes no more writes; retry through another node".into(),
+            ));
+        }
         let (local, old) = self.read(partition, key)?;
         let new = f(&local)?;
-        self.write(partition, key, &new, old)?;
+        self.write(partition, key, &new, &local, old)?;
         Ok(new)
     }
 
@@ -596,12 +898,20 @@ impl Store {
             for (key, _) in page {
                 let _guard = lock(self.stripe(&key))?;
                 let Some(bytes) = self.read_raw(partition, &key)? else { continue };
-                self.engine
-                    .write(vec![WriteOp::Delete {
-                        space: Keyspace::Data,
-                        key: data_key(partition, &key),
-                    }])
-                    .map_err(storage)?;
+                let tombstone = is_tombstone(&Clock::decode(&bytes)?);
+                let mut ops =
+                    vec![WriteOp::Delete { space: Keyspace::Data, key: data_key(partition, &key) }];
+                if tombstone {
+                    ops.push(WriteOp::Delete {
+                        space: Keyspace::Meta,
+                        key: tomb_key(partition, &key),
+                    });
+                }
+                self.engine.write(ops).map_err(storage)?;
+                self.keys.fetch_sub(1, Ordering::Relaxed);
+                if tombstone {
+                    self.tombstones.fetch_sub(1, Ordering::Relaxed);
+                }
                 if let Some(tree) = self.trees.get(partition as usize) {
                     let old = merkle::version_digest(&bytes);
                     lock(tree)?.update(&key, Some(&old[..]), None);
@@ -617,9 +927,16 @@ impl Store {
         Ok(!self.scan_partition(partition, None, Budget::items(1))?.is_empty())
     }
 
-    /// Estimated number of keys held (replicas only, not hints).
+    /// Estimated number of keys held (replicas only, not hints), from the engine: RocksDB's
+    /// estimate counts deletions poorly, so it stays high after many; see [`Store::keys`].
     pub fn approximate_keys(&self) -> u64 {
         self.engine.approximate_len(Keyspace::Data)
+    }
+
+    /// Keys held (replicas only, not hints), tombstones included: counted at start and kept
+    /// in step with every write and removal.
+    pub fn keys(&self) -> u64 {
+        self.keys.load(Ordering::Relaxed)
     }
 }
 
@@ -630,12 +947,170 @@ mod tests {
     use crate::version::{Value, VersionVector};
 
     #[test]
-    fn actor_is_stable_and_partition_count_is_checked() {
+    fn the_actor_is_kept_only_across_a_clean_stop_and_partition_count_is_checked() {
         let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::default());
-        let a = Store::open(engine.clone(), 64).unwrap().actor();
-        assert_eq!(Store::open(engine.clone(), 64).unwrap().actor(), a);
+        let first = Store::open(engine.clone(), 64).unwrap();
+        let a = first.actor();
+        assert_eq!(first.fresh_actor(), Some(lineage::Fresh::NewDirectory));
+        first.stop_cleanly().unwrap();
+        let refused = first.update(1, b"k", |c| Ok(c.clone())).unwrap_err();
+        assert!(matches!(refused, Error::NotReady(_)), "{refused}");
+        let second = Store::open(engine.clone(), 64).unwrap();
+        assert_eq!((second.actor(), second.fresh_actor()), (a, None));
+        // No clean stop this time (a crash): the next run must not reuse `a`.
+        let third = Store::open(engine.clone(), 64).unwrap();
+        assert_ne!(third.actor(), a);
+        assert_eq!(third.fresh_actor(), Some(lineage::Fresh::UncleanStop));
         let err = Store::open(engine, 128).err().unwrap().to_string();
         assert!(err.contains("created for 64 partitions"), "{err}");
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    /// KV679 on one node: a copy of a cleanly stopped directory, restored after the node wrote
+    /// more, must not write under the actor again (its dots were issued after the copy).
+    #[test]
+    fn a_directory_restored_from_a_copy_writes_under_a_fresh_actor() {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, copy) = (root.path().join("data"), root.path().join("copy"));
+        let open = || {
+            let engine: Arc<dyn Engine> =
+                Arc::new(super::super::RocksEngine::open(&dir, false).unwrap());
+            Store::open_in(engine, 8, Some(&dir)).unwrap()
+        };
+        let store = open();
+        let a = store.actor();
+        store
+            .update(1, b"k", |c| {
+                Ok(c.update(&VersionVector::new(), Value::Data(b"v1".to_vec()), a))
+            })
+            .unwrap();
+        store.stop_cleanly().unwrap();
+        drop(store);
+        copy_dir(&dir, &copy);
+        // Restarted in place after a clean stop: same actor.
+        let store = open();
+        assert_eq!((store.actor(), store.fresh_actor()), (a, None));
+        let v2 = store
+            .update(1, b"k", |c| Ok(c.update(&c.context(), Value::Data(b"v2".to_vec()), a)))
+            .unwrap();
+        store.stop_cleanly().unwrap();
+        drop(store);
+        // The copy comes back in its place.
+        std::fs::remove_dir_all(&dir).unwrap();
+        copy_dir(&copy, &dir);
+        let store = open();
+        assert_ne!(store.actor(), a);
+        assert_eq!(store.fresh_actor(), Some(lineage::Fresh::CopiedOrRestored));
+        let b = store.actor();
+        let v3 = store
+            .update(1, b"k", |c| {
+                Ok(c.update(&VersionVector::new(), Value::Data(b"v3".to_vec()), b))
+            })
+            .unwrap();
+        // The other replicas hold v2; v3 is concurrent with it, not a repeat of its dot.
+        let merged = v2.sync(&v3);
+        let mut values = merged.live_values();
+        values.sort();
+        assert_eq!(values, [&b"v2"[..], b"v3"]);
+        // A crash (no clean stop): fresh again.
+        drop(store);
+        let store = open();
+        assert!(store.actor() != b && store.actor() != a);
+        assert_eq!(store.fresh_actor(), Some(lineage::Fresh::UncleanStop));
+    }
+
+    #[test]
+    fn tombstones_are_indexed_counted_and_reaped_only_unchanged() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::default());
+        let store = Store::open(engine.clone(), 8).unwrap();
+        let live = write("v", 1);
+        let tomb = live.update(&live.context(), Value::Tombstone, 1);
+        store.merge(1, b"a", &live).unwrap();
+        store.merge(1, b"b", &tomb).unwrap();
+        store.merge(2, b"c", &live).unwrap();
+        store.merge(2, b"c", &tomb).unwrap();
+        assert_eq!(store.keys(), 3);
+        assert_eq!(store.tombstone_stats(), TombstoneStats { held: 2, reaped: 0 });
+        // Held since now: not due for a grace period that ends before it.
+        assert!(store.tombstones_since(now_ms() - 60_000, None, 10).unwrap().is_empty());
+        let due = store.tombstones_since(now_ms(), None, 10).unwrap();
+        assert_eq!(due, [(1, b"b".to_vec()), (2, b"c".to_vec())]);
+        assert_eq!(
+            store.tombstones_since(now_ms(), Some((1, b"b")), 10).unwrap(),
+            [(2, b"c".to_vec())]
+        );
+        // A write after the check (here: a concurrent value) keeps the key.
+        let concurrent = write("w", 2);
+        store.merge(2, b"c", &concurrent).unwrap();
+        assert_eq!(store.tombstone_stats().held, 1, "c is live again");
+        assert!(!store.reap(2, b"c", &tomb).unwrap());
+        assert!(!store.reap(1, b"a", &live).unwrap(), "only tombstones are reaped");
+        let empty_root = Store::open(Arc::new(MemoryEngine::default()), 8)
+            .unwrap()
+            .with_tree(1, |t| t.root())
+            .unwrap();
+        store.merge(1, b"a", &live.update(&live.context(), Value::Tombstone, 1)).unwrap();
+        let a = store.get(1, b"a").unwrap();
+        assert!(store.reap(1, b"a", &a).unwrap());
+        assert!(store.reap(1, b"b", &tomb).unwrap());
+        assert!(store.get(1, b"b").unwrap().is_empty());
+        assert_eq!(store.with_tree(1, |t| t.root()).unwrap(), empty_root, "the tree forgets them");
+        assert_eq!(store.tombstone_stats(), TombstoneStats { held: 0, reaped: 2 });
+        assert_eq!(store.keys(), 1);
+        assert!(store.tombstones_since(u64::MAX, None, 10).unwrap().is_empty());
+        // Counts and the index are rebuilt from disk.
+        store.merge(3, b"d", &tomb).unwrap();
+        let reopened = Store::open(engine, 8).unwrap();
+        assert_eq!((reopened.keys(), reopened.tombstone_stats().held), (2, 1));
+        assert_eq!(reopened.drop_partition(3).unwrap(), 1);
+        assert_eq!((reopened.keys(), reopened.tombstone_stats().held), (1, 0));
+        assert!(reopened.tombstones_since(u64::MAX, None, 10).unwrap().is_empty());
+    }
+
+    /// Reaping forgets a key's history on one replica while another may still hold it: the
+    /// next write there must not count under the actor of the forgotten dots.
+    #[test]
+    fn a_key_written_again_after_its_reaping_gets_a_fresh_epoch_never_reused() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::default());
+        let store = Store::open(engine.clone(), 8).unwrap();
+        let put = |value: Value| {
+            store
+                .update_as(1, b"k", |local, actor| Ok(local.update(&local.context(), value, actor)))
+                .unwrap()
+        };
+        let first = put(Value::Data(b"v".to_vec()));
+        let tomb = put(Value::Tombstone);
+        let actor = first.context().entries()[0].0;
+        assert_eq!(tomb.context().entries(), [(actor, 2)], "the key's own epoch continues");
+        assert_eq!(actor >> EPOCH_BITS, store.actor() >> EPOCH_BITS);
+        // Another replica still holds the tombstone; this one reaps it and is written again.
+        assert!(store.reap(1, b"k", &tomb).unwrap());
+        let again = put(Value::Data(b"w".to_vec()));
+        let fresh = again.context().entries()[0].0;
+        assert_ne!(fresh, actor);
+        let merged = tomb.sync(&again);
+        assert_eq!(merged.live_values(), [&b"w"[..]], "the new write is not taken for a seen one");
+        // After a clean restart, epochs continue above everything handed out.
+        store.stop_cleanly().unwrap();
+        let reopened = Store::open(engine, 8).unwrap();
+        assert_eq!(reopened.actor(), store.actor());
+        let other = reopened
+            .update_as(2, b"x", |l, a| Ok(l.update(&l.context(), Value::Data(b"x".to_vec()), a)))
+            .unwrap();
+        let epoch = |a: Actor| a & ((1 << EPOCH_BITS) - 1);
+        assert!(epoch(other.context().entries()[0].0) > epoch(fresh));
     }
 
     #[test]
