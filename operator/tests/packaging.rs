@@ -80,8 +80,11 @@ fn stages(instructions: &[Instruction]) -> Vec<(String, Option<String>, Vec<&Ins
             let name = (words.len() == 3 && words[1].eq_ignore_ascii_case("AS"))
                 .then(|| words[2].to_string());
             stages.push((words[0].to_string(), name, Vec::new()));
+        } else if let Some(stage) = stages.last_mut() {
+            stage.2.push(i);
         } else {
-            stages.last_mut().expect("FROM comes first").2.push(i);
+            // Only global build arguments (e.g. the offline images' BASE) precede the first FROM.
+            assert_eq!(i.keyword, "ARG", "FROM comes first, after global ARGs only");
         }
     }
     stages
@@ -237,7 +240,9 @@ fn runtime_settings(path: &str) -> Vec<(String, String)> {
     let (_, _, runtime) = stages.last().unwrap();
     runtime
         .iter()
-        .filter(|i| ["USER", "ENTRYPOINT", "CMD", "ENV", "EXPOSE", "VOLUME"].contains(&i.keyword.as_str()))
+        .filter(|i| {
+            ["USER", "ENTRYPOINT", "CMD", "ENV", "EXPOSE", "VOLUME"].contains(&i.keyword.as_str())
+        })
         .map(|i| (i.keyword.clone(), i.args.split_whitespace().collect::<Vec<_>>().join(" ")))
         .collect()
 }
@@ -258,7 +263,10 @@ fn offline_images_run_like_the_multi_stage_ones() {
         for path in [&multi, &offline] {
             let labels = read(path);
             for label in ["revision=${REVISION}", "version=${VERSION}"] {
-                assert!(labels.contains(&format!("org.opencontainers.image.{label}")), "{path}: {label}");
+                assert!(
+                    labels.contains(&format!("org.opencontainers.image.{label}")),
+                    "{path}: {label}"
+                );
             }
         }
     }
@@ -315,7 +323,8 @@ fn image_references_agree_everywhere() {
     assert!(read("e2e/kind/up").contains("images/refs"), "e2e/kind/up reads images/refs");
 
     // Every versioned reference in the docs and Dockerfiles has this version.
-    let docs = ["README.md", "e2e/README.md", "images/node.Dockerfile", "images/operator.Dockerfile"];
+    let docs =
+        ["README.md", "e2e/README.md", "images/node.Dockerfile", "images/operator.Dockerfile"];
     for doc in docs {
         let text = read(doc);
         for (at, _) in text.match_indices(&format!("{IMAGE_REGISTRY}/dynamo-")) {
