@@ -1,7 +1,10 @@
 # syntax=docker/dockerfile:1
 # The storage node image: dynamo-node (the server) and dynamoctl (the CLI). Build from the
 # repository root:
-#   docker build -f images/node.Dockerfile -t ghcr.io/dynamokv/dynamo-node:0.1.0 .
+#   eval "$(images/refs)"
+#   docker build -f images/node.Dockerfile --build-arg REVISION="$(git rev-parse HEAD)" \
+#     --build-arg VERSION="$DYNAMO_IMAGE_VERSION" -t "$DYNAMO_NODE_IMAGE" .
+# Without a registry (no rust or debian image to pull): images/build-offline.
 # The operator runs it with `--config /etc/dynamo/node.toml` and DYNAMO_* variables per pod.
 
 FROM rust:1.95-bookworm AS build
@@ -14,6 +17,12 @@ COPY . .
 RUN cargo build --release --locked -p dynamo-node -p dynamoctl --bin dynamo-node --bin dynamoctl
 
 FROM debian:bookworm-slim
+ARG REVISION=unknown
+ARG VERSION=unknown
+LABEL org.opencontainers.image.title=dynamo-node \
+      org.opencontainers.image.source=https://github.com/dynamokv/dynamo \
+      org.opencontainers.image.revision=${REVISION} \
+      org.opencontainers.image.version=${VERSION}
 RUN groupadd --gid 10001 dynamo \
  && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin dynamo \
  && mkdir -p /var/lib/dynamo \

@@ -1,6 +1,9 @@
 # syntax=docker/dockerfile:1
 # The operator image. Build from the repository root:
-#   docker build -f images/operator.Dockerfile -t ghcr.io/dynamokv/dynamo-operator:0.1.0 .
+#   eval "$(images/refs)"
+#   docker build -f images/operator.Dockerfile --build-arg REVISION="$(git rev-parse HEAD)" \
+#     --build-arg VERSION="$DYNAMO_IMAGE_VERSION" -t "$DYNAMO_OPERATOR_IMAGE" .
+# Without a registry (no rust or debian image to pull): images/build-offline.
 # It needs no RocksDB: only the operator crate and its dependencies are compiled.
 
 FROM rust:1.95-bookworm AS build
@@ -9,6 +12,12 @@ COPY . .
 RUN cargo build --release --locked -p dynamo-operator --bin dynamo-operator
 
 FROM debian:bookworm-slim
+ARG REVISION=unknown
+ARG VERSION=unknown
+LABEL org.opencontainers.image.title=dynamo-operator \
+      org.opencontainers.image.source=https://github.com/dynamokv/dynamo \
+      org.opencontainers.image.revision=${REVISION} \
+      org.opencontainers.image.version=${VERSION}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \

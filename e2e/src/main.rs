@@ -1,8 +1,8 @@
 //! `dynamo-e2e up [DIR]`: starts the e2e environment (pod network, control plane, fake Nodes in
 //! three zones, the kubelet running pods as dynamo-node processes), installs the operator's
 //! chart and runs the operator, restarting it when it exits or is killed (as its Deployment
-//! would), until Ctrl-C. For trying the operator by hand, and for running e2e/kind/scenarios
-//! against it (`DYNAMO_E2E_DIRECT=1`). Needs root and `DYNAMO_E2E_TOOLS` (see `scripts/e2e`).
+//! would), until Ctrl-C. For trying the operator by hand (real containers: `e2e/kind/`).
+//! Needs root and `DYNAMO_E2E_TOOLS` (see `scripts/e2e`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -569,8 +569,23 @@ impl Default for PvcRetentionPolicy {
     }
 }
 
+/// Registry and organisation of the project's images. Their tag is the crate's version, set once
+/// in the workspace's `Cargo.toml`; `images/refs` prints the same references for the scripts,
+/// the chart's `values.yaml` and `appVersion` follow them (`operator/tests/packaging.rs`).
+pub const IMAGE_REGISTRY: &str = "ghcr.io/dynamokv";
+
+/// The node image of this release: the default of `spec.image`.
+pub fn default_node_image() -> String {
+    format!("{IMAGE_REGISTRY}/dynamo-node:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The operator image of this release (the chart's `image.repository` and `appVersion`).
+pub fn default_operator_image() -> String {
+    format!("{IMAGE_REGISTRY}/dynamo-operator:{}", env!("CARGO_PKG_VERSION"))
+}
+
 fn default_image() -> String {
-    format!("ghcr.io/dynamokv/dynamo-node:{}", env!("CARGO_PKG_VERSION"))
+    default_node_image()
 }
 
 fn default_partitions() -> i32 {

@@ -80,8 +80,11 @@ fn stages(instructions: &[Instruction]) -> Vec<(String, Option<String>, Vec<&Ins
             let name = (words.len() == 3 && words[1].eq_ignore_ascii_case("AS"))
                 .then(|| words[2].to_string());
             stages.push((words[0].to_string(), name, Vec::new()));
+        } else if let Some(stage) = stages.last_mut() {
+            stage.2.push(i);
         } else {
-            stages.last_mut().expect("FROM comes first").2.push(i);
+            // Only global build arguments (e.g. the offline images' BASE) precede the first FROM.
+            assert_eq!(i.keyword, "ARG", "FROM comes first, after global ARGs only");
         }
     }
     stages
@@ -227,4 +230,112 @@ fn example_cluster_is_valid_with_three_zones_and_quorums_of_two() {
     assert_eq!((spec.replication.n, spec.replication.r, spec.replication.w), (3, 2, 2));
     dynamo_operator::validate::validate("demo", spec).unwrap();
     kube::core::cel::validate_cel(&cluster).unwrap();
+}
+
+/// The final stage's run-time settings: USER, ENTRYPOINT, CMD, ENV names, EXPOSE, VOLUME.
+fn runtime_settings(path: &str) -> Vec<(String, String)> {
+    let text = read(path);
+    let instructions = parse_dockerfile(&text);
+    let stages = stages(&instructions);
+    let (_, _, runtime) = stages.last().unwrap();
+    runtime
+        .iter()
+        .filter(|i| {
+            ["USER", "ENTRYPOINT", "CMD", "ENV", "EXPOSE", "VOLUME"].contains(&i.keyword.as_str())
+        })
+        .map(|i| (i.keyword.clone(), i.args.split_whitespace().collect::<Vec<_>>().join(" ")))
+        .collect()
+}
+
+#[test]
+fn offline_images_run_like_the_multi_stage_ones() {
+    for name in ["node", "operator"] {
+        let multi = format!("images/{name}.Dockerfile");
+        let offline = format!("images/{name}.offline.Dockerfile");
+        let settings = runtime_settings(&multi);
+        assert!(settings.iter().any(|(k, _)| k == "USER"), "{multi}: no USER");
+        assert_eq!(settings, runtime_settings(&offline), "{offline} must run as {multi} does");
+        let text = read(&offline);
+        let instructions = parse_dockerfile(&text);
+        let stages = stages(&instructions);
+        assert_eq!(stages.len(), 1, "{offline}: one stage on the debootstrapped base");
+        assert_eq!(stages[0].0, "${BASE}", "{offline}: FROM the base images/base-image made");
+        for path in [&multi, &offline] {
+            let labels = read(path);
+            for label in ["revision=${REVISION}", "version=${VERSION}"] {
+                assert!(
+                    labels.contains(&format!("org.opencontainers.image.{label}")),
+                    "{path}: {label}"
+                );
+            }
+        }
+    }
+}
+
+/// `KEY=value` lines of `images/refs`.
+fn image_refs() -> std::collections::BTreeMap<String, String> {
+    let out = std::process::Command::new("bash")
+        .arg(repo().join("images/refs"))
+        .output()
+        .expect("bash runs images/refs");
+    assert!(out.status.success(), "images/refs: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn image_references_agree_everywhere() {
+    use dynamo_operator::crd::{default_node_image, default_operator_image, IMAGE_REGISTRY};
+    let version = env!("CARGO_PKG_VERSION");
+    let refs = image_refs();
+    assert_eq!(refs["DYNAMO_IMAGE_VERSION"], version, "images/refs reads Cargo.toml's version");
+    assert_eq!(refs["DYNAMO_NODE_IMAGE"], default_node_image());
+    assert_eq!(refs["DYNAMO_OPERATOR_IMAGE"], default_operator_image());
+    assert!(default_node_image().starts_with(IMAGE_REGISTRY));
+
+    // The CRD's default for spec.image, in both committed copies.
+    for crd in ["crds/dynamoclusters.yaml", "charts/dynamo-operator/crds/dynamoclusters.yaml"] {
+        assert!(
+            read(crd).contains(&format!("default: {}", default_node_image())),
+            "{crd}: spec.image's default is not {}",
+            default_node_image()
+        );
+    }
+    // The chart: the operator image is image.repository at the chart's appVersion.
+    let chart: serde_yaml::Value =
+        serde_yaml::from_str(&read("charts/dynamo-operator/Chart.yaml")).unwrap();
+    assert_eq!(chart["appVersion"].as_str(), Some(version), "Chart.yaml's appVersion");
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&read("charts/dynamo-operator/values.yaml")).unwrap();
+    let repository = values["image"]["repository"].as_str().unwrap();
+    assert_eq!(format!("{repository}:{version}"), default_operator_image(), "values.yaml");
+    assert_eq!(values["image"]["tag"].as_str(), Some(""), "the tag follows appVersion");
+
+    // Scripts take the references from images/refs, never a literal.
+    for script in ["e2e/kind/up", "e2e/kind/scenarios", "images/build-offline", "images/check"] {
+        let text = read(script);
+        assert!(!text.contains(IMAGE_REGISTRY), "{script} names the registry: use images/refs");
+    }
+    assert!(read("e2e/kind/up").contains("images/refs"), "e2e/kind/up reads images/refs");
+
+    // Every versioned reference in the docs and Dockerfiles has this version.
+    let docs =
+        ["README.md", "e2e/README.md", "images/node.Dockerfile", "images/operator.Dockerfile"];
+    for doc in docs {
+        let text = read(doc);
+        for (at, _) in text.match_indices(&format!("{IMAGE_REGISTRY}/dynamo-")) {
+            let reference: String = text[at..]
+                .chars()
+                .take_while(|c| !c.is_whitespace() && !"`\"')".contains(*c))
+                .collect();
+            let Some((_, tag)) = reference.rsplit_once(':') else { continue };
+            if tag.starts_with(|c: char| c.is_ascii_digit()) {
+                assert_eq!(tag, version, "{doc}: {reference} is not this release's image");
+            }
+        }
+    }
 }

@@ -431,7 +431,7 @@ mod tests {
                     "spec": {
                         "containers": [{
                             "name": "node",
-                            "image": format!("ghcr.io/dynamokv/dynamo-node:{}", env!("CARGO_PKG_VERSION")),
+                            "image": crate::crd::default_node_image(),
                             "imagePullPolicy": "IfNotPresent",
                             "args": ["--config", "/etc/dynamo/node.toml"],
                             "ports": [
