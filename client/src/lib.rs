@@ -71,6 +71,7 @@
 //! ```
 
 mod error;
+pub mod metrics;
 mod pool;
 pub mod routing;
 #[cfg(test)]

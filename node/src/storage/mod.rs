@@ -110,6 +110,10 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<Entries, StorageError>;
     /// An estimate of the number of keys in a keyspace.
     fn approximate_len(&self, space: Keyspace) -> u64;
+    /// The engine's health figures, for `/metrics` (none by default).
+    fn stats(&self) -> crate::metrics::EngineStats {
+        crate::metrics::EngineStats::default()
+    }
 }
 
 #[cfg(test)]

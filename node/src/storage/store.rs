@@ -412,6 +412,7 @@ impl Store {
         let held = lock(&self.hint_stats)?.get(target).map_or(0, |s| s.bytes);
         let cap = self.caps.hint_bytes_per_target;
         if new_len > old_len && (held + new_len).saturating_sub(old_len) > cap {
+            crate::metrics::METRICS.hint_dropped("over_cap");
             return Err(Error::HintRefused(format!(
                 "this node already holds {held} bytes of hints for '{target}', the most it keeps \
                  for one node ({cap}); anti-entropy repairs it when it returns"
@@ -420,6 +421,7 @@ impl Store {
         self.engine
             .write(vec![WriteOp::Put { space: Keyspace::Hints, key: hk, value: bytes }])
             .map_err(storage)?;
+        crate::metrics::METRICS.hints_stored.inc();
         let mut stats = lock(&self.hint_stats)?;
         let s = stats.entry(target.clone()).or_default();
         if old.is_none() {
@@ -615,6 +617,11 @@ impl Store {
     /// Estimated number of keys held (replicas only, not hints).
     pub fn approximate_keys(&self) -> u64 {
         self.engine.approximate_len(Keyspace::Data)
+    }
+
+    /// The engine's health figures, for `/metrics`.
+    pub fn engine_stats(&self) -> crate::metrics::EngineStats {
+        self.engine.stats()
     }
 }
 
