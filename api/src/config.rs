@@ -442,6 +442,18 @@ impl NodeConfig {
         format!("{host}:{port}")
     }
 
+    /// The address Prometheus and `dynamoctl top` use for this node's metrics: `metrics_listen`,
+    /// or, when it listens on every interface, the host of the client address with its port.
+    pub fn metrics_advertise_addr(&self) -> String {
+        match self.metrics_listen.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() => {
+                let host = self.advertise_addr().rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
+                format!("{host}:{}", a.port())
+            }
+            _ => self.metrics_listen.clone(),
+        }
+    }
+
     /// Whether calls are plaintext and unauthenticated (`dev` and `insecure`).
     pub fn is_insecure(&self) -> bool {
         self.dev && self.insecure

@@ -125,7 +125,8 @@ pub fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
         .iter()
         .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == *v))
         .map(|s| s.value)
-        .sum()
+        // Not `sum()`: that gives -0.0 for no samples.
+        .fold(0.0, |a, b| a + b)
 }
 
 /// The `q` quantile (0..=1) of a histogram from its cumulative `_bucket` samples (`le` label),

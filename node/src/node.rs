@@ -67,6 +67,7 @@ impl<N: Net> Node<N> {
                 me: config.member(),
                 address: config.peer_advertise_addr(),
                 client_address: config.advertise_addr().to_string(),
+                metrics_address: config.metrics_advertise_addr(),
                 seeds: config.seeds.clone(),
                 partitions: config.cluster.partitions,
                 n: quorum.n,

@@ -200,3 +200,44 @@ async fn counters_move_by_the_workload_and_histograms_count_every_request() {
         assert_eq!(client.get(key.as_bytes(), None).await.unwrap().values, [value(key)], "{key}");
     }
 }
+
+#[tokio::test]
+async fn dynamoctl_top_json_measures_every_node_from_its_metrics() {
+    let cluster = Cluster::start(ClusterOptions::default()).await.unwrap();
+    // Puts through node 1 for as long as top measures.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (client, done) = (cluster.client(0), done.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                client.put(format!("t-{i}").as_bytes(), b"v".to_vec(), vec![], None).await.unwrap();
+                i += 1;
+            }
+            i
+        })
+    };
+    let ctl = dynamo_tests::cluster::target_binary("dynamoctl").unwrap();
+    let mut args = cluster.dynamoctl_args(0);
+    args.extend(["top", "-o", "json", "--interval-ms", "1000"].map(String::from));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(ctl).args(&args).output().unwrap()
+    })
+    .await
+    .unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.await.unwrap() > 0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dynamoctl top failed: {stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ids: Vec<&str> = rows.iter().map(|r| r["node"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["node-1", "node-2", "node-3"]);
+    for row in &rows {
+        assert!(row.get("error").is_none(), "{row}");
+        assert_eq!(row["peers_down"], 0.0, "{row}");
+    }
+    let first = rows.iter().find(|r| r["node"] == "node-1").unwrap();
+    assert!(first["ops_per_second"]["put"].as_f64().unwrap() > 0.0, "{first}");
+    assert!(first["p99_ms"]["put"].as_f64().unwrap() > 0.0, "{first}");
+}

@@ -604,6 +604,7 @@ impl<N: Net> AdminService<N> {
                 replica_partitions: count(&|r| r.replica_partitions(&node.id, n).len()),
                 membership: member_state(node.status) as i32,
                 address: client_address(&node),
+                metrics_address: node.metrics_address,
                 peer_address: node.address,
                 id: node.id.0,
                 zone: node.zone,
