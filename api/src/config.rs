@@ -38,6 +38,10 @@ pub struct NodeArgs {
     /// 127.0.0.1:7072.
     #[arg(long, env = env::HEALTH_LISTEN)]
     pub health_listen: Option<String>,
+    /// Address to serve Prometheus metrics on (plain HTTP, `GET /metrics`), HOST:PORT. Default
+    /// 0.0.0.0:9090.
+    #[arg(long, env = env::METRICS_LISTEN)]
+    pub metrics_listen: Option<String>,
     /// PEM file of the cluster's CA certificate: peers and client certificates must be issued
     /// by it. Required unless --dev --insecure.
     #[arg(long, env = env::TLS_CA_CERT)]
@@ -268,6 +272,8 @@ pub struct NodeConfig {
     pub peer_advertise: Option<String>,
     /// Plaintext gRPC health only, for probes.
     pub health_listen: String,
+    /// Prometheus metrics (plain HTTP, `GET /metrics` only).
+    pub metrics_listen: String,
     pub tls: TlsConfig,
     /// Accepted bearer tokens (hashed); see `dynamo_api::security`.
     pub tokens_file: Option<PathBuf>,
@@ -301,6 +307,7 @@ impl Default for NodeConfig {
             peer_listen: format!("127.0.0.1:{}", crate::contract::DEFAULT_PEER_PORT),
             peer_advertise: None,
             health_listen: format!("127.0.0.1:{}", crate::contract::DEFAULT_HEALTH_PORT),
+            metrics_listen: format!("0.0.0.0:{}", crate::contract::DEFAULT_METRICS_PORT),
             tls: TlsConfig::default(),
             tokens_file: None,
             dev: false,
@@ -383,6 +390,7 @@ impl NodeConfig {
         set!(self.listen, args.listen);
         set!(self.peer_listen, args.peer_listen);
         set!(self.health_listen, args.health_listen);
+        set!(self.metrics_listen, args.metrics_listen);
         set!(self.dev, args.dev);
         set!(self.insecure, args.insecure);
         if args.peer_advertise.is_some() {
@@ -448,6 +456,18 @@ impl NodeConfig {
         format!("{host}:{port}")
     }
 
+    /// The address Prometheus and `dynamoctl top` use for this node's metrics: `metrics_listen`,
+    /// or, when it listens on every interface, the host of the client address with its port.
+    pub fn metrics_advertise_addr(&self) -> String {
+        match self.metrics_listen.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() => {
+                let host = self.advertise_addr().rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
+                format!("{host}:{}", a.port())
+            }
+            _ => self.metrics_listen.clone(),
+        }
+    }
+
     /// Whether calls are plaintext and unauthenticated (`dev` and `insecure`).
     pub fn is_insecure(&self) -> bool {
         self.dev && self.insecure
@@ -503,6 +523,21 @@ impl NodeConfig {
                 format!(
                     "listen ({listen}), peer-listen ({peer}) and health-listen ({health}) must \
                      use three different ports"
+                ),
+            ));
+        }
+        let metrics: SocketAddr = self.metrics_listen.parse().map_err(|_| {
+            invalid(
+                "metrics-listen",
+                format!("'{}' is not HOST:PORT, e.g. 0.0.0.0:9090", self.metrics_listen),
+            )
+        })?;
+        if [listen.port(), peer.port(), health.port()].contains(&metrics.port()) {
+            return Err(invalid(
+                "metrics-listen",
+                format!(
+                    "metrics-listen ({metrics}) must use a port of its own, not one of listen \
+                     ({listen}), peer-listen ({peer}) or health-listen ({health})"
                 ),
             ));
         }
@@ -707,6 +742,10 @@ mod tests {
         assert!(error_of(c).starts_with("advertise:"));
         let c = NodeConfig { peer_listen: "127.0.0.1:7070".into(), ..base() };
         assert!(error_of(c).contains("three different ports"));
+        let c = NodeConfig { metrics_listen: "127.0.0.1:7071".into(), ..base() };
+        assert!(error_of(c).starts_with("metrics-listen: metrics-listen (127.0.0.1:7071) must use"));
+        let c = NodeConfig { metrics_listen: "9090".into(), ..base() };
+        assert!(error_of(c).starts_with("metrics-listen: '9090' is not HOST:PORT"));
     }
 
     #[test]

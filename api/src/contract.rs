@@ -15,6 +15,9 @@ pub const DEFAULT_PEER_PORT: u16 = 7071;
 /// kubelet probes (which speak neither TLS nor tokens); it serves nothing else.
 pub const DEFAULT_HEALTH_PORT: u16 = 7072;
 
+/// The port a node serves Prometheus metrics on by default (plain HTTP, `GET /metrics`).
+pub const DEFAULT_METRICS_PORT: u16 = 9090;
+
 /// Metadata key of a bearer token: `authorization: Bearer <token>`.
 pub const AUTHORIZATION_KEY: &str = "authorization";
 
@@ -67,6 +70,7 @@ pub mod env {
     pub const PEER_LISTEN: &str = "DYNAMO_PEER_LISTEN";
     pub const PEER_ADVERTISE: &str = "DYNAMO_PEER_ADVERTISE";
     pub const HEALTH_LISTEN: &str = "DYNAMO_HEALTH_LISTEN";
+    pub const METRICS_LISTEN: &str = "DYNAMO_METRICS_LISTEN";
     pub const TLS_CA_CERT: &str = "DYNAMO_TLS_CA_CERT";
     pub const TLS_CERT: &str = "DYNAMO_TLS_CERT";
     pub const TLS_KEY: &str = "DYNAMO_TLS_KEY";
@@ -98,6 +102,7 @@ pub mod env {
         PEER_LISTEN,
         PEER_ADVERTISE,
         HEALTH_LISTEN,
+        METRICS_LISTEN,
         TLS_CA_CERT,
         TLS_CERT,
         TLS_KEY,

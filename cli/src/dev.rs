@@ -34,7 +34,8 @@ pub struct DevUpArgs {
     #[arg(long, default_value = "dynamo-dev")]
     pub data_dir: PathBuf,
     /// Client port of the first node; node i (from 1) serves clients on base-port + i - 1,
-    /// its peer port on base-port + nodes + i - 1, health on base-port + 2 * nodes + i - 1.
+    /// its peer port on base-port + nodes + i - 1, health on base-port + 2 * nodes + i - 1,
+    /// metrics on base-port + 3 * nodes + i - 1.
     #[arg(long, default_value_t = 7070)]
     pub base_port: u16,
     /// The dynamo-node binary (default: next to dynamoctl, then $PATH).
@@ -119,10 +120,10 @@ pub fn plan(
     if zones == 0 || zones > nodes {
         return Err(format!("--zones {zones} must be in 1..={nodes} (the number of nodes)"));
     }
-    if base_port as usize + 3 * nodes > 65536 {
+    if base_port as usize + 4 * nodes > 65536 {
         return Err(format!(
-            "--base-port {base_port} leaves no room for {} ports (3 per node)",
-            3 * nodes
+            "--base-port {base_port} leaves no room for {} ports (4 per node)",
+            4 * nodes
         ));
     }
     let n = nodes.min(3);
@@ -139,6 +140,7 @@ pub fn plan(
                 listen: port(0, i),
                 peer_listen: port(1, i),
                 health_listen: port(2, i),
+                metrics_listen: port(3, i),
                 tls: tls_dir.map(|d| pki::node_tls(d, &id)).unwrap_or_default(),
                 tokens_file: tls_dir.map(pki::tokens_path),
                 dev: tls_dir.is_none(),
@@ -352,6 +354,7 @@ mod tests {
         assert_eq!(configs[2].listen, "127.0.0.1:7072");
         assert_eq!(configs[0].peer_listen, "127.0.0.1:7073");
         assert_eq!(configs[2].health_listen, "127.0.0.1:7078");
+        assert_eq!(configs[2].metrics_listen, "127.0.0.1:7081");
         assert_eq!(configs[1].seeds, ["127.0.0.1:7073", "127.0.0.1:7074", "127.0.0.1:7075"]);
         // TLS: production settings, validated as such (no development mode).
         assert!(configs.iter().all(|c| !c.dev && !c.insecure));

@@ -1,8 +1,9 @@
 //! `dynamoctl`: the command-line client. Reads (`get`, `status`, `ring`) print text for people
 //! or `-o json` for programs; write commands print the new context on one line. One module per
 //! command group: `data` (put, get, delete), `admin` (status, ring, decommission, repair),
-//! `bench` (load generator), `dev` (local clusters), `token` (bearer tokens); `connect` holds
-//! the endpoint and credential flags every command shares; `output` formats answers.
+//! `bench` (load generator), `dev` (local clusters), `top` (live view from the nodes' metrics),
+//! `token` (bearer tokens); `connect` holds the endpoint and credential flags every command
+//! shares; `output` formats answers.
 
 mod admin;
 mod backup;
@@ -12,6 +13,7 @@ mod data;
 mod dev;
 mod output;
 mod token;
+mod top;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -94,6 +96,9 @@ pub enum Command {
         #[command(subcommand)]
         command: DevCommand,
     },
+    /// A live view of every node from its metrics: requests per second and p99 by operation,
+    /// errors, hints, transfers, disk; `-o json` measures once.
+    Top(top::TopArgs),
     /// Bearer tokens: create one, or hash one for the tokens file.
     Token {
         #[command(subcommand)]
@@ -158,6 +163,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             dev::up(dev::DevUpArgs { insecure: connect.insecure, ..args }).await
         }
         Command::Dev { command: DevCommand::Cert(args) } => dev::cert(args),
+        Command::Top(args) => top::run(&client()?, args).await,
         Command::Token { command } => token::run(command),
     }
 }

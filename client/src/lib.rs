@@ -72,6 +72,7 @@
 
 mod backoff;
 mod error;
+pub mod metrics;
 mod pool;
 pub mod routing;
 #[cfg(test)]

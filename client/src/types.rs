@@ -116,6 +116,8 @@ pub struct NodeInfo {
     pub address: String,
     /// Where other nodes and admins reach it (its peer port: internode and admin APIs).
     pub peer_address: String,
+    /// Where it serves Prometheus metrics (`GET /metrics`); empty if it does not say.
+    pub metrics_address: String,
     pub weight: u32,
     /// Whether the answering node reached it just now.
     pub reachable: bool,
@@ -308,6 +310,7 @@ impl From<admin::StatusResponse> for ClusterStatus {
                     zone: n.zone,
                     address: n.address,
                     peer_address: n.peer_address,
+                    metrics_address: n.metrics_address,
                     weight: n.weight,
                     reachable: n.reachable,
                     down_for: (!n.reachable)

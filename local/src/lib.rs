@@ -134,6 +134,8 @@ pub struct NodeProcess {
     pub address: String,
     /// Where admins and other nodes reach it (its peer port, HOST:PORT).
     pub peer_address: String,
+    /// Where its Prometheus metrics are served (`GET /metrics`, HOST:PORT).
+    pub metrics_address: String,
     /// What the launcher calls it with (an admin credential, or none for an insecure node).
     pub credentials: Credentials,
     pub config_path: PathBuf,
@@ -163,6 +165,7 @@ impl NodeProcess {
             id: config.id.clone(),
             address: config.advertise_addr().to_string(),
             peer_address: config.peer_advertise_addr(),
+            metrics_address: config.metrics_listen.clone(),
             credentials,
             config_path,
             data_dir: config.data_dir.clone().unwrap_or_else(|| folder.join("data")),

@@ -3,7 +3,8 @@
 //! quorum with hinted handoff, and Merkle-tree anti-entropy.
 //!
 //! Modules follow the protocol concerns, in layers where a module imports only from layers
-//! below it: `ring`, `version`, `merkle` (pure); `storage`, `throttle`, `worker`; `net` (the
+//! below it: `ring`, `version`, `merkle` (pure); `metrics` (the registry every layer records
+//! to); `storage`, `throttle`, `worker`; `net` (the
 //! traits the protocol needs from the network, and the simulator unit tests run on);
 //! `membership`, `coordinator`, `handoff`, `antientropy`, `reap` (on `net` and `storage`);
 //! `backup` (checkpoints to a destination and restores, on `storage`); `rpc` (gRPC
@@ -19,6 +20,7 @@ pub mod error;
 pub mod handoff;
 pub mod membership;
 pub mod merkle;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod reap;

@@ -13,7 +13,7 @@ use crate::config::NodeConfig;
 use crate::coordinator::{Coordinator, Settings};
 use crate::error::Result;
 use crate::handoff::cleanup::CleanupWorker;
-use crate::handoff::transfer::{Progress, TransferWorker};
+use crate::handoff::transfer::{Progress, TransferState, TransferWorker};
 use crate::handoff::{membership_router, HintWorker};
 use crate::membership::gossip::{GossipWorker, Membership, MembershipConfig};
 use crate::membership::view::Status;
@@ -67,6 +67,7 @@ impl<N: Net> Node<N> {
                 me: config.member(),
                 address: config.peer_advertise_addr(),
                 client_address: config.advertise_addr().to_string(),
+                metrics_address: config.metrics_advertise_addr(),
                 seeds: config.seeds.clone(),
                 partitions: config.cluster.partitions,
                 n: quorum.n,
@@ -150,6 +151,52 @@ impl<N: Net> Node<N> {
                 crate::config::EngineKind::Memory => None,
             },
         })
+    }
+
+    /// The node's state for one scrape of `/metrics`: membership, ring, peers seen down, hints
+    /// held, transfers under way, storage engine figures.
+    pub fn sample(&self) -> crate::metrics::Sample {
+        let view = self.membership.view();
+        let states = [Status::Joining, Status::Normal, Status::Leaving, Status::Left];
+        let members = states
+            .iter()
+            .map(|s| (s.as_str(), view.nodes.values().filter(|n| n.status == *s).count() as u64))
+            .collect();
+        let peers_down = view
+            .nodes
+            .values()
+            .filter(|n| n.id != self.me && n.status != Status::Left && !self.net.is_up(&n.id))
+            .count() as u64;
+        let placement = self.coordinator.placement();
+        let n = self.config.quorum().n;
+        let partitions_owned = placement
+            .current
+            .as_ref()
+            .map_or(0, |ring| ring.replica_partitions(&self.me, n).len() as u64);
+        let hints = self
+            .store
+            .hint_stats()
+            .into_iter()
+            .map(|(target, s)| (target.0, s.count, s.bytes))
+            .collect();
+        let transfers_in_progress = self
+            .progress
+            .lock()
+            .map(|p| {
+                p.partitions.values().filter(|t| t.state != TransferState::Done).count() as u64
+            })
+            .unwrap_or(0);
+        crate::metrics::Sample {
+            node: self.me.0.clone(),
+            zone: self.config.zone.clone(),
+            members,
+            ring_epoch: placement.epoch,
+            partitions_owned,
+            peers_down,
+            hints,
+            transfers_in_progress,
+            storage: self.store.engine_stats(),
+        }
     }
 
     /// Starts every background worker on `runner`; `health` is told when this node is ready.

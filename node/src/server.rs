@@ -1,8 +1,8 @@
 //! Wiring: opens storage, connects peers over mutual TLS (behind the fault-injection decorator
 //! when enabled), builds the node context, starts its workers, serves the gRPC services on
 //! three ports (client API over TLS; internode and admin APIs over TLS; plaintext gRPC health
-//! for probes) behind the authorization layer (`rpc::auth`), and stops cleanly when the
-//! shutdown token is cancelled.
+//! for probes) behind the authorization layer (`rpc::auth`), serves Prometheus metrics on a
+//! fourth (plain HTTP), and stops cleanly when the shutdown token is cancelled.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,8 +102,9 @@ async fn serve<N: Net>(
         config.limits.max_concurrent_requests,
         config.limits.max_concurrent_background,
     ));
-    let node =
-        Node::new(config, store, net, faults).map_err(|e| StartError::Storage(e.to_string()))?;
+    let node = Arc::new(
+        Node::new(config, store, net, faults).map_err(|e| StartError::Storage(e.to_string()))?,
+    );
     let config = &node.config;
     let mut runner = Runner::new(shutdown.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -117,12 +118,14 @@ async fn serve<N: Net>(
     let client_listener = listen(&config.listen).await?;
     let peer_listener = listen(&config.peer_listen).await?;
     let health_listener = listen(&config.health_listen).await?;
+    let metrics_listener = listen(&config.metrics_listen).await?;
     let quorum = config.quorum();
     tracing::info!(
         node = %node.me,
         listen = %config.listen,
         peer_listen = %config.peer_listen,
         health_listen = %config.health_listen,
+        metrics_listen = %config.metrics_listen,
         tls = tls.is_some(),
         actor = format!("{:016x}", node.store.actor()),
         fresh_actor = ?node.store.fresh_actor(),
@@ -181,7 +184,11 @@ async fn serve<N: Net>(
     // With our own listener the builder's tcp_nodelay is ignored: set it per connection, or
     // Nagle holds back the second write of a response for the peer's delayed ACK (~40 ms).
     let incoming = |l: TcpListener| TcpIncoming::from(l).with_nodelay(Some(true));
-    let (client, peer, health) = tokio::join!(
+    let sampler: crate::metrics::http::Sampler = {
+        let node = node.clone();
+        Arc::new(move || node.sample())
+    };
+    let (client, peer, health, metrics) = tokio::join!(
         async {
             client_router
                 .serve_with_incoming_shutdown(incoming(client_listener), stop.cancelled())
@@ -200,6 +207,14 @@ async fn serve<N: Net>(
                 .await
                 .map_err(failed)
         },
+        async {
+            crate::metrics::http::serve(metrics_listener, sampler, stop.clone()).await.map_err(
+                |e| {
+                    stop.cancel();
+                    StartError::Serve(format!("metrics endpoint: {e}"))
+                },
+            )
+        },
     );
     // Every worker watches the same token; give them a moment to finish what they are doing.
     shutdown.cancel();
@@ -211,6 +226,7 @@ async fn serve<N: Net>(
     client?;
     peer?;
     health?;
+    metrics?;
     tracing::info!(node = %node.me, "stopped");
     Ok(())
 }

@@ -31,6 +31,7 @@ fn valid_view(members: usize) -> View {
                 id: m.id.clone(),
                 address: format!("{}:7071", m.id),
                 client_address: format!("{}:7070", m.id),
+                metrics_address: String::new(),
                 zone: m.zone.clone(),
                 weight: 1,
                 status: Status::Normal,

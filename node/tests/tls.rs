@@ -57,12 +57,13 @@ async fn restart(dir: tempfile::TempDir, ca: Ca) -> Node {
         TokenEntry::for_token(Role::ReadWrite, "app", "rw-token"),
         TokenEntry::for_token(Role::Admin, "ops", "admin-token"),
     ]);
-    let (client, peer, health) = (free_port(), free_port(), free_port());
+    let (client, peer, health, metrics) = (free_port(), free_port(), free_port(), free_port());
     let config = NodeConfig {
         id: "n1".into(),
         listen: format!("127.0.0.1:{client}"),
         peer_listen: format!("127.0.0.1:{peer}"),
         health_listen: format!("127.0.0.1:{health}"),
+        metrics_listen: format!("127.0.0.1:{metrics}"),
         engine: EngineKind::Rocksdb,
         data_dir: Some(dir.path().join("data")),
         tls: TlsConfig {

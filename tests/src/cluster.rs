@@ -228,6 +228,7 @@ impl Cluster {
             listen: ports.client.clone(),
             peer_listen: ports.peer.clone(),
             health_listen: ports.health.clone(),
+            metrics_listen: ports.metrics.clone(),
             tls,
             tokens_file,
             dev: !opts.tls,
@@ -414,6 +415,19 @@ impl Cluster {
         Placement::of(&self.client(i), &ids)
             .await
             .with_context(|| format!("asking {} for the ring", self.nodes[i].id))
+    }
+
+    /// Node `i`'s Prometheus metrics, scraped from its metrics port and parsed.
+    pub async fn metrics(&self, i: usize) -> anyhow::Result<Vec<dynamo_client::metrics::Sample>> {
+        Ok(dynamo_client::metrics::parse(&self.metrics_text(i).await?))
+    }
+
+    /// Node `i`'s `/metrics` as served (the Prometheus text format).
+    pub async fn metrics_text(&self, i: usize) -> anyhow::Result<String> {
+        let address = &self.nodes[i].metrics_address;
+        dynamo_client::metrics::scrape(address, Duration::from_secs(5))
+            .await
+            .with_context(|| format!("scraping {}", self.nodes[i].id))
     }
 
     /// kill -9.
@@ -643,17 +657,18 @@ impl Placement {
     }
 }
 
-/// A node's three ports on 127.0.0.1.
+/// A node's four ports on 127.0.0.1.
 struct Ports {
     client: String,
     peer: String,
     health: String,
+    metrics: String,
 }
 
 impl Ports {
     fn free() -> std::io::Result<Ports> {
         let port = || free_port().map(|p| format!("127.0.0.1:{p}"));
-        Ok(Ports { client: port()?, peer: port()?, health: port()? })
+        Ok(Ports { client: port()?, peer: port()?, health: port()?, metrics: port()? })
     }
 }
 

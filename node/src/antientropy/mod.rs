@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::merkle::{diff_items, DiffWalk};
+use crate::metrics::{DirectionLabel, OutcomeLabel, METRICS};
 use crate::net::{Merkle, Replicas};
 use crate::ring::{NodeId, PartitionId, Placement};
 use crate::storage::{blocking, Budget, Store, SCAN_BYTES, TREE_SHAPE};
@@ -50,7 +51,10 @@ pub async fn exchange<T: Replicas + Merkle>(
     peer: &NodeId,
     throttle: &mut Throttle,
 ) -> Result<ExchangeStats, String> {
-    exchange_paged(store, transport, partition, peer, throttle, ITEMS_PAGE).await
+    let result = exchange_paged(store, transport, partition, peer, throttle, ITEMS_PAGE).await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    METRICS.antientropy_exchanges.get_or_create(&OutcomeLabel { outcome }).inc();
+    result
 }
 
 /// [`exchange`], listing the peer's items in pages of `items_page`.
@@ -120,6 +124,7 @@ async fn reconcile<T: Replicas + Merkle>(
     stats: &mut ExchangeStats,
 ) -> Result<(), String> {
     stats.keys_compared += (local.len() + remote.len()) as u64;
+    METRICS.antientropy_keys_compared.inc_by((local.len() + remote.len()) as u64);
     let diff = diff_items(local, remote);
 
     // Pull what the peer has that we lack or hold differently, merging it here...
@@ -128,6 +133,10 @@ async fn reconcile<T: Replicas + Merkle>(
         let clock = transport.fetch(peer, key, None).await.map_err(|e| format!("{peer}: {e}"))?;
         store.merge(partition, key, &clock).map_err(|e| e.to_string())?;
         stats.keys_pulled += 1;
+        METRICS
+            .antientropy_keys_repaired
+            .get_or_create(&DirectionLabel { direction: "pulled" })
+            .inc();
     }
     // ...then push our (now merged) version of everything that differed or it lacks.
     let to_push: BTreeSet<&Vec<u8>> = diff.missing_remotely.iter().chain(&diff.different).collect();
@@ -136,6 +145,10 @@ async fn reconcile<T: Replicas + Merkle>(
         let clock = store.get(partition, key).map_err(|e| e.to_string())?;
         transport.replicate(peer, key, &clock, None).await.map_err(|e| format!("{peer}: {e}"))?;
         stats.keys_pushed += 1;
+        METRICS
+            .antientropy_keys_repaired
+            .get_or_create(&DirectionLabel { direction: "pushed" })
+            .inc();
     }
     Ok(())
 }

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::config::Limits;
 use crate::error::{Error, Op, Result};
+use crate::metrics::METRICS;
 use crate::net::{ForwardedPut, PeerError, PutOutcome, Replicas};
 use crate::ring::{key_hash, partition_of_hash, NodeId, PartitionId, Placement, Ring};
 use crate::storage::Store;
@@ -41,6 +42,24 @@ const MAX_HOPS: u32 = 2;
 /// (an answer with an error of its own means it is up and refused the request).
 fn needs_stand_in(e: &PeerError) -> bool {
     matches!(e, PeerError::Unreachable(_) | PeerError::Timeout | PeerError::Interrupted(_))
+}
+
+/// An operation's metric label.
+pub fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Get => "get",
+        Op::Put => "put",
+        Op::Delete => "delete",
+    }
+}
+
+/// Why a quorum was missed: the deadline passed, or too many replicas failed before it.
+fn failure_cause(deadline: Instant) -> &'static str {
+    if Instant::now() >= deadline {
+        "timeout"
+    } else {
+        "replicas_failed"
+    }
 }
 
 /// A replica's answer to a fetch, tagged with whom it was asked of.
@@ -189,6 +208,7 @@ impl<T: Replicas> Coordinator<T> {
         }
         drop(tx);
         if tracker.state() != QuorumState::Reached {
+            METRICS.quorum_failed("get", failure_cause(deadline));
             return Err(self.quorum_error(Op::Get, &tracker, &asked));
         }
 
@@ -202,6 +222,7 @@ impl<T: Replicas> Coordinator<T> {
             },
             replies: replies.len(),
         };
+        METRICS.siblings.observe(outcome.values.len() as f64);
         self.spawn_read_repair(key.to_vec(), partition, replies, rx, deadline);
         Ok(outcome)
     }
@@ -263,7 +284,10 @@ impl<T: Replicas> Coordinator<T> {
                         .map_err(|e| e.to_string())
                 };
                 match result {
-                    Ok(()) => tracing::debug!(%node, "read repair sent"),
+                    Ok(()) => {
+                        METRICS.read_repairs.inc();
+                        tracing::debug!(%node, "read repair sent")
+                    }
                     Err(e) => tracing::debug!(%node, error = %e, "read repair failed"),
                 }
             }
@@ -323,6 +347,7 @@ impl<T: Replicas> Coordinator<T> {
                 w: Some(w as u32),
                 hops: hops + 1,
             };
+            METRICS.forwarded(op_name(op), "sent");
             return self.forward(op, put, replicas).await;
         }
 
@@ -417,6 +442,7 @@ impl<T: Replicas> Coordinator<T> {
         drop(tx);
         self.spawn_hint_tail(rx, spares, key, clock);
         if quorum.state() != QuorumState::Reached {
+            METRICS.quorum_failed(op_name(op), failure_cause(deadline));
             return Err(self.quorum_error(op, quorum.missed(), &asked));
         }
         Ok(quorum.sent().successes())
@@ -501,6 +527,7 @@ impl<T: Replicas> Coordinator<T> {
                 }
             }
         }
+        METRICS.quorum_failed(op_name(op), "no_coordinator");
         Err(Error::Unavailable { op, errors })
     }
 
@@ -539,12 +566,14 @@ impl<T: Replicas> Coordinator<T> {
             .flatten()
             .any(|ring| ring.member(target).is_some());
         if !member {
+            crate::metrics::METRICS.hint_dropped("not_member");
             return Err(Error::HintRefused(format!(
                 "a hint for '{target}', which is not a member of this cluster's ring, was refused"
             )));
         }
         if let Some(down) = self.net.down_for(target) {
             if down > self.settings.hint_window {
+                crate::metrics::METRICS.hint_dropped("past_window");
                 return Err(Error::HintRefused(format!(
                     "'{target}' has been down for {} s, past the hint window of {} s: no more \
                      hints are kept for it; anti-entropy repairs it when it returns",

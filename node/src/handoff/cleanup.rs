@@ -100,6 +100,8 @@ impl CleanupWorker {
                 Ok(k) => {
                     dropped.insert(p);
                     keys += k;
+                    crate::metrics::METRICS.cleanup_partitions.inc();
+                    crate::metrics::METRICS.cleanup_keys.inc_by(k);
                 }
                 Err(e) => tracing::warn!(partition = p, error = %e, "cleanup failed; will retry"),
             }

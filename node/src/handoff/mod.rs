@@ -100,7 +100,10 @@ pub async fn deliver_once<T: Replicas>(
                 match sent {
                     Ok(()) => {
                         match store.remove_hint_if_unchanged(&target, partition, &key, &clock) {
-                            Ok(true) => stats.delivered += 1,
+                            Ok(true) => {
+                                stats.delivered += 1;
+                                crate::metrics::METRICS.hints_delivered.inc();
+                            }
                             Ok(false) => {}
                             Err(e) => {
                                 tracing::warn!(%target, error = %e, "cannot remove a delivered hint")

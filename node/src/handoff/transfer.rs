@@ -247,6 +247,8 @@ async fn pull<N: PartitionSource>(
         for (key, clock, size) in &page.entries {
             throttle.acquire().await;
             store.merge(partition, key, clock).map_err(|e| e.to_string())?;
+            crate::metrics::METRICS.transfer_keys.inc();
+            crate::metrics::METRICS.transfer_bytes.inc_by(*size as u64);
             set(&|t| {
                 t.keys += 1;
                 t.bytes += *size as u64;

@@ -197,6 +197,7 @@ mod tests {
             id: NodeId(id.into()),
             address: format!("{id}:7071"),
             client_address: format!("{id}:7070"),
+            metrics_address: String::new(),
             zone: zone.into(),
             weight: 1,
             status,

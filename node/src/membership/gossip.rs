@@ -32,6 +32,8 @@ pub struct MembershipConfig {
     pub address: String,
     /// Where clients reach this one (client port), published in the ring for them.
     pub client_address: String,
+    /// Where its Prometheus metrics are served, published for `dynamoctl top`.
+    pub metrics_address: String,
     pub seeds: Vec<String>,
     pub partitions: u32,
     pub n: usize,
@@ -98,6 +100,7 @@ impl Membership {
                 id: me.id.clone(),
                 address: config.address.clone(),
                 client_address: config.client_address.clone(),
+                metrics_address: config.metrics_address.clone(),
                 zone: me.zone.clone(),
                 weight: me.weight,
                 status,
@@ -431,6 +434,7 @@ mod tests {
             me: Member { id: NodeId("a".into()), zone: "z".into(), weight: 1 },
             address: "127.0.0.1:1".into(),
             client_address: String::new(),
+            metrics_address: String::new(),
             seeds: vec![],
             partitions: 8,
             n: 1,
@@ -561,6 +565,7 @@ mod tests {
             me: Member { id: id.clone(), zone: "z".into(), weight: 1 },
             address: address.clone(),
             client_address: String::new(),
+            metrics_address: String::new(),
             seeds,
             partitions: 8,
             n: 1,

@@ -50,6 +50,10 @@ pub struct NodeState {
     /// HOST:PORT of its client port; empty in views written before the ports were separate.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub client_address: String,
+    /// HOST:PORT of its Prometheus metrics (`GET /metrics`); empty in views written before
+    /// nodes served metrics.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metrics_address: String,
     pub zone: String,
     pub weight: u32,
     pub status: Status,
@@ -197,7 +201,10 @@ impl View {
             if !valid_id {
                 return Err(format!("node id '{}' is not a valid node id", id.0.escape_debug()));
             }
-            if node.address.len() > 255 || node.client_address.len() > 255 || node.zone.len() > 255
+            if node.address.len() > 255
+                || node.client_address.len() > 255
+                || node.metrics_address.len() > 255
+                || node.zone.len() > 255
             {
                 return Err(format!("node '{id}' has an address or zone over 255 bytes"));
             }
@@ -252,6 +259,7 @@ mod tests {
             id: NodeId(id.into()),
             address: format!("{id}:1"),
             client_address: String::new(),
+            metrics_address: String::new(),
             zone: "z".into(),
             weight: 1,
             status,

@@ -21,6 +21,7 @@ use crate::handoff::transfer::{Progress, TransferState};
 use crate::membership::claimant::gains;
 use crate::membership::gossip::Membership;
 use crate::membership::view::View;
+use crate::metrics::METRICS;
 use crate::net::{Net, PeerError};
 use crate::ring::NodeId;
 use crate::storage::{blocking, Budget, Store, SCAN_BYTES, TREE_SHAPE};
@@ -80,6 +81,23 @@ where
     Fut: Future<Output = Result<R, Error>>,
 {
     f(req.into_inner()).await.map(Response::new).map_err(Status::from)
+}
+
+/// Runs a request handler, counting it with its outcome (`ok` or the error kind) and latency
+/// in `dynamo_requests_total` and `dynamo_request_duration_seconds`.
+async fn measured<R>(
+    role: &'static str,
+    op: &'static str,
+    handler: impl Future<Output = Result<R, Error>>,
+) -> Result<R, Error> {
+    let started = std::time::Instant::now();
+    let result = handler.await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => super::status::kind(e),
+    };
+    METRICS.request(role, op, outcome, started.elapsed());
+    result
 }
 
 /// Where clients reach a node: its client address, or (in a view written before the ports were
@@ -153,12 +171,14 @@ impl<N: Net> Client for ClientService<N> {
         req: Request<client::GetRequest>,
     ) -> Result<Response<client::GetResponse>, Status> {
         self.with_epoch(
-            handle(req, |req| async move {
-                let out = self.0.coordinator.get(&req.key, req.r).await?;
-                Ok(client::GetResponse {
-                    values: out.values,
-                    context: out.context,
-                    replies: out.replies as u32,
+            handle(req, |req| {
+                measured("coordinator", "get", async move {
+                    let out = self.0.coordinator.get(&req.key, req.r).await?;
+                    Ok(client::GetResponse {
+                        values: out.values,
+                        context: out.context,
+                        replies: out.replies as u32,
+                    })
                 })
             })
             .await,
@@ -170,13 +190,15 @@ impl<N: Net> Client for ClientService<N> {
         req: Request<client::PutRequest>,
     ) -> Result<Response<client::PutResponse>, Status> {
         self.with_epoch(
-            handle(req, |req| async move {
-                let out = self
-                    .0
-                    .coordinator
-                    .put(&req.key, Some(req.value), &req.context, req.w, 0)
-                    .await?;
-                Ok(client::PutResponse { context: out.context, acks: out.acks as u32 })
+            handle(req, |req| {
+                measured("coordinator", "put", async move {
+                    let out = self
+                        .0
+                        .coordinator
+                        .put(&req.key, Some(req.value), &req.context, req.w, 0)
+                        .await?;
+                    Ok(client::PutResponse { context: out.context, acks: out.acks as u32 })
+                })
             })
             .await,
         )
@@ -187,9 +209,12 @@ impl<N: Net> Client for ClientService<N> {
         req: Request<client::DeleteRequest>,
     ) -> Result<Response<client::PutResponse>, Status> {
         self.with_epoch(
-            handle(req, |req| async move {
-                let out = self.0.coordinator.put(&req.key, None, &req.context, req.w, 0).await?;
-                Ok(client::PutResponse { context: out.context, acks: out.acks as u32 })
+            handle(req, |req| {
+                measured("coordinator", "delete", async move {
+                    let out =
+                        self.0.coordinator.put(&req.key, None, &req.context, req.w, 0).await?;
+                    Ok(client::PutResponse { context: out.context, acks: out.acks as u32 })
+                })
             })
             .await,
         )
@@ -238,11 +263,13 @@ impl<N: Net> Internode for InternodeService<N> {
         &self,
         req: Request<internode::ReplicateRequest>,
     ) -> Result<Response<internode::ReplicateResponse>, Status> {
-        handle(req, |req| async move {
-            let clock = Clock::decode(&req.clock)?;
-            let hint_for = hint_target(&req.hint_for);
-            self.0.coordinator.apply_replica(&req.key, &clock, hint_for.as_ref())?;
-            Ok(internode::ReplicateResponse {})
+        handle(req, |req| {
+            measured("replica", "replicate", async move {
+                let clock = Clock::decode(&req.clock)?;
+                let hint_for = hint_target(&req.hint_for);
+                self.0.coordinator.apply_replica(&req.key, &clock, hint_for.as_ref())?;
+                Ok(internode::ReplicateResponse {})
+            })
         })
         .await
     }
@@ -251,11 +278,13 @@ impl<N: Net> Internode for InternodeService<N> {
         &self,
         req: Request<internode::FetchRequest>,
     ) -> Result<Response<internode::FetchResponse>, Status> {
-        handle(req, |req| async move {
-            let hint_for = hint_target(&req.hint_for);
-            let clock = self.0.coordinator.local_replica(&req.key, hint_for.as_ref())?;
-            let clock = if clock.is_empty() { Vec::new() } else { clock.encode() };
-            Ok(internode::FetchResponse { clock })
+        handle(req, |req| {
+            measured("replica", "fetch", async move {
+                let hint_for = hint_target(&req.hint_for);
+                let clock = self.0.coordinator.local_replica(&req.key, hint_for.as_ref())?;
+                let clock = if clock.is_empty() { Vec::new() } else { clock.encode() };
+                Ok(internode::FetchResponse { clock })
+            })
         })
         .await
     }
@@ -265,6 +294,8 @@ impl<N: Net> Internode for InternodeService<N> {
         req: Request<internode::CoordinatePutRequest>,
     ) -> Result<Response<internode::CoordinatePutResponse>, Status> {
         handle(req, |req| async move {
+            let op = if req.value.is_some() { "put" } else { "delete" };
+            METRICS.forwarded(op, "received");
             let hops = req.hops.max(1);
             let out =
                 self.0.coordinator.put(&req.key, req.value, &req.context, req.w, hops).await?;
@@ -603,6 +634,7 @@ impl<N: Net> AdminService<N> {
                 replica_partitions: count(&|r| r.replica_partitions(&node.id, n).len()),
                 membership: member_state(node.status) as i32,
                 address: client_address(&node),
+                metrics_address: node.metrics_address,
                 peer_address: node.address,
                 id: node.id.0,
                 zone: node.zone,

@@ -29,6 +29,11 @@ fn kind_and_code(e: &Error) -> (&'static str, Code) {
     }
 }
 
+/// The error's kind: the `dynamo-error` value, and the outcome label of request metrics.
+pub fn kind(e: &Error) -> &'static str {
+    kind_and_code(e).0
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let (kind, code) = kind_and_code(&e);

@@ -126,6 +126,10 @@ pub trait Engine: Send + Sync + 'static {
                 .into(),
         ))
     }
+    /// The engine's health figures, for `/metrics` (none by default).
+    fn stats(&self) -> crate::metrics::EngineStats {
+        crate::metrics::EngineStats::default()
+    }
 }
 
 #[cfg(test)]

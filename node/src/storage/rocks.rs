@@ -15,6 +15,9 @@ use super::{Budget, Engine, Entries, Keyspace, StorageError, WriteOp};
 pub struct RocksEngine {
     db: DB,
     sync_writes: bool,
+    /// The options the database was opened with: they hold its statistics (block cache hits,
+    /// write stalls) for `/metrics`.
+    opts: Options,
 }
 
 impl std::fmt::Debug for RocksEngine {
@@ -52,6 +55,10 @@ impl RocksEngine {
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.increase_parallelism(2);
+        // Tickers only (no timers): cache hits and stall time for `/metrics`, at a cost of a
+        // few atomic increments per operation.
+        opts.enable_statistics();
+        opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
         let cfs = Keyspace::ALL.iter().map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
             StorageError(format!(
@@ -60,7 +67,7 @@ impl RocksEngine {
                 e.into_string()
             ))
         })?;
-        Ok(RocksEngine { db, sync_writes })
+        Ok(RocksEngine { db, sync_writes, opts })
     }
 
     /// Opens a database read-only (a checkpoint being restored); never writes to `dir`.
@@ -74,7 +81,7 @@ impl RocksEngine {
                 e.into_string()
             ))
         })?;
-        Ok(RocksEngine { db, sync_writes: false })
+        Ok(RocksEngine { db, sync_writes: false, opts })
     }
 
     fn cf(&self, space: Keyspace) -> Result<&ColumnFamily, StorageError> {
@@ -160,5 +167,31 @@ impl Engine for RocksEngine {
                 self.db.property_int_value_cf(cf, "rocksdb.estimate-num-keys").ok().flatten()
             })
             .unwrap_or(0)
+    }
+
+    fn stats(&self) -> crate::metrics::EngineStats {
+        use rocksdb::properties as p;
+        use rocksdb::statistics::Ticker;
+        // Summed over the column families (each keyspace is one).
+        let sum = |name: &p::PropName| -> u64 {
+            Keyspace::ALL
+                .iter()
+                .filter_map(|s| self.cf(*s).ok())
+                .filter_map(|cf| self.db.property_int_value_cf(cf, name).ok().flatten())
+                .sum()
+        };
+        // RocksDB's default number of levels.
+        let sst_files = (0..7).map(|level| sum(&p::num_files_at_level(level))).sum();
+        crate::metrics::EngineStats {
+            live_data_bytes: sum(p::ESTIMATE_LIVE_DATA_SIZE),
+            sst_files,
+            memtable_bytes: sum(p::CUR_SIZE_ALL_MEM_TABLES),
+            pending_compaction_bytes: sum(p::ESTIMATE_PENDING_COMPACTION_BYTES),
+            write_stopped: sum(p::IS_WRITE_STOPPED).min(1),
+            write_stall_micros: self.opts.get_ticker_count(Ticker::StallMicros),
+            block_cache_hits: self.opts.get_ticker_count(Ticker::BlockCacheHit),
+            block_cache_misses: self.opts.get_ticker_count(Ticker::BlockCacheMiss),
+            keys: Keyspace::ALL.iter().map(|s| self.approximate_len(*s)).sum(),
+        }
     }
 }

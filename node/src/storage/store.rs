@@ -719,6 +719,7 @@ impl Store {
         let held = lock(&self.hint_stats)?.get(target).map_or(0, |s| s.bytes);
         let cap = self.caps.hint_bytes_per_target;
         if new_len > old_len && (held + new_len).saturating_sub(old_len) > cap {
+            crate::metrics::METRICS.hint_dropped("over_cap");
             return Err(Error::HintRefused(format!(
                 "this node already holds {held} bytes of hints for '{target}', the most it keeps \
                  for one node ({cap}); anti-entropy repairs it when it returns"
@@ -727,6 +728,7 @@ impl Store {
         self.engine
             .write(vec![WriteOp::Put { space: Keyspace::Hints, key: hk, value: bytes }])
             .map_err(storage)?;
+        crate::metrics::METRICS.hints_stored.inc();
         let mut stats = lock(&self.hint_stats)?;
         let s = stats.entry(target.clone()).or_default();
         if old.is_none() {
@@ -937,6 +939,11 @@ impl Store {
     /// in step with every write and removal.
     pub fn keys(&self) -> u64 {
         self.keys.load(Ordering::Relaxed)
+    }
+
+    /// The engine's health figures, for `/metrics`.
+    pub fn engine_stats(&self) -> crate::metrics::EngineStats {
+        self.engine.stats()
     }
 }
 
