@@ -9,14 +9,14 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     // Pure: no I/O, no other layer.
     &["ring", "version", "merkle", "config", "throttle", "worker"],
-    &["error"],
+    &["error", "metrics"],
     &["storage"],
     // What the protocol needs from the network: traits, and the one simulator.
     &["net"],
-    // The protocol, each against the net traits and storage.
-    &["membership", "coordinator", "antientropy"],
-    // Hint delivery and transfers follow membership's view.
-    &["handoff"],
+    // The protocol, each against the net traits and storage; backups against storage alone.
+    &["membership", "coordinator", "antientropy", "backup"],
+    // Hint delivery, transfers and tombstone reaping follow membership's view.
+    &["handoff", "reap"],
     // gRPC: peers implementing the net traits, services, status mapping, fault injection.
     &["rpc"],
     // The Node context and its workers; then the wiring.
