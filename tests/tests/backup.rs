@@ -12,7 +12,6 @@ use dynamo_tests::{Cluster, ClusterOptions};
 /// Writes `keys` keys from `first` through `client` with 8 writers; returns nothing (the source
 /// cluster is read back for the comparison).
 async fn write_keys(client: &Client, first: usize, keys: usize) {
-    let client = Arc::new(client.clone());
     let writers: Vec<_> = (0..8)
         .map(|w| {
             let client = client.clone();

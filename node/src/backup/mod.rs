@@ -268,16 +268,7 @@ pub async fn list(dest: &Destination) -> Result<Vec<BackupManifest>, Error> {
 pub async fn delete(dest: &Destination, id: &str) -> Result<(u32, u64), Error> {
     manifest(dest, id).await?;
     let own = dest.list(&format!("backups/{id}")).await?;
-    let mut released = Vec::new();
-    for object in &own {
-        if object.name.ends_with(".json") && object.name.contains("/nodes/") {
-            if let Some(body) = dest.get(&object.name).await? {
-                if let Ok(m) = serde_json::from_slice::<NodeManifest>(&body) {
-                    released.extend(m.files.into_iter().map(|f| f.object));
-                }
-            }
-        }
-    }
+    let released = objects_listed(dest, &own).await?;
     dest.delete(&manifest_object(id)).await?;
     let (mut count, mut bytes) = (0u32, 0u64);
     for object in &own {
@@ -286,16 +277,7 @@ pub async fn delete(dest: &Destination, id: &str) -> Result<(u32, u64), Error> {
         bytes += object.size;
     }
     // Table files still used by another backup (complete or not) stay.
-    let mut used = std::collections::BTreeSet::new();
-    for object in dest.list("backups").await? {
-        if object.name.ends_with(".json") && object.name.contains("/nodes/") {
-            if let Some(body) = dest.get(&object.name).await? {
-                if let Ok(m) = serde_json::from_slice::<NodeManifest>(&body) {
-                    used.extend(m.files.into_iter().map(|f| f.object));
-                }
-            }
-        }
-    }
+    let used = objects_listed(dest, &dest.list("backups").await?).await?;
     for object in released.into_iter().filter(|o| o.starts_with("files/") && !used.contains(o)) {
         if let Some(size) = dest.size(&object).await? {
             dest.delete(&object).await?;
@@ -304,6 +286,24 @@ pub async fn delete(dest: &Destination, id: &str) -> Result<(u32, u64), Error> {
         }
     }
     Ok((count, bytes))
+}
+
+/// Every object the node manifests among `objects` list.
+async fn objects_listed(
+    dest: &Destination,
+    objects: &[destination::Object],
+) -> Result<std::collections::BTreeSet<String>, Error> {
+    let mut listed = std::collections::BTreeSet::new();
+    for object in objects {
+        if object.name.ends_with(".json") && object.name.contains("/nodes/") {
+            if let Some(body) = dest.get(&object.name).await? {
+                if let Ok(m) = serde_json::from_slice::<NodeManifest>(&body) {
+                    listed.extend(m.files.into_iter().map(|f| f.object));
+                }
+            }
+        }
+    }
+    Ok(listed)
 }
 
 /// What a node did in a restore.

@@ -46,16 +46,27 @@ fn settled_ring<N: Net>(shared: &Shared<N>, what: &str) -> Result<(u64, Ring), E
     }
 }
 
-fn summary(m: &NodeManifest, ring: &Ring, n: usize) -> NodeSummary {
-    let partitions = (0..ring.partitions())
-        .filter(|p| ring.preference_list(*p).iter().take(n).any(|x| x.id.0 == m.node_id))
-        .collect();
-    NodeSummary {
+/// A node's part as its answer reports it.
+fn node_backup(m: &NodeManifest) -> admin::NodeBackup {
+    admin::NodeBackup {
         node_id: m.node_id.clone(),
-        partitions,
         files: m.files.len() as u32,
         bytes_total: m.bytes_total(),
         bytes_uploaded: m.bytes_uploaded,
+    }
+}
+
+/// A node's line in the backup manifest: its part, and the partitions it replicates.
+fn summary(b: admin::NodeBackup, ring: &Ring, n: usize) -> NodeSummary {
+    let partitions = (0..ring.partitions())
+        .filter(|p| ring.preference_list(*p).iter().take(n).any(|x| x.id.0 == b.node_id))
+        .collect();
+    NodeSummary {
+        node_id: b.node_id,
+        partitions,
+        files: b.files,
+        bytes_total: b.bytes_total,
+        bytes_uploaded: b.bytes_uploaded,
     }
 }
 
@@ -161,18 +172,14 @@ pub async fn backup<N: Net>(
     data_dir(shared)?;
     let (epoch, ring) = settled_ring(shared, "a backup")?;
     let n = shared.quorum.n;
-    let manifests = every_member(
+    let parts = every_member(
         shared,
         &ring,
         "backup",
-        || {
-            backup::backup_node(
-                &shared.store,
-                data_dir(shared).expect("checked"),
-                &dest,
-                &id,
-                &shared.me,
-            )
+        || async {
+            let dir = data_dir(shared)?;
+            let m = backup::backup_node(&shared.store, dir, &dest, &id, &shared.me).await?;
+            Ok(node_backup(&m))
         },
         |mut client| {
             let request = admin::BackupRequest {
@@ -180,26 +187,16 @@ pub async fn backup<N: Net>(
                 backup_id: id.clone(),
                 this_node_only: true,
             };
-            let dest = dest.clone();
-            let id = id.clone();
             async move {
                 let reply = client.backup(request).await?.into_inner();
-                let node = reply.nodes.first().map(|n| n.node_id.clone()).unwrap_or_default();
-                // The member wrote its manifest: read it back for the summary.
-                let body = dest
-                    .get(&format!("backups/{id}/nodes/{node}.json"))
-                    .await
-                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?
-                    .ok_or_else(|| {
-                        tonic::Status::unavailable(format!("{node} wrote no manifest"))
-                    })?;
-                serde_json::from_slice::<NodeManifest>(&body)
-                    .map_err(|e| tonic::Status::unavailable(e.to_string()))
+                reply.nodes.into_iter().next().ok_or_else(|| {
+                    tonic::Status::internal("a member answered a backup without its report")
+                })
             }
         },
     )
     .await?;
-    let mut nodes: Vec<NodeSummary> = manifests.iter().map(|m| summary(m, &ring, n)).collect();
+    let mut nodes: Vec<NodeSummary> = parts.into_iter().map(|b| summary(b, &ring, n)).collect();
     nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     let manifest = BackupManifest {
         format: backup::MANIFEST_FORMAT,
